@@ -1,0 +1,49 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv when it is missing
+# and installs the pinned stack into it (constraints.txt), then runs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+RUN ?= runs/demo
+CONFIG ?= configs/tiny.yaml
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test test-slow bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -U pip
+
+# Stamp files re-run the install only when the package metadata or the pins change.
+$(VENV)/.installed-base: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-base
+	$(PIP) -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PIP) -e '.[bench]'
+	MAX_JOBS=2 $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt \
+	  --no-build-isolation --no-deps torch-scatter==2.1.2 torch-sparse==0.6.18
+	touch $@
+
+demo: $(VENV)/.installed-base
+	$(BIN)/star-jax pipeline --config $(CONFIG) --out $(RUN)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check star_jax tests benchmarks
+
+test: lint
+	$(BIN)/pytest -q
+
+test-slow: $(VENV)/.installed-test
+	$(BIN)/pytest -q -m slow
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf runs

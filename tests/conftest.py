@@ -1,0 +1,16 @@
+"""Test-wide settings: 8 simulated CPU devices, offline Hugging Face, parsed absl flags.
+
+XLA_FLAGS must be set before JAX initialises its backend, so it is set here, at collection time.
+Single-device tests use `jax.devices()[0]` explicitly or run unsharded.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # grain 0.2.18 worker processes read an absl flag (google/grain#1355)
