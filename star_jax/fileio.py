@@ -64,3 +64,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def content_digest(paths: list[str | os.PathLike], *, chunk: int = 1 << 22) -> str:
+    """A short hash of the bytes of `paths` (files, or directories walked in sorted order).
+
+    Stages record it with their outputs: an output whose recorded digest still matches its
+    inputs is up to date and its stage is skipped.
+    """
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+    for f in files:
+        h.update(str(f.name).encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
