@@ -24,7 +24,9 @@ from star_jax.errors import StarError
 SCHEMA_FILE = "schema.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-LABEL_COLUMNS = {"member_id": "int64", "job_id": "int64", "label": "int8", "timestamp": "int64", "split": "string"}
+LABEL_COLUMNS = {
+    "member_id": "int64", "job_id": "int64", "label": "int8", "timestamp": "int64", "split": "string",
+}
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,10 @@ class Schema:
 
 def default_schema() -> Schema:
     """The job-marketplace schema the synthetic generator writes (LinkSAGE's, without positions)."""
+    profile = ("seniority", "location", "industry")
     nodes = {
-        "member": NodeTypeSpec("nodes/member.parquet", text=True, categorical=("seniority", "location", "industry")),
-        "job": NodeTypeSpec("nodes/job.parquet", text=True, categorical=("seniority", "location", "industry")),
+        "member": NodeTypeSpec("nodes/member.parquet", text=True, categorical=profile),
+        "job": NodeTypeSpec("nodes/job.parquet", text=True, categorical=profile),
         "company": NodeTypeSpec("nodes/company.parquet", categorical=("industry", "size")),
         "skill": NodeTypeSpec("nodes/skill.parquet"),
         "title": NodeTypeSpec("nodes/title.parquet", categorical=("seniority",)),
@@ -84,7 +87,7 @@ def read_schema(data_dir: str | os.PathLike) -> Schema:
     if not os.path.isdir(data_dir):
         raise StarError(f"data directory not found: {data_dir}")
     if not os.path.isfile(path):
-        raise StarError(f"{path}: missing (every data directory needs a schema.json; see docs/data_format.md)")
+        raise StarError(f"{path}: missing (every data directory needs one; see docs/data_format.md)")
     try:
         with open(path) as f:
             raw = json.load(f)
@@ -102,7 +105,7 @@ def read_schema(data_dir: str | os.PathLike) -> Schema:
             if end not in schema.node_types:
                 raise StarError(f"{path}: relations.{name}: unknown node type {end!r}")
         if r.kind not in ("attribute", "interaction"):
-            raise StarError(f"{path}: relations.{name}.kind: expected attribute or interaction, got {r.kind!r}")
+            raise StarError(f"{path}: relations.{name}.kind: {r.kind!r} is not attribute or interaction")
     for required in ("member", "job"):
         if required not in schema.node_types or not schema.node_types[required].text:
             raise StarError(f"{path}: node_types.{required}: required, with text: true")

@@ -1,0 +1,54 @@
+"""Our metrics against scikit-learn's."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import label_ranking_average_precision_score, roc_auc_score, top_k_accuracy_score
+
+from star_jax.eval import metrics
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_auc_matches_sklearn(ties):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = labels * 0.7 + rng.normal(size=500)
+    if ties:
+        scores = np.round(scores, 1)  # many exact ties
+    assert metrics.auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_auc_single_class_is_nan():
+    assert np.isnan(metrics.auc(np.ones(5), np.arange(5)))
+
+
+def test_ranks_mrr_recall_match_sklearn():
+    # One positive per query among C candidates: sklearn's LRAP is then exactly 1/rank, with ties
+    # counted against the positive, and top-k accuracy is recall@k.
+    rng = np.random.default_rng(1)
+    q, c = 200, 50
+    scores = np.round(rng.normal(size=(q, c)), 1)
+    positive = rng.integers(0, c, q)
+    scores[np.arange(q), positive] += 0.8
+    y = np.zeros((q, c), dtype=int)
+    y[np.arange(q), positive] = 1
+
+    others = y == 0
+    ranks = metrics.positive_ranks(scores[np.arange(q), positive], scores, candidate_mask=others)
+    assert metrics.mrr(ranks) == pytest.approx(label_ranking_average_precision_score(y, scores), abs=1e-12)
+    # sklearn breaks ties in favour of the lower index rather than against the positive, so
+    # compare on tie-free scores.
+    smooth = scores + rng.normal(scale=1e-6, size=scores.shape)
+    ranks = metrics.positive_ranks(smooth[np.arange(q), positive], smooth, candidate_mask=others)
+    for k in (1, 5, 10):
+        expected = top_k_accuracy_score(positive, smooth, k=k, labels=np.arange(c))
+        assert metrics.recall_at_k(ranks, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_activity_buckets_and_grouped_auc():
+    buckets = metrics.activity_bucket(np.array([0, 1, 2, 3, 6, 100]))
+    assert buckets.tolist() == ["cold_start", "1-2", "1-2", "3-5", "6+", "6+"]
+    labels = np.array([0, 1, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.9, 0.8, 0.2, 0.5, 0.4])
+    groups = np.array(["a", "a", "b", "b", "c", "c"])
+    got = metrics.auc_by_group(labels, scores, groups)
+    assert got == {"a": 1.0, "b": 0.0}  # group c has a single class
