@@ -60,6 +60,8 @@ class MistralConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int | None = None
+    tie_word_embeddings: bool = False  # LM head = embedding matrix (only the causal-LM head uses it)
+    initializer_range: float = 0.02  # std of the normal init of fresh (pretrained-by-us) weights
     # Runtime numerics, never read from config.json.
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
@@ -73,7 +75,7 @@ class MistralConfig:
 
 @dataclass
 class LLMConfig:
-    base_dir: str | None = None  # local HF Mistral directory (e.g. e5-mistral-7b-instruct); None: pretrain one
+    base_dir: str | None = None  # local HF Mistral dir (e.g. e5-mistral-7b-instruct); None: pretrain one
     arch: MistralConfig = field(default_factory=MistralConfig)
     # E5 puts a task instruction on the query side only; in STAR the query is the member profile.
     instruction: str = (
@@ -102,9 +104,11 @@ class PretrainConfig:
 
 @dataclass
 class LoraConfig:
+    """LoRA with PEFT's semantics: delta = (alpha / rank) * B(A(dropout(x))), A ~ U(+-1/sqrt(in)), B = 0."""
+
     rank: int = 8
     alpha: float = 16.0
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the adapter's input only, as PEFT's lora_dropout
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
     shared: bool = True  # one adapter for both towers; False: a member adapter and a job adapter
 
@@ -140,38 +144,68 @@ class EmbedConfig:
 
 @dataclass
 class StoreConfig:
-    kvstore: str = "file"  # TensorStore kvstore driver for the store root: file | gcs | s3 | memory
+    root: str | None = None  # local path or kvstore URL (file://, gs://, s3://, memory://); None: RUN/store
+    kvstore: str = "file"  # kvstore driver for a root given as a bare path: file | gcs | s3 | memory
     dtype: str = "bfloat16"  # bfloat16 | float32
     shard_rows: int = 1024  # rows per stored shard (one file)
-    chunk_rows: int = 16  # rows per inner chunk: the unit of a random-row read
+    # Rows per inner chunk, the unit a random-row read decodes. 0: about 8 KiB per chunk, e.g. 1 row
+    # of 4096-d bf16, which reads random rows 5-7x faster than 16 rows (docs/benchmarks.md).
+    chunk_rows: int = 0
+    # zstd | blosc (zstd + bitshuffle) | none. Both save ~22% on embeddings; zstd decodes faster.
+    compression: str = "zstd"
+    compression_level: int = 3
+    cache_mb: int = 0  # readers' cache of decoded chunks (repeated random reads, e.g. GNN features)
+
+
+def _default_relation_fanouts() -> dict[str, list[int]]:
+    # Members and jobs have one title and one company each: more than one draw is a duplicate.
+    return {r: [1, 1] for r in ("member_title_rev", "member_company_rev", "job_title_rev", "job_company_rev")}
 
 
 @dataclass
 class SamplerConfig:
-    fanouts: list[int] = field(default_factory=lambda: [10, 5])  # per hop, for every relation
+    """Fixed-shape k-hop neighbour sampling (star_jax.graph.sampler); hops = len(fanouts).
+
+    With the defaults a batch has 11,333 node slots and 11,136 edge slots (59 per seed).
+    """
+
+    fanouts: list[int] = field(default_factory=lambda: [4, 2])  # per hop, for every relation
+    # Per-relation overrides, keyed by relation name in *message* direction (graph/batch.py):
+    # `member_skill: [0, 3]` lets a skill node draw 3 members at hop 2; `member_skill_rev` is a
+    # member drawing skills. Caps hop-2 growth through hub types (skill, title, company).
+    relation_fanouts: dict[str, list[int]] = field(default_factory=_default_relation_fanouts)
     adaptive: bool = False  # LiGNN schedule: start small, grow when validation AUC plateaus
-    start_fanouts: list[int] = field(default_factory=lambda: [4, 2])
-    fanout_step: int = 2
+    start_fanouts: list[int] = field(default_factory=lambda: [2, 1])
+    fanout_step: int = 1
     plateau_tolerance: float = 0.002
-    neighbor_weighting: str = "uniform"  # uniform | degree | weight
-    batch_size: int = 128  # positive pairs per step
-    num_random_negatives: int = 128  # shared random jobs per step
-    workers: int = 0
+    neighbor_weighting: str = "uniform"  # uniform | degree (1/sqrt(neighbour degree)) | weight (edge weight)
+    target_relation: str = "member_applied"  # the predicted member -> job edges, kept out of neighbourhoods
+    batch_size: int = 64  # positive pairs per step
+    num_random_negatives: int = 64  # shared random jobs per step
+    workers: int = 0  # grain worker processes (0: sample in a background thread)
+    prefetch: int = 2  # batches buffered ahead (per worker)
     seed: int = 0
 
 
 @dataclass
 class GNNConfig:
-    hidden_dim: int = 128
-    out_dim: int = 200
+    """The heterogeneous attention encoder and its link-prediction decoder (star_jax.gnn.model)."""
+
+    hidden_dim: int = 128  # divisible by heads
+    out_dim: int = 200  # STAR's exported embedding size
     heads: int = 4
     layers: int = 2
-    dropout: float = 0.0
-    use_llm: bool = True
-    use_id: bool = True
-    use_cat: bool = True
+    dropout: float = 0.0  # on each HGT layer's output projection, before the gated skip
+    use_llm: bool = True  # projected stored LLM embeddings (member and job)
+    use_id: bool = True  # hashed learned ID embeddings
+    use_cat: bool = True  # categorical feature embeddings
     id_buckets: int = 4096  # hashed ID embedding rows per node type
-    cat_dim: int = 32
+    cat_dim: int = 32  # embedding size of each categorical column
+    cat_buckets: int = 1024  # rows per categorical column; code 0 is "missing", larger codes wrap
+    normalize: bool = True  # L2-normalise the output embeddings (scores are then scaled cosines)
+    init_logit_scale: float = 10.0  # decoder: logit = scale * <member, job> + bias, both learned
+    init_logit_bias: float = -5.0
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
 @dataclass
@@ -212,6 +246,7 @@ def _default_rules() -> dict[str, list[str]]:
         "activation_length": [],
         "activation_embed": [],
         "activation_heads": ["tensor"],
+        "activation_head_dim": [],
         "activation_kv_heads": ["tensor"],
         "activation_mlp": ["tensor"],
     }
