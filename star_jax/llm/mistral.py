@@ -1,0 +1,327 @@
+"""Mistral decoder in Flax Linen, numerically equal to transformers v5 `MistralModel`.
+
+Follows `transformers/models/mistral/modeling_mistral.py` (v5, generated from the Llama code):
+
+- RMSNorm normalises in fp32 with the config's eps, casts back to the activation dtype, then
+  multiplies by the weight;
+- rotate-half RoPE (split halves, not interleaved), inverse frequencies `1 / theta^(2i/d)` and
+  cos/sin computed in fp32, then cast to the activation dtype as HF does;
+- grouped-query attention where query head h reads kv head h // (heads / kv_heads), which is also
+  `jax.nn.dot_product_attention`'s native grouping;
+- Mistral's sliding window as in `masking_utils.sliding_window_overlay`: query q sees keys
+  q - W < k <= q, i.e. W keys including itself, which is `local_window_size=(W - 1, 0)`;
+- SwiGLU MLP `down(silu(gate(x)) * up(x))`, pre-norm residual blocks, a final norm.
+
+Layout choices (the HF and PEFT mappings stay a plain transpose):
+
+- every projection kernel is `[in, out]`, the HF `[out, in]` weight transposed, with HF's names
+  (`q_proj`, ..., `down_proj`); 1/sqrt(head_dim) is applied inside attention, never folded into
+  `q_proj`;
+- the decoder layers are one `nn.scan` over a leading `layers` axis, so every layer parameter is
+  stacked `[num_hidden_layers, ...]`;
+- LoRA adapters (star_jax.llm.lora) live in a separate `lora` variable collection, so the frozen
+  base and the trainable adapters are two pytrees:
+  `MistralModel(cfg, lora).apply({'params': base, 'lora': adapters}, ids, mask)`.
+
+Padding is on the right; the attention mask only supplies per-row lengths
+(`query_seq_lengths` / `key_value_seq_lengths`). Hidden states at padded positions are finite but
+meaningless (HF's differ there too); pool them away with the lengths.
+
+Remat (`config.remat`): `none`; `full` saves nothing inside a layer; `save_projections` saves
+every projection output and the attention output (`context`), after MaxText's
+`minimal_with_context` policy, so the backward pass recomputes only norms, RoPE, the attention
+core and elementwise ops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from star_jax.config import LoraConfig, MistralConfig
+from star_jax.errors import StarError
+from star_jax.llm import lora as lora_lib
+
+__all__ = [
+    "MistralConfig",
+    "MistralModel",
+    "abstract_variables",
+    "lm_logits",
+    "sequence_lengths",
+    "REMAT_POLICIES",
+    "SAVED_PROJECTIONS",
+]
+
+# Activation names tagged with `checkpoint_name`; `save_projections` keeps exactly these.
+SAVED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "context")
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_projections": jax.checkpoint_policies.save_only_these_names(*SAVED_PROJECTIONS),
+}
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Logical names of the main activations (rules in star_jax/config.py::_default_rules).
+RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
+Q_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+KV_HEADS = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+MLP_HIDDEN = ("activation_batch", "activation_length", "activation_mlp")
+
+
+def as_dtype(name: str, field: str) -> jnp.dtype:
+    if name not in DTYPES:
+        raise StarError(f"{field}: unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return jnp.dtype(name)
+
+
+def check_config(config: MistralConfig) -> None:
+    """Reject run-time settings the model cannot honour, naming the config field."""
+    as_dtype(config.dtype, "llm.arch.dtype")
+    as_dtype(config.param_dtype, "llm.arch.param_dtype")
+    if config.remat not in REMAT_POLICIES:
+        raise StarError(f"llm.arch.remat: {config.remat!r}; expected one of {', '.join(REMAT_POLICIES)}")
+    if config.attention not in ATTENTION_IMPLEMENTATIONS:
+        raise StarError(f"llm.arch.attention: {config.attention!r}; expected null, 'xla' or 'cudnn'")
+    if config.attention == "cudnn" and config.dtype == "float32":
+        raise StarError("llm.arch.attention: 'cudnn' needs llm.arch.dtype bfloat16 or float16")
+    if config.num_attention_heads % config.num_key_value_heads:
+        raise StarError(
+            f"llm.arch.num_attention_heads: {config.num_attention_heads} is not a multiple of "
+            f"num_key_value_heads={config.num_key_value_heads}"
+        )
+    if config.resolved_head_dim % 2:
+        raise StarError(f"llm.arch.head_dim: {config.resolved_head_dim} must be even for rotary embeddings")
+
+
+def sequence_lengths(attention_mask: jax.Array) -> jax.Array:
+    """Per-row real lengths `[B]` (int32) of a right-padded `[B, T]` 0/1 attention mask."""
+    return jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
+
+
+def _normal(config: MistralConfig, names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
+
+
+class Linear(nn.Module):
+    """Bias-free projection `x @ kernel` (`kernel` = HF weight transposed), plus a LoRA branch.
+
+    Its output is tagged with the module's name for the remat policy.
+    """
+
+    features: int
+    axes: tuple[str, str]  # logical names of the kernel's (in, out) dimensions
+    config: MistralConfig
+    lora: LoraConfig | None = None  # set only when this projection is a LoRA target
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = jnp.dtype(self.config.dtype)
+        kernel = self.param(
+            "kernel",
+            _normal(self.config, self.axes),
+            (x.shape[-1], self.features),
+            jnp.dtype(self.config.param_dtype),
+        )
+        y = jnp.dot(x, kernel.astype(dtype))
+        if self.lora is not None:
+            y = y + lora_lib.lora_delta(self, x, self.features, self.axes, self.lora, self.deterministic)
+        return checkpoint_name(y, self.name)
+
+
+class RMSNorm(nn.Module):
+    """HF `MistralRMSNorm`: normalise in fp32, cast back, times the weight."""
+
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * x32.astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin `[T, head_dim]` in fp32 for positions 0..T-1 (HF's default rope type)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on `[B, T, heads, head_dim]`; cos/sin `[T, head_dim]` in x's dtype."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class Attention(nn.Module):
+    config: MistralConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, lengths: jax.Array) -> jax.Array:
+        cfg = self.config
+        b, t, _ = x.shape
+        d = cfg.resolved_head_dim
+        n, k = cfg.num_attention_heads, cfg.num_key_value_heads
+
+        def proj(name: str, features: int, axes: tuple[str, str]) -> Linear:
+            target = lora_lib.lora_for(self.lora, name)
+            return Linear(features, axes, cfg, target, self.deterministic, name=name)
+
+        q = proj("q_proj", n * d, ("embed", "heads"))(x).reshape(b, t, n, d)
+        key = proj("k_proj", k * d, ("embed", "kv_heads"))(x).reshape(b, t, k, d)
+        v = proj("v_proj", k * d, ("embed", "kv_heads"))(x).reshape(b, t, k, d)
+        q = nn.with_logical_constraint(apply_rope(q, cos, sin), Q_HEADS)
+        key = nn.with_logical_constraint(apply_rope(key, cos, sin), KV_HEADS)
+        v = nn.with_logical_constraint(v, KV_HEADS)
+        window = None if cfg.sliding_window is None else (cfg.sliding_window - 1, 0)
+        out = jax.nn.dot_product_attention(
+            q,
+            key,
+            v,
+            is_causal=True,
+            query_seq_lengths=lengths,
+            key_value_seq_lengths=lengths,
+            local_window_size=window,
+            implementation=cfg.attention,
+        )
+        out = checkpoint_name(nn.with_logical_constraint(out, Q_HEADS), "context")
+        return proj("o_proj", cfg.hidden_size, ("heads", "embed"))(out.reshape(b, t, n * d))
+
+
+class MLP(nn.Module):
+    config: MistralConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+
+        def proj(name: str, features: int, axes: tuple[str, str]) -> Linear:
+            return Linear(
+                features, axes, cfg, lora_lib.lora_for(self.lora, name), self.deterministic, name=name
+            )
+
+        gate = proj("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+        up = proj("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+        h = nn.with_logical_constraint(nn.silu(gate) * up, MLP_HIDDEN)
+        return proj("down_proj", cfg.hidden_size, ("mlp", "embed"))(h)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block; its `(carry, None)` signature is what `nn.scan` stacks."""
+
+    config: MistralConfig
+    lora: LoraConfig | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, lengths: jax.Array):
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        h = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="input_layernorm")(x)
+        x = x + Attention(cfg, self.lora, self.deterministic, name="self_attn")(h, cos, sin, lengths)
+        x = nn.with_logical_constraint(x, RESIDUAL)
+        h = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="post_attention_layernorm")(x)
+        x = x + MLP(cfg, self.lora, self.deterministic, name="mlp")(h)
+        return nn.with_logical_constraint(x, RESIDUAL), None
+
+
+class MistralModel(nn.Module):
+    """transformers' `MistralModel`: token ids -> final-norm hidden states `[B, T, hidden]`.
+
+    `apply({'params': base, 'lora': adapters}, input_ids, attention_mask, deterministic=False,
+    rngs={'dropout': key})` runs with LoRA adapters (and their dropout while training);
+    `attention_mask` is right-padded 0/1 `[B, T]`, None meaning no padding.
+    """
+
+    config: MistralConfig
+    lora: LoraConfig | None = None
+
+    @nn.compact
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, deterministic: bool = True
+    ) -> jax.Array:
+        cfg = self.config
+        check_config(cfg)
+        if self.lora is not None:
+            lora_lib.check_lora_config(self.lora)
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        b, t = input_ids.shape
+        if attention_mask is None:
+            lengths = jnp.full((b,), t, jnp.int32)
+        else:
+            # An all-padding row (a batch filled up to its fixed size) would leave every attention
+            # row empty, which cuDNN turns into NaN; letting it see its first slot keeps it finite.
+            lengths = jnp.maximum(sequence_lengths(attention_mask), 1)
+
+        x = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            embedding_init=_normal(cfg, ("vocab", "embed")),
+            name="embed_tokens",
+        )(input_ids)
+        x = nn.with_logical_constraint(x, RESIDUAL)
+        cos, sin = rope_tables(t, cfg.resolved_head_dim, cfg.rope_theta)
+        cos, sin = cos.astype(dtype), sin.astype(dtype)  # HF casts cos/sin to the activation dtype
+
+        layer = DecoderLayer
+        policy = REMAT_POLICIES[cfg.remat]
+        if cfg.remat != "none":
+            # Nothing to common-subexpression-eliminate across scan iterations, so no CSE barrier.
+            layer = nn.remat(layer, policy=policy, prevent_cse=False)
+        stack = nn.scan(
+            layer,
+            variable_axes={"params": 0, lora_lib.COLLECTION: 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_hidden_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = stack(cfg, self.lora, deterministic, name="layers")(x, cos, sin, lengths)
+        return RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="norm")(x)
+
+
+def abstract_variables(config: MistralConfig, lora: LoraConfig | None = None) -> dict:
+    """Shapes, dtypes and logical axes of every variable (boxed `nn.LogicallyPartitioned`), no FLOPs.
+
+    `star_jax.parallel.logical_shardings(abstract_variables(cfg)['params'], mesh, rules)` gives the
+    shardings of the base params; `['lora']` those of the adapters.
+    """
+    model = MistralModel(config, lora)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(lambda rng: model.init({"params": rng}, ids), jax.random.key(0))
+
+
+def lm_logits(hidden: jax.Array, params: dict, lm_head: jax.Array | None = None) -> jax.Array:
+    """Causal-LM logits `[B, T, vocab]` in fp32 from final hidden states.
+
+    `lm_head` is the `[hidden, vocab]` kernel (HF `lm_head.weight` transposed); None ties the head
+    to the token embeddings (`tie_word_embeddings`).
+    """
+    if lm_head is None:
+        table = params["embed_tokens"]["embedding"]
+        return jnp.einsum(
+            "bth,vh->btv", hidden, table.astype(hidden.dtype), preferred_element_type=jnp.float32
+        )
+    return jnp.einsum("bth,hv->btv", hidden, lm_head.astype(hidden.dtype), preferred_element_type=jnp.float32)
