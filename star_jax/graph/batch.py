@@ -75,7 +75,7 @@ class HeteroBatch(NamedTuple):
     # graph.edges = {"mask": bool[E], "weight": f32[E]}    weight is 1.0 where the data has none
     # graph.senders, graph.receivers: int32[E]             flat node indices
     # graph.n_node = int32[1] (N), graph.n_edge = int32[1] (E), graph.globals = None
-    node_ids: dict[str, np.ndarray]  # type -> int64[cap_t]: row in the type's node table, -1 padding
+    node_ids: dict[str, np.ndarray]  # type -> int64[cap_t]: the node table's `id`, -1 padding
     llm: dict[str, np.ndarray]  # type -> f32[cap_t, D]: stored LLM embeddings (member and job only)
     cat: dict[str, np.ndarray]  # type -> int32[cap_t, C_t]: categorical codes, 0 = missing/padding
     member_seeds: np.ndarray  # int32[B]: flat node index of each pair's member

@@ -1,0 +1,629 @@
+"""Fixed-shape k-hop neighbour sampling for link prediction (ARCHITECTURE decisions 5, 6 and 8).
+
+A batch starts from seeds: B (member, job) pairs and K random jobs shared as negatives. Each seed
+grows a *tree*: at hop h every node of the frontier draws, for every relation that can send it
+messages, `fanout(h, relation)` neighbours with replacement (GraphSAGE's node-wise sampling,
+DeepGNN's `sample_neighbors` contract). Nodes are never merged, so the number of slots per node
+type and per relation follows from the config alone and XLA compiles the train step once (the
+TF-GNN SizeConstraints idea). A draw that has nothing to draw from (degree zero, an invalid
+parent, or only excluded edges) leaves its slot invalid; its edge points from the sender block's
+padding node to the receiver block's padding node (graph/batch.py).
+
+Layout of a node-type block: hop-0 seeds (member block: B pair members; job block: B pair jobs,
+then K negatives), then the nodes of hop 1 in relation order, then hop 2, ..., then the padding
+slot. Edges are blocked by relation, in message direction (sampled neighbour -> the node that
+drew it), hop by hop within a block.
+
+Leakage (decision 6; DGL's `exclude='reverse_id'`, GraphStorm's `exclude_training_targets`): in
+pair batches the edge (m_i, j_i) of pair i and its reverse are never drawn anywhere in the two
+trees of pair i, at any hop, with every repeated copy excluded. CSR rows are sorted by neighbour,
+so the copies form one range `[lo, hi)` that the draw skips: uniform draws shift
+`indptr[v] + floor(U * (deg - copies))` past the range; weighted draws remove its mass.
+
+Neighbour choice (`sampler.neighbor_weighting`): `uniform`; `degree`, probability proportional
+to 1/sqrt(degree of the neighbour in that relation), which damps hub skills and titles; or
+`weight`, proportional to the edge's `weight` column (1 where the table has none). The weighted
+modes pick by `searchsorted` in a per-relation float64 prefix sum of the edge masses, built once
+per process (8 bytes per edge of each sampled relation).
+
+Adaptive sampling (LiGNN, arXiv 2402.11139, "adaptive neighbor sampling"; reference/papers.md
+3.4): `FanoutSchedule` starts from small fan-outs and grows them by `fanout_step` whenever the
+validation AUC fails to improve on the previous one by `plateau_tolerance`. A new fan-out means
+a new `Layout`, hence one recompile of the train step per stage. LiGNN also decays the
+tolerance; we keep it fixed.
+
+Determinism: a batch is a pure function of (graph, config, sampler seed, batch index), so grain
+gives the same batches with any number of worker processes, and restoring the iterator state
+reproduces the next batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import jraph
+import numpy as np
+
+from star_jax.config import SamplerConfig
+from star_jax.data.schema import Schema
+from star_jax.errors import StarError
+from star_jax.graph.batch import HeteroBatch, Layout
+from star_jax.graph.hetero import CSR, HeteroGraph, relation_types, reverse_name
+
+if TYPE_CHECKING:
+    import grain
+
+WEIGHTINGS = ("uniform", "degree", "weight")
+
+
+class FeatureSource(Protocol):
+    """Stored LLM embeddings by node id (the EmbeddingStore has exactly this method)."""
+
+    def lookup(self, node_type: str, ids: np.ndarray) -> np.ndarray:  # int64 [n] -> float32 [n, D]
+        ...
+
+
+# -- fan-outs and the layout -------------------------------------------------------------------
+
+
+def check_config(cfg: SamplerConfig, schema: Schema) -> None:
+    """Raise a one-line `StarError` naming the `sampler.*` field that does not fit `schema`."""
+    hops = len(cfg.fanouts)
+    rels = relation_types(schema)
+
+    def counts(field: str, values: Sequence[int]) -> None:
+        if len(values) != hops:
+            raise StarError(f"sampler.{field}: expected {hops} values (one per hop, like sampler.fanouts), "
+                            f"got {list(values)}")
+        if any(int(v) < 0 for v in values):
+            raise StarError(f"sampler.{field}: fan-outs must be >= 0, got {list(values)}")
+
+    if hops == 0:
+        raise StarError("sampler.fanouts: at least one hop is needed")
+    counts("fanouts", cfg.fanouts)
+    for name, values in cfg.relation_fanouts.items():
+        if name not in rels:
+            raise StarError(f"sampler.relation_fanouts.{name}: no such relation; "
+                            f"the graph has {', '.join(rels)}")
+        counts(f"relation_fanouts.{name}", values)
+    if cfg.adaptive:
+        counts("start_fanouts", cfg.start_fanouts)
+        if cfg.fanout_step < 1:
+            raise StarError(f"sampler.fanout_step: must be >= 1 with sampler.adaptive, got {cfg.fanout_step}")
+    if cfg.neighbor_weighting not in WEIGHTINGS:
+        raise StarError(f"sampler.neighbor_weighting: expected one of {', '.join(WEIGHTINGS)}, "
+                        f"got {cfg.neighbor_weighting!r}")
+    if rels.get(cfg.target_relation) != ("member", "job"):
+        raise StarError(f"sampler.target_relation: {cfg.target_relation!r} is not a member -> job relation "
+                        f"of the schema")
+    for field in ("batch_size", "prefetch"):
+        if getattr(cfg, field) < 1:
+            raise StarError(f"sampler.{field}: must be >= 1, got {getattr(cfg, field)}")
+    for field in ("num_random_negatives", "workers"):
+        if getattr(cfg, field) < 0:
+            raise StarError(f"sampler.{field}: must be >= 0, got {getattr(cfg, field)}")
+
+
+def final_fanouts(cfg: SamplerConfig) -> tuple[int, ...]:
+    """Per hop, the largest fan-out any relation reaches (the adaptive schedule's end point)."""
+    per_rel = [cfg.fanouts, *cfg.relation_fanouts.values()]
+    return tuple(max(int(v[h]) for v in per_rel) for h in range(len(cfg.fanouts)))
+
+
+def relation_fanouts(
+    cfg: SamplerConfig, schema: Schema, hop_fanouts: Sequence[int] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Fan-out per hop of every relation (message direction): its override, or `sampler.fanouts`,
+    capped per hop by `hop_fanouts` (the adaptive schedule's current value; None: no cap)."""
+    if hop_fanouts is not None and len(hop_fanouts) != len(cfg.fanouts):
+        raise ValueError(f"hop_fanouts {tuple(hop_fanouts)}: expected {len(cfg.fanouts)} hops")
+    out = {}
+    for name in relation_types(schema):
+        f = cfg.relation_fanouts.get(name, cfg.fanouts)
+        cap = hop_fanouts if hop_fanouts is not None else f
+        out[name] = tuple(min(int(a), int(b)) for a, b in zip(f, cap))
+    return out
+
+
+class _Step(NamedTuple):
+    hop: int
+    relation: int  # index into Layout.relations
+    fanout: int
+    receivers: int  # frontier nodes of the receiver type at this hop
+
+
+def _plan(
+    schema: Schema, cfg: SamplerConfig, fanouts: dict[str, tuple[int, ...]]
+) -> tuple[Layout, list[_Step]]:
+    """The layout and the sampling steps in order; `sample` follows the same loop."""
+    types = tuple(schema.node_types)
+    relations = tuple((name, s, d) for name, (s, d) in relation_types(schema).items())
+    B, K = cfg.batch_size, cfg.num_random_negatives
+    frontier = {t: 0 for t in types}
+    frontier["member"], frontier["job"] = B, B + K
+    nodes, edges, steps = dict(frontier), [0] * len(relations), []
+    for hop in range(len(cfg.fanouts)):
+        grown = {t: 0 for t in types}
+        for i, (name, sender, receiver) in enumerate(relations):
+            f, n = fanouts[name][hop], frontier[receiver]
+            if f and n:
+                steps.append(_Step(hop, i, f, n))
+                grown[sender] += f * n
+                edges[i] += f * n
+        for t in types:
+            nodes[t] += grown[t]
+        frontier = grown
+    layout = Layout(types, tuple(nodes[t] + 1 for t in types), relations, tuple(edges), B, K)
+    return layout, steps
+
+
+def make_layout(schema: Schema, cfg: SamplerConfig, hop_fanouts: Sequence[int] | None = None) -> Layout:
+    """The static batch shapes for `cfg` (and the schedule's current `hop_fanouts`), from config alone."""
+    check_config(cfg, schema)
+    return _plan(schema, cfg, relation_fanouts(cfg, schema, hop_fanouts))[0]
+
+
+@dataclass(frozen=True)
+class FanoutSchedule:
+    """LiGNN's adaptive neighbour count: grow every hop's fan-out by `step` when AUC plateaus.
+
+    Pure: `observe` returns a new schedule. Each change of `fanouts` means a new sampler and
+    `Layout`, so one recompile of the train step per stage. `dataclasses.asdict` of it is the
+    state to checkpoint; `FanoutSchedule(**state)` restores it.
+    """
+
+    fanouts: tuple[int, ...]  # current, per hop
+    final: tuple[int, ...]
+    step: int
+    tolerance: float
+    last_auc: float | None = None
+
+    def __post_init__(self):  # JSON round trips turn tuples into lists
+        object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
+        object.__setattr__(self, "final", tuple(int(f) for f in self.final))
+
+    @classmethod
+    def from_config(cls, cfg: SamplerConfig) -> FanoutSchedule:
+        final = final_fanouts(cfg)
+        start = cfg.start_fanouts if cfg.adaptive else final
+        return cls(tuple(min(int(s), f) for s, f in zip(start, final)), final, cfg.fanout_step,
+                   cfg.plateau_tolerance)
+
+    def observe(self, auc: float) -> FanoutSchedule:
+        """The schedule after a validation AUC: grown if it is not `tolerance` above the last one."""
+        plateau = self.last_auc is not None and auc <= self.last_auc + self.tolerance
+        fanouts = tuple(min(f + self.step, top) for f, top in zip(self.fanouts, self.final)) if plateau \
+            else self.fanouts
+        return replace(self, fanouts=fanouts, last_auc=float(auc))
+
+    @property
+    def done(self) -> bool:
+        return self.fanouts == self.final
+
+
+# -- drawing neighbours ------------------------------------------------------------------------
+
+
+def _segment_search(indices: np.ndarray, lo: np.ndarray, hi: np.ndarray, target: np.ndarray,
+                    side: str) -> np.ndarray:
+    """Vectorised `searchsorted(indices[lo_i:hi_i], target_i, side) + lo_i` by bisection."""
+    lo, hi = lo.copy(), hi.copy()
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        val = indices[np.where(active, mid, 0)]
+        right = (val <= target) if side == "right" else (val < target)
+        lo = np.where(active & right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+
+
+def sample_neighbors(
+    csr: CSR,
+    rows: np.ndarray,
+    fanout: int,
+    rng: np.random.Generator,
+    *,
+    cum: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw `fanout` neighbours of each row, with replacement.
+
+    rows: int [n], -1 for an invalid parent. cum: float64 [edges + 1] prefix sum of edge masses
+    (None: uniform). exclude: int [n], a neighbour row whose every copy row i must not draw (-1:
+    none). Returns (neighbour rows int64 [n, fanout], edge positions in `csr` int64 [n, fanout]),
+    both -1 where nothing could be drawn.
+    """
+    n = rows.shape[0]
+    none = np.full((n, fanout), -1, np.int64)
+    if n == 0 or fanout == 0 or csr.indices.shape[0] == 0:
+        return none, none.copy()
+    ok_row = rows >= 0
+    r = np.where(ok_row, rows, 0)
+    start = np.asarray(csr.indptr[r])
+    end = np.where(ok_row, np.asarray(csr.indptr[r + 1]), start)
+    ex_lo, ex_hi = start.copy(), start.copy()  # the excluded copies: positions [ex_lo, ex_hi)
+    if exclude is not None:
+        m = (exclude >= 0) & (end > start)
+        if m.any():
+            t = exclude[m]
+            ex_lo[m] = _segment_search(csr.indices, start[m], end[m], t, "left")
+            ex_hi[m] = _segment_search(csr.indices, ex_lo[m], end[m], t, "right")
+    copies = ex_hi - ex_lo
+    left = end - start - copies  # edges still eligible
+    u = rng.random((n, fanout))
+    if cum is None:
+        # min(): u * left can round up to left when u is within an ulp of 1.
+        offset = np.minimum(np.floor(u * left[:, None]).astype(np.int64), left[:, None] - 1)
+        pos = start[:, None] + offset
+        pos += np.where(pos >= ex_lo[:, None], copies[:, None], 0)
+        ok = left > 0
+    else:
+        base, ex_base = cum[start], cum[ex_lo]
+        ex_mass = cum[ex_hi] - ex_base
+        mass = cum[end] - base - ex_mass
+        target = base[:, None] + u * mass[:, None]
+        target += np.where(target >= ex_base[:, None], ex_mass[:, None], 0.0)
+        pos = np.searchsorted(cum, target, side="right") - 1
+        pos = np.clip(pos, start[:, None], np.maximum(end - 1, start)[:, None])
+        # Float rounding at a range boundary must never hand back an excluded copy.
+        inside = (pos >= ex_lo[:, None]) & (pos < ex_hi[:, None])
+        pos = np.where(inside, np.where(ex_hi < end, ex_hi, ex_lo - 1)[:, None], pos)
+        ok = (left > 0) & (mass > 0)
+    ok = np.broadcast_to(ok[:, None], (n, fanout))
+    pos = np.where(ok, pos, -1)
+    return np.where(ok, np.asarray(csr.indices)[np.maximum(pos, 0)], -1).astype(np.int64), pos
+
+
+def edge_mass_cumsum(graph: HeteroGraph, relation: str, weighting: str) -> np.ndarray | None:
+    """float64 [edges + 1]: prefix sum of the draw weight of each edge of CSR `relation`."""
+    if weighting == "uniform":
+        return None
+    c = graph.csr[relation]
+    if weighting == "degree":
+        deg = np.diff(np.asarray(graph.csr[reverse_name(relation)].indptr))
+        mass = 1.0 / np.sqrt(np.maximum(deg, 1))[np.asarray(c.indices)]
+    elif c.weight is None:
+        mass = np.ones(c.indices.shape[0])
+    else:
+        mass = np.asarray(c.weight, np.float64)
+        if (mass < 0).any():
+            name = relation if relation in graph.schema.relations else reverse_name(relation)
+            raise StarError(f"{graph.schema.relations[name].table}: column 'weight': negative weights cannot "
+                            "be sampled with sampler.neighbor_weighting=weight")
+    out = np.zeros(mass.shape[0] + 1)
+    np.cumsum(mass, out=out[1:])
+    return out
+
+
+# -- seeds -------------------------------------------------------------------------------------
+
+
+class SeedBatch(NamedTuple):
+    """What one batch starts from; rows are node-table rows, -1 for empty slots."""
+
+    index: int  # batch index: with the sampler seed it fixes the batch's random draws
+    member_rows: np.ndarray  # int64 [B]
+    job_rows: np.ndarray  # int64 [B]
+    labels: np.ndarray  # float32 [B]
+    pair_mask: np.ndarray  # bool [B]: a real pair (node mode: a real seed of the exported type)
+    exclude_targets: bool  # keep (m_i, j_i) and its reverse out of pair i's neighbourhoods
+    negatives: bool  # draw the K shared random negative jobs
+
+
+def _check_index(b: int, n: int) -> None:
+    if not 0 <= b < n:
+        raise IndexError(f"seed batch {b} out of range [0, {n})")
+
+
+class PairSeeds:
+    """Random-access batches of labelled (member, job) pairs.
+
+    shuffle=True (training): batch b takes positions [bB, (b+1)B) of an endless stream of
+    per-epoch permutations, so every batch is full; `num_batches` sets the length.
+    shuffle=False (evaluation): pairs in order, the last batch padded.
+    """
+
+    def __init__(self, member_rows: np.ndarray, job_rows: np.ndarray, labels: np.ndarray, batch_size: int, *,
+                 shuffle: bool, seed: int = 0, num_batches: int | None = None, exclude_targets: bool = True):
+        self.member_rows = np.asarray(member_rows, np.int64)
+        self.job_rows = np.asarray(job_rows, np.int64)
+        self.labels = np.asarray(labels, np.float32)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.exclude_targets = exclude_targets
+        n = self.member_rows.shape[0]
+        if n == 0:
+            raise StarError("no labelled pairs to sample from")
+        self.num_batches = num_batches if shuffle else math.ceil(n / batch_size)
+        if self.num_batches is None:
+            raise ValueError("num_batches is required with shuffle=True")
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            rng = np.random.default_rng([self.seed, 0, epoch])
+            self._perm = (epoch, rng.permutation(self.member_rows.shape[0]))
+        return self._perm[1]
+
+    def __getitem__(self, b: int) -> SeedBatch:
+        _check_index(b, len(self))
+        n, B = self.member_rows.shape[0], self.batch_size
+        p = int(b) * B + np.arange(B)
+        if self.shuffle:
+            mask = np.ones(B, bool)
+            idx = np.empty(B, np.int64)
+            epoch = p // n
+            for e in np.unique(epoch):
+                sel = epoch == e
+                idx[sel] = self._epoch_order(int(e))[p[sel] % n]
+        else:
+            mask = p < n
+            idx = np.where(mask, p, 0)
+        return SeedBatch(
+            int(b),
+            np.where(mask, self.member_rows[idx], -1),
+            np.where(mask, self.job_rows[idx], -1),
+            np.where(mask, self.labels[idx], 0).astype(np.float32),
+            mask,
+            self.exclude_targets,
+            True,
+        )
+
+
+class NodeSeeds:
+    """Every node of `node_type` (member or job) once, in row order, for exporting embeddings.
+
+    The seeds fill that type's pair slots; the other side's slots and the negatives stay empty,
+    and nothing is excluded.
+    """
+
+    def __init__(self, node_type: str, num_rows: int, batch_size: int):
+        if node_type not in ("member", "job"):
+            raise StarError(f"node seeds: expected member or job, got {node_type!r}")
+        self.node_type, self.num_rows, self.batch_size = node_type, num_rows, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def __getitem__(self, b: int) -> SeedBatch:
+        _check_index(b, len(self))
+        p = int(b) * self.batch_size + np.arange(self.batch_size)
+        mask = p < self.num_rows
+        rows, empty = np.where(mask, p, -1).astype(np.int64), np.full(self.batch_size, -1, np.int64)
+        m, j = (rows, empty) if self.node_type == "member" else (empty, rows)
+        return SeedBatch(int(b), m, j, np.zeros(self.batch_size, np.float32), mask, False, False)
+
+
+def read_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, split: str, *,
+               positives_only: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(member rows, job rows, labels) of the labelled pairs of `split`, in file order."""
+    from star_jax.data.tables import read_labels
+
+    df = read_labels(data_dir, split, columns=["member_id", "job_id", "label"])
+    if positives_only:
+        df = df[df["label"] == 1]
+    table = graph.schema.labels
+    m = graph.rows("member", df["member_id"].to_numpy(np.int64), what=f"{table}: column 'member_id'")
+    j = graph.rows("job", df["job_id"].to_numpy(np.int64), what=f"{table}: column 'job_id'")
+    return m, j, df["label"].to_numpy(np.float32)
+
+
+def train_seeds(
+    data_dir: str | os.PathLike, graph: HeteroGraph, cfg: SamplerConfig, num_batches: int
+) -> PairSeeds:
+    """Training pairs: the train period's applies (labels `split == 'train'`, `label == 1`)."""
+    m, j, y = read_pairs(data_dir, graph, "train", positives_only=True)
+    if m.shape[0] == 0:
+        raise StarError(f"{graph.schema.labels}: no pairs with split == 'train' and label == 1")
+    return PairSeeds(m, j, y, cfg.batch_size, shuffle=True, seed=cfg.seed, num_batches=num_batches)
+
+
+def eval_seeds(data_dir: str | os.PathLike, graph: HeteroGraph, cfg: SamplerConfig, split: str) -> PairSeeds:
+    """Evaluation pairs: every labelled pair (1 and 0) of `split`, in file order. Each pair's own
+    edge is excluded as in training, should the graph hold it."""
+    m, j, y = read_pairs(data_dir, graph, split, positives_only=False)
+    if m.shape[0] == 0:
+        raise StarError(f"{graph.schema.labels}: no pairs with split == {split!r}")
+    return PairSeeds(m, j, y, cfg.batch_size, shuffle=False)
+
+
+def node_seeds(graph: HeteroGraph, node_type: str, cfg: SamplerConfig) -> NodeSeeds:
+    return NodeSeeds(node_type, graph.num_nodes(node_type), cfg.batch_size)
+
+
+# -- the sampler -------------------------------------------------------------------------------
+
+
+class NeighborSampler:
+    """Seeds -> fixed-shape `HeteroBatch` (graph/batch.py), by tree-shaped neighbour sampling.
+
+    `features` supplies the LLM embeddings of the node types that have texts (member, job);
+    None leaves `HeteroBatch.llm` empty. `hop_fanouts` caps every relation's fan-out per hop
+    (`FanoutSchedule.fanouts`); None uses the config's.
+    """
+
+    def __init__(self, graph: HeteroGraph, cfg: SamplerConfig, *, features: FeatureSource | None = None,
+                 hop_fanouts: Sequence[int] | None = None):
+        check_config(cfg, graph.schema)
+        self.graph, self.cfg, self.features = graph, cfg, features
+        self.hop_fanouts = tuple(hop_fanouts) if hop_fanouts is not None else None
+        self.fanouts = relation_fanouts(cfg, graph.schema, hop_fanouts)
+        self.layout, self._steps = _plan(graph.schema, cfg, self.fanouts)
+        if graph.num_nodes("job") == 0:
+            raise StarError(f"{graph.schema.node_types['job'].table}: no jobs to sample negatives from")
+        text_types = tuple(t for t, s in graph.schema.node_types.items() if s.text)
+        self.llm_types = text_types if features is not None else ()
+        self.llm_dim = {t: self._probe_dim(t) for t in self.llm_types}
+        self._cum: dict[str, np.ndarray | None] = {}
+
+    def __getstate__(self) -> dict:
+        # Prefix sums are rebuilt per process; the graph pickles as its directory path.
+        return {**self.__dict__, "_cum": {}}
+
+    def _probe_dim(self, t: str) -> int:
+        if self.graph.num_nodes(t) == 0:
+            raise StarError(f"{self.graph.schema.node_types[t].table}: no {t} nodes")
+        probe = np.asarray(self.features.lookup(t, np.asarray(self.graph.ids[t][:1], np.int64)))
+        if probe.ndim != 2 or probe.shape[0] != 1:
+            raise StarError(f"feature source: lookup({t!r}, 1 id) returned shape {probe.shape}, "
+                            "expected [1, D]")
+        return int(probe.shape[1])
+
+    def _mass(self, csr_name: str) -> np.ndarray | None:
+        if csr_name not in self._cum:
+            self._cum[csr_name] = edge_mass_cumsum(self.graph, csr_name, self.cfg.neighbor_weighting)
+        return self._cum[csr_name]
+
+    def _exclusion(self, relation: str, rows: np.ndarray, root: np.ndarray, pair_m: np.ndarray,
+                   pair_j: np.ndarray) -> np.ndarray | None:
+        """Per frontier node, the neighbour row it must not draw through `relation` (-1: none)."""
+        target = self.cfg.target_relation
+        if relation == target:  # job receivers drawing members: pair i's job skips m_i
+            own, other = pair_j, pair_m
+        elif relation == reverse_name(target):  # member receivers drawing jobs: m_i skips j_i
+            own, other = pair_m, pair_j
+        else:
+            return None
+        r = np.maximum(root, 0)
+        return np.where((root >= 0) & (rows == own[r]), other[r], -1)
+
+    def sample(self, seeds: SeedBatch, rng: np.random.Generator) -> HeteroBatch:
+        L, g = self.layout, self.graph
+        B, K = L.num_pairs, L.num_negatives
+        start = {t: L.node_slice(t).start for t in L.node_types}
+        rows = {t: np.full(c, -1, np.int64) for t, c in zip(L.node_types, L.node_capacity)}
+        m = np.asarray(seeds.member_rows, np.int64)
+        j = np.asarray(seeds.job_rows, np.int64)
+        if m.shape != (B,) or j.shape != (B,):
+            raise ValueError(f"seed batch of {m.shape[0]} pairs for a layout of {B}")
+        neg = rng.integers(0, g.num_nodes("job"), K) if seeds.negatives else np.full(K, -1, np.int64)
+        mask = np.asarray(seeds.pair_mask, bool)
+        root = np.where(seeds.exclude_targets & mask & (m >= 0) & (j >= 0), np.arange(B), -1)
+        jobs0 = np.concatenate([j, neg])
+        rows["member"][:B], rows["job"][: B + K] = m, jobs0
+        filled = {t: 0 for t in L.node_types}
+        filled["member"], filled["job"] = B, B + K
+        frontier = {"member": (m, start["member"] + np.arange(B), root),
+                    "job": (jobs0, start["job"] + np.arange(B + K), np.concatenate([root, np.full(K, -1)]))}
+        grown: dict[str, list[tuple[np.ndarray, ...]]] = {t: [] for t in L.node_types}
+
+        E = L.num_edges
+        senders, receivers = np.empty(E, np.int32), np.empty(E, np.int32)
+        edge_mask, edge_weight = np.zeros(E, bool), np.ones(E, np.float32)
+        edge_at = [L.edge_slice(name).start for name, _, _ in L.relations]
+        hop = 0
+        for step in self._steps:
+            if step.hop != hop:
+                frontier = {t: tuple(np.concatenate(a) for a in zip(*parts))
+                            for t, parts in grown.items() if parts}
+                grown, hop = {t: [] for t in L.node_types}, step.hop
+            name, sender, receiver = L.relations[step.relation]
+            v, v_slot, v_root = frontier[receiver]
+            csr_name = reverse_name(name)  # receiver -> sender adjacency
+            nbr, pos = sample_neighbors(g.csr[csr_name], v, step.fanout, rng, cum=self._mass(csr_name),
+                                        exclude=self._exclusion(name, v, v_root, m, j))
+            nbr, pos = nbr.ravel(), pos.ravel()
+            ok, n = nbr >= 0, nbr.shape[0]
+            slot = start[sender] + filled[sender] + np.arange(n)
+            rows[sender][filled[sender]: filled[sender] + n] = nbr
+            filled[sender] += n
+            e = slice(edge_at[step.relation], edge_at[step.relation] + n)
+            edge_at[step.relation] += n
+            senders[e] = np.where(ok, slot, L.pad_node(sender))
+            receivers[e] = np.where(ok, np.repeat(v_slot, step.fanout), L.pad_node(receiver))
+            edge_mask[e] = ok
+            weight = g.csr[csr_name].weight
+            if weight is not None and ok.any():
+                edge_weight[e.start + np.flatnonzero(ok)] = weight[pos[ok]]
+            grown[sender].append((nbr, slot, np.repeat(v_root, step.fanout)))
+
+        node_ids, cat, llm, node_mask = {}, {}, {}, []
+        for t in L.node_types:
+            valid = rows[t] >= 0
+            node_mask.append(valid)
+            node_ids[t] = np.full(rows[t].shape[0], -1, np.int64)
+            node_ids[t][valid] = g.ids[t][rows[t][valid]]
+            cat[t] = np.zeros((rows[t].shape[0], g.cat[t].shape[1]), np.int32)
+            cat[t][valid] = g.cat[t][rows[t][valid]]
+        for t in self.llm_types:
+            llm[t] = self._lookup(t, node_ids[t])
+        graph = jraph.GraphsTuple(
+            nodes={"mask": np.concatenate(node_mask)},
+            edges={"mask": edge_mask, "weight": edge_weight},
+            senders=senders,
+            receivers=receivers,
+            n_node=np.array([L.num_nodes], np.int32),
+            n_edge=np.array([E], np.int32),
+            globals=None,
+        )
+        return HeteroBatch(
+            graph=graph,
+            node_ids=node_ids,
+            llm=llm,
+            cat=cat,
+            member_seeds=(start["member"] + np.arange(B)).astype(np.int32),
+            job_seeds=(start["job"] + np.arange(B)).astype(np.int32),
+            neg_jobs=(start["job"] + B + np.arange(K)).astype(np.int32),
+            pair_mask=mask,
+            labels=np.asarray(seeds.labels, np.float32),
+        )
+
+    def _lookup(self, t: str, ids: np.ndarray) -> np.ndarray:
+        """f32 [cap, D] embeddings of `ids` (-1: zeros), each distinct id read once."""
+        out = np.zeros((ids.shape[0], self.llm_dim[t]), np.float32)
+        valid = ids >= 0
+        if valid.any():
+            uniq, inverse = np.unique(ids[valid], return_inverse=True)
+            emb = np.asarray(self.features.lookup(t, uniq))
+            if emb.shape != (uniq.shape[0], self.llm_dim[t]):
+                raise StarError(f"feature source: lookup({t!r}, {uniq.shape[0]} ids) returned shape "
+                                f"{emb.shape}, expected [{uniq.shape[0]}, {self.llm_dim[t]}]")
+            out[valid] = emb[inverse]
+        return out
+
+
+# -- grain pipeline ----------------------------------------------------------------------------
+
+
+def batch_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of batch `index`: independent of which worker draws it."""
+    return np.random.default_rng([seed, 1, index])
+
+
+class _Sample:
+    """The grain map step (a picklable callable): seeds -> HeteroBatch."""
+
+    def __init__(self, sampler: NeighborSampler, seed: int):
+        self.sampler, self.seed = sampler, seed
+
+    def __call__(self, seeds: SeedBatch) -> HeteroBatch:
+        return self.sampler.sample(seeds, batch_rng(self.seed, seeds.index))
+
+
+def make_dataset(sampler: NeighborSampler, seeds: PairSeeds | NodeSeeds, *, workers: int | None = None,
+                 prefetch: int | None = None, seed: int | None = None) -> grain.IterDataset:
+    """grain `MapDataset(seeds).map(sample)` as an `IterDataset`, prefetched in a thread or `workers`
+    processes. `iter()` of it has `get_state`/`set_state` (orbax: `Checkpointer(data_iter=...)`).
+    Defaults come from the sampler's config."""
+    import grain
+
+    cfg = sampler.cfg
+    workers = cfg.workers if workers is None else workers
+    prefetch = cfg.prefetch if prefetch is None else prefetch
+    seed = cfg.seed if seed is None else seed
+    ds = grain.MapDataset.source(seeds).map(_Sample(sampler, seed))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+    if workers > 0:
+        from star_jax.data import loader  # noqa: F401  (marks absl flags parsed, which grain workers need)
+
+        options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
+        it = it.mp_prefetch(options)
+    return it
