@@ -1,0 +1,349 @@
+"""STAR's GNN: a heterogeneous attention encoder with an in-batch link-prediction decoder.
+
+STAR (arXiv 2507.09797; `reference/papers.md` section 1.5) feeds the stored LLM embeddings of
+members and jobs, learned ID embeddings and categorical features into a multi-head attention GNN
+over the member/job/company/skill/title graph and exports 200-d embeddings. The paper gives no
+layer-level detail, so this module makes these choices (ARCHITECTURE decisions 5 and 6):
+
+Node input, per type, the sum of the enabled parts (`GNNConfig.use_llm/use_id/use_cat`):
+  - LLM: `llm_<type>`, a Dense of the layer-normalised stored embedding (member and job). The
+    layer norm makes the projection indifferent to the store's scale (E5 vectors are unit-norm,
+    so their 4096 components are ~1/64 each) and puts it on the same footing as the ID part;
+  - ID: `id_<type>`, `id_buckets` rows indexed by a hash of the node id (LiGNN's ID embeddings,
+    hash-bucketed so the table size does not grow with the graph);
+  - categorical: one `cat_<type>_<column>` table per column (code 0 = missing, embedded as zeros),
+    concatenated and projected by `cat_proj_<type>`;
+  - a type with no enabled part gets a learned type embedding `type_<type>`.
+  Padding slots are zeroed.
+
+Encoder: `layers` x [`HGTConv` (star_jax.gnn.hgt) -> LayerNorm per type]. The residual is HGT's
+own gated skip, sigma(skip) * update + (1 - sigma(skip)) * input, followed by a layer norm as in
+the HGT reference implementation (`use_norm=True`); PyG's HGTConv stops at the gated skip and has
+no norm. Dropout sits on each layer's output projection. Then a per-type projection `proj_<type>`
+to `out_dim` (200), L2-normalised when `GNNConfig.normalize` (the default): downstream rankers and
+nearest-neighbour retrieval then see cosine geometry, and the loss cannot be lowered by inflating
+norms.
+
+Decoder (LinkSAGE's in-batch decoder, papers.md section 2.4, plus shared random negatives): the
+logits are `scale * <member_i, job_j> + bias` for the B member seeds against the B job seeds and
+the K shared negative jobs, [B, B + K]; the target is the pair's label on the diagonal and 0
+elsewhere; the loss is sigmoid BCE averaged over the valid entries. `scale` (stored as its log)
+and `bias` are learned, as in SigLIP: unit-norm embeddings give cosines in [-1, 1], which need a
+temperature to reach confident logits, and the bias absorbs the 1 : (B + K - 1) class imbalance.
+Masked out: padded pairs (rows and columns), padded negative slots, and any "negative" that is
+the same job as a known positive of the row's member (its own pair's job, or another pair of the
+same member).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from star_jax.config import GNNConfig, GNNTrainConfig
+from star_jax.errors import StarError
+from star_jax.gnn.hgt import HGTConv
+from star_jax.graph.batch import HeteroBatch, Layout
+
+Params = dict[str, Any]  # {"encoder": Flax params, "decoder": {"log_scale": f32[], "bias": f32[]}}
+Metrics = dict[str, jax.Array]
+
+LLM_TYPES = ("member", "job")  # the node types whose text the LLM towers embed
+
+
+def hash_ids(ids: jax.Array, buckets: int) -> jax.Array:
+    """Bucket of each node id: MurmurHash3's 32-bit finaliser of the id's low 32 bits, mod `buckets`.
+
+    Without 64-bit JAX, int64 ids arrive as their low 32 bits; that is enough for up to 2^32 nodes
+    per type. Consecutive ids land in unrelated buckets, so collisions are not clustered.
+    """
+    x = ids.astype(jnp.uint32)
+    x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+    x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+    x = x ^ (x >> 16)
+    return (x % jnp.uint32(buckets)).astype(jnp.int32)
+
+
+def cat_rows(codes: jax.Array, buckets: int) -> jax.Array:
+    """Embedding row of each categorical code: 0 stays 0 (missing); codes >= buckets wrap onto 1.."""
+    return jnp.where(codes > 0, 1 + (codes - 1) % (buckets - 1), 0).astype(jnp.int32)
+
+
+def check_batch(batch: HeteroBatch, layout: Layout, cfg: GNNConfig) -> None:
+    """Shape checks at trace time: a batch that does not match its `Layout` fails in one line."""
+
+    def expect(name: str, shape: tuple[int, ...], want: tuple[int, ...]) -> None:
+        if tuple(shape) != want:
+            raise StarError(f"{name}: shape {tuple(shape)} does not match the layout, expected {want}")
+
+    expect("batch.graph.senders", batch.graph.senders.shape, (layout.num_edges,))
+    expect("batch.graph.receivers", batch.graph.receivers.shape, (layout.num_edges,))
+    expect("batch.graph.edges['mask']", batch.graph.edges["mask"].shape, (layout.num_edges,))
+    expect("batch.graph.nodes['mask']", batch.graph.nodes["mask"].shape, (layout.num_nodes,))
+    for t, cap in zip(layout.node_types, layout.node_capacity):
+        expect(f"batch.node_ids[{t!r}]", batch.node_ids[t].shape, (cap,))
+        if t in batch.llm:
+            expect(f"batch.llm[{t!r}]", batch.llm[t].shape[:1], (cap,))
+        if t in batch.cat:
+            expect(f"batch.cat[{t!r}]", batch.cat[t].shape[:1], (cap,))
+    for name, want in (
+        ("member_seeds", layout.num_pairs),
+        ("job_seeds", layout.num_pairs),
+        ("pair_mask", layout.num_pairs),
+        ("labels", layout.num_pairs),
+        ("neg_jobs", layout.num_negatives),
+    ):
+        expect(f"batch.{name}", getattr(batch, name).shape, (want,))
+    if cfg.use_llm:
+        for t in LLM_TYPES:
+            if t in layout.node_types and t not in batch.llm:
+                raise StarError(f"batch.llm[{t!r}]: missing, but gnn.use_llm is true")
+
+
+class GNNEncoder(nn.Module):
+    """Node inputs -> `layers` HGT layers -> per-type projection to `out_dim` (module docstring)."""
+
+    config: GNNConfig
+
+    @nn.compact
+    def __call__(
+        self, batch: HeteroBatch, layout: Layout, *, deterministic: bool = True
+    ) -> dict[str, jax.Array]:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        node_mask = batch.graph.nodes["mask"]
+        h = {}
+        for t, cap in zip(layout.node_types, layout.node_capacity):
+            parts = []
+            if cfg.use_llm and t in batch.llm:
+                llm = nn.LayerNorm(name=f"llm_norm_{t}")(jnp.asarray(batch.llm[t], jnp.float32))
+                parts.append(nn.Dense(cfg.hidden_dim, dtype=dtype, name=f"llm_{t}")(llm))
+            if cfg.use_id:
+                rows = hash_ids(batch.node_ids[t], cfg.id_buckets)
+                parts.append(nn.Embed(cfg.id_buckets, cfg.hidden_dim, name=f"id_{t}")(rows))
+            if cfg.use_cat and t in batch.cat and batch.cat[t].shape[-1] > 0:
+                codes = batch.cat[t]
+                cols = [
+                    jnp.where(
+                        codes[:, c, None] > 0,
+                        nn.Embed(cfg.cat_buckets, cfg.cat_dim, name=f"cat_{t}_{c}")(
+                            cat_rows(codes[:, c], cfg.cat_buckets)
+                        ),
+                        0.0,
+                    )
+                    for c in range(codes.shape[-1])
+                ]
+                parts.append(
+                    nn.Dense(cfg.hidden_dim, dtype=dtype, name=f"cat_proj_{t}")(jnp.concatenate(cols, -1))
+                )
+            if not parts:
+                embedding = self.param(f"type_{t}", nn.initializers.normal(1.0), (cfg.hidden_dim,))
+                parts.append(jnp.broadcast_to(embedding, (cap, cfg.hidden_dim)))
+            x = sum(p.astype(jnp.float32) for p in parts)
+            h[t] = jnp.where(node_mask[layout.node_slice(t), None], x, 0.0)
+
+        for layer in range(cfg.layers):
+            h = HGTConv(cfg.hidden_dim, cfg.heads, cfg.dropout, dtype, name=f"hgt_{layer}")(
+                h, batch.graph, layout, deterministic=deterministic
+            )
+            h = {
+                t: nn.LayerNorm(name=f"norm_{layer}_{t}")(h[t].astype(jnp.float32)) for t in layout.node_types
+            }
+
+        out = {}
+        for t in layout.node_types:
+            z = nn.Dense(cfg.out_dim, dtype=dtype, name=f"proj_{t}")(h[t]).astype(jnp.float32)
+            if cfg.normalize:
+                z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-12))
+            out[t] = z
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder and loss: pure functions of embeddings and the batch, testable on their own.
+
+
+def link_logits(member: jax.Array, jobs: jax.Array, decoder: dict[str, jax.Array]) -> jax.Array:
+    """[B, d] x [B + K, d] -> [B, B + K] logits, scale * dot + bias."""
+    return jnp.exp(decoder["log_scale"]) * (member @ jobs.T) + decoder["bias"]
+
+
+def link_targets(batch: HeteroBatch, layout: Layout) -> tuple[jax.Array, jax.Array]:
+    """Targets f32[B, B + K] (the pair label on the diagonal, else 0) and the valid mask bool[B, B + K].
+
+    Column j < B is pair j's job, column B + k the k-th shared negative. An entry is valid when its
+    row is a real pair, its column a real job, and it is either the diagonal or not a known
+    positive of the row's member (a pair of the same member with label 1 and the same job id).
+    """
+    b = layout.num_pairs
+    member_ids = jnp.asarray(batch.node_ids["member"])[batch.member_seeds - layout.node_slice("member").start]
+    columns = jnp.concatenate([batch.job_seeds, batch.neg_jobs])
+    job_ids = jnp.asarray(batch.node_ids["job"])[columns - layout.node_slice("job").start]
+    pair_mask = jnp.asarray(batch.pair_mask)
+    labels = jnp.asarray(batch.labels, jnp.float32)
+
+    positive = pair_mask & (labels > 0)  # [B]
+    member_positive = (member_ids[:, None] == member_ids[None, :]) & positive[None, :]  # [B row, B pair]
+    same_job = job_ids[:b, None] == job_ids[None, :]  # [B pair, B + K column]
+    known_positive = (member_positive.astype(jnp.float32) @ same_job.astype(jnp.float32)) > 0
+
+    diagonal = jnp.eye(b, b + layout.num_negatives, dtype=bool)
+    real_column = jnp.concatenate([pair_mask, batch.graph.nodes["mask"][batch.neg_jobs]])
+    mask = pair_mask[:, None] & real_column[None, :] & (diagonal | ~known_positive)
+    targets = jnp.where(diagonal, labels[:, None], 0.0)
+    return targets, mask
+
+
+def link_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Sigmoid BCE averaged over the valid entries, with ranking diagnostics."""
+    bce = optax.sigmoid_binary_cross_entropy(logits, targets)
+    count = jnp.maximum(mask.sum(), 1)
+    loss = jnp.where(mask, bce, 0.0).sum() / count
+
+    positive = mask & (targets > 0)
+    negative = mask & (targets <= 0)
+    pos_rows = positive.any(-1)
+    best_negative = jnp.max(jnp.where(negative, logits, -jnp.inf), -1)
+    pos_logit = jnp.max(jnp.where(positive, logits, -jnp.inf), -1)
+    metrics = {
+        "loss": loss,
+        "pos_logit": jnp.where(positive, logits, 0.0).sum() / jnp.maximum(positive.sum(), 1),
+        "neg_logit": jnp.where(negative, logits, 0.0).sum() / jnp.maximum(negative.sum(), 1),
+        # share of positive pairs that outscore every valid negative of their row
+        "top1": jnp.where(pos_rows, pos_logit > best_negative, False).sum() / jnp.maximum(pos_rows.sum(), 1),
+    }
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as pure functions over (params, batch, layout).
+
+
+class GNN(NamedTuple):
+    """Pure functions of one `GNNConfig`; `layout` is always a static (hashable) argument.
+
+    init(rng, batch, layout) -> params
+    encode(params, batch, layout, rng=None) -> {type: f32[cap_t, out_dim]}   (dropout iff rng)
+    seed_embeddings(params, batch, layout, rng=None) -> (f32[B, out_dim], f32[B + K, out_dim])
+    loss_fn(params, batch, layout, rng) -> (loss, metrics)
+    """
+
+    config: GNNConfig
+    init: Callable[[jax.Array, HeteroBatch, Layout], Params]
+    encode: Callable[..., dict[str, jax.Array]]
+    seed_embeddings: Callable[..., tuple[jax.Array, jax.Array]]
+    loss_fn: Callable[[Params, HeteroBatch, Layout, jax.Array], tuple[jax.Array, Metrics]]
+
+
+def build_gnn(cfg: GNNConfig) -> GNN:
+    """The encoder, decoder and loss for `cfg` as pure functions (see `GNN`)."""
+    if cfg.hidden_dim % cfg.heads:
+        raise StarError(f"gnn.hidden_dim: {cfg.hidden_dim} is not divisible by gnn.heads={cfg.heads}")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise StarError(f"gnn.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
+    encoder = GNNEncoder(cfg)
+    # One jitted init per GNN: compiling the initialisers is the slow part on CPU, so keep the cache.
+    init_encoder = jax.jit(encoder.init, static_argnums=2)
+
+    def init(rng: jax.Array, batch: HeteroBatch, layout: Layout) -> Params:
+        check_batch(batch, layout, cfg)
+        variables = init_encoder(rng, batch, layout)
+        decoder = {
+            "log_scale": jnp.asarray(np.log(cfg.init_logit_scale), jnp.float32),
+            "bias": jnp.asarray(cfg.init_logit_bias, jnp.float32),
+        }
+        return {"encoder": variables["params"], "decoder": decoder}
+
+    def encode(params: Params, batch: HeteroBatch, layout: Layout, rng: jax.Array | None = None) -> dict:
+        check_batch(batch, layout, cfg)
+        rngs = None if rng is None else {"dropout": rng}
+        return encoder.apply(
+            {"params": params["encoder"]}, batch, layout, deterministic=rng is None, rngs=rngs
+        )
+
+    def seed_embeddings(
+        params: Params, batch: HeteroBatch, layout: Layout, rng: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        emb = encode(params, batch, layout, rng)
+        member = emb["member"][batch.member_seeds - layout.node_slice("member").start]
+        jobs = emb["job"][jnp.concatenate([batch.job_seeds, batch.neg_jobs]) - layout.node_slice("job").start]
+        return member, jobs
+
+    def loss_fn(
+        params: Params, batch: HeteroBatch, layout: Layout, rng: jax.Array
+    ) -> tuple[jax.Array, Metrics]:
+        member, jobs = seed_embeddings(params, batch, layout, rng if cfg.dropout > 0 else None)
+        logits = link_logits(member, jobs, params["decoder"])
+        targets, mask = link_targets(batch, layout)
+        loss, metrics = link_loss(logits, targets, mask)
+        metrics["logit_scale"] = jnp.exp(params["decoder"]["log_scale"])
+        return loss, metrics
+
+    return GNN(cfg, init, encode, seed_embeddings, loss_fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation: AdamW with global-norm clipping, one jit-compiled step per Layout.
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 []
+    params: Params
+    opt_state: optax.OptState
+
+
+def decay_mask(params: Params) -> Any:
+    """Weight decay on matrices (Dense kernels, relation matrices) only: not on biases, norms,
+    priors, gates, the decoder's scale/bias, or embedding tables (hashed rows that a batch does not
+    touch would otherwise shrink every step)."""
+
+    def wants_decay(path: tuple, leaf: jax.Array) -> bool:
+        return leaf.ndim >= 2 and getattr(path[-1], "key", None) != "embedding"
+
+    return jax.tree_util.tree_map_with_path(wants_decay, params)
+
+
+def make_optimizer(
+    cfg: GNNTrainConfig, learning_rate: float | optax.Schedule | None = None
+) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW (`cfg.lr` unless a schedule is given)."""
+    lr = cfg.lr if learning_rate is None else learning_rate
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(lr, weight_decay=cfg.weight_decay, mask=decay_mask),
+    )
+
+
+def init_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
+    """Step 0 for `params` (from `GNN.init`, or restored). The params are copied, because the train
+    step donates its state and would otherwise invalidate the caller's arrays."""
+    params = jax.tree.map(jnp.array, params)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def make_train_step(
+    gnn: GNN, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, HeteroBatch, Layout, jax.Array], tuple[TrainState, Metrics]]:
+    """`step(state, batch, layout, rng) -> (state, metrics)`, jit-compiled once per Layout.
+
+    `rng` is the run's dropout key; the step number is folded in here, so a constant key gives a
+    fresh stream every step and a resumed run replays the same one. `state` is donated.
+    """
+
+    def step(
+        state: TrainState, batch: HeteroBatch, layout: Layout, rng: jax.Array
+    ) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(rng, state.step)
+        (_, metrics), grads = jax.value_and_grad(gnn.loss_fn, has_aux=True)(state.params, batch, layout, rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return jax.jit(step, static_argnames="layout", donate_argnames="state")

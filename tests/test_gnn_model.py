@@ -1,0 +1,217 @@
+"""The GNN encoder, decoder and train step on hand-built batches (tests/gnn_fixtures.py)."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from gnn_fixtures import Piece, full_batch, make_batch, make_layout, merge
+
+from star_jax.config import GNNConfig, GNNTrainConfig
+from star_jax.errors import StarError
+from star_jax.gnn.model import (
+    build_gnn,
+    init_train_state,
+    link_logits,
+    link_loss,
+    link_targets,
+    make_optimizer,
+    make_train_step,
+)
+from star_jax.graph.batch import Layout
+
+CFG = GNNConfig(
+    hidden_dim=16, out_dim=8, heads=2, layers=2, dropout=0.1, id_buckets=64, cat_dim=4, cat_buckets=8
+)
+LAYOUT = make_layout(num_pairs=4, num_negatives=3)
+
+
+@pytest.fixture(scope="module")
+def gnn():
+    return build_gnn(CFG)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    full, pieces = full_batch(LAYOUT)
+    sparse = make_batch(LAYOUT, merge([pieces[0]]))  # pair 0 only: everything else is padding
+    return full, sparse, pieces
+
+
+@pytest.fixture(scope="module")
+def params(gnn, batches):
+    return gnn.init(jax.random.key(0), batches[0], LAYOUT)
+
+
+@pytest.fixture(scope="module")
+def seeds(gnn):
+    return jax.jit(gnn.seed_embeddings, static_argnames="layout")
+
+
+def test_padding_changes_nothing(params, batches, seeds):
+    full, sparse, pieces = batches
+    m_full, j_full = seeds(params, full, LAYOUT)
+    m_sparse, j_sparse = seeds(params, sparse, LAYOUT)
+    np.testing.assert_allclose(m_sparse[0], m_full[0], atol=1e-6)
+    np.testing.assert_allclose(j_sparse[0], j_full[0], atol=1e-6)
+    assert np.isfinite(np.asarray(m_sparse)).all() and np.isfinite(np.asarray(j_sparse)).all()
+    np.testing.assert_allclose(np.linalg.norm(m_full[:4], axis=-1), 1.0, rtol=1e-5)  # normalize=True
+
+    # The neighbourhood matters: the same seeds with every edge of pair 0 invalidated differ.
+    cut = dataclasses.replace(
+        pieces[0], edges={k: [(s, r, False) for s, r, _ in v] for k, v in pieces[0].edges.items()}
+    )
+    m_cut, j_cut = seeds(params, make_batch(LAYOUT, merge([cut])), LAYOUT)
+    assert np.abs(np.asarray(m_cut[0] - m_full[0])).max() > 1e-3
+    assert np.abs(np.asarray(j_cut[0] - j_full[0])).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder and loss against a hand computation.
+
+# Four pairs and two negatives; member ids and job ids are chosen to hit every masking rule.
+#   pair 0: member 1 -> job 10 (label 1)
+#   pair 1: member 2 -> job 11 (label 1)
+#   pair 2: member 2 -> job 12 (label 1)      same member as pair 1: each is a positive of the other
+#   pair 3: member 3 -> job 11 (label 0)      an evaluation pair; its column (job 11) is a known
+#                                             positive of member 2, so rows 1 and 2 drop it
+#   pair 4: padding
+#   negative 0: job 10 again (another slot)   the positive of pair 0: not a negative for row 0
+#   negative 1: padding
+LOSS_LAYOUT = Layout(
+    ("member", "job"), (4, 6), (("applied", "member", "job"),), (1,), num_pairs=5, num_negatives=2
+)
+LOSS_PIECE = Piece(
+    nodes={"member": [1, 2, 3], "job": [10, 11, 12, 11, 10]},
+    edges={"applied": []},
+    pairs=[(0, 0, 1.0), (1, 1, 1.0), (1, 2, 1.0), (2, 3, 0.0)],
+    negatives=[4],
+)
+EXPECTED_MASK = np.array(  # rows: pairs; columns: 5 pair jobs, then 2 negatives
+    [
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0],
+        [1, 0, 1, 0, 0, 1, 0],
+        [1, 1, 1, 1, 0, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0],
+    ],
+    bool,
+)
+
+
+def test_link_loss_matches_hand_computation():
+    batch = make_batch(LOSS_LAYOUT, LOSS_PIECE)
+    rng = np.random.default_rng(0)
+    member = rng.normal(size=(5, 6)).astype(np.float32)
+    jobs = rng.normal(size=(7, 6)).astype(np.float32)
+    decoder = {"log_scale": np.float32(np.log(3.0)), "bias": np.float32(-1.5)}
+
+    @jax.jit
+    def decode(member, jobs, decoder, batch):
+        logits = link_logits(member, jobs, decoder)
+        targets, mask = link_targets(batch, LOSS_LAYOUT)
+        return link_loss(logits, targets, mask), mask
+
+    (loss, metrics), mask = decode(member, jobs, decoder, batch)
+
+    np.testing.assert_array_equal(np.asarray(mask), EXPECTED_MASK)
+    s = 3.0 * member.astype(np.float64) @ jobs.T.astype(np.float64) - 1.5
+    y = np.zeros_like(s)
+    y[[0, 1, 2], [0, 1, 2]] = 1.0  # pair 3's diagonal is a labelled negative
+    bce = np.log1p(np.exp(-s)) * y + np.log1p(np.exp(s)) * (1 - y)  # -log sigmoid(s), -log(1 - sigmoid(s))
+    np.testing.assert_allclose(float(loss), bce[EXPECTED_MASK].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["pos_logit"]), s[[0, 1, 2], [0, 1, 2]].mean(), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+@pytest.fixture(scope="module")
+def train(gnn):
+    optimizer = make_optimizer(GNNTrainConfig(lr=1e-2, weight_decay=1e-4, clip_norm=1.0))
+    return optimizer, make_train_step(gnn, optimizer)
+
+
+def test_train_steps_reduce_loss(gnn, params, batches, train):
+    optimizer, step = train
+    full = batches[0]
+    state = init_train_state(params, optimizer)
+    key = jax.random.key(1)
+    losses = []
+    for _ in range(25):
+        state, metrics = step(state, full, LAYOUT, key)
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 25
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0], losses
+    # One compilation serves every batch of this Layout.
+    other, _ = full_batch(LAYOUT, seed=1)
+    state, _ = step(state, other, LAYOUT, key)
+    assert step._cache_size() == 1
+
+
+def test_no_nan_gradients_with_empty_neighbourhoods(gnn, params, batches, train):
+    optimizer, step = train
+    piece = batches[2][0]
+    edges = {
+        name: [
+            (s, r, v and not (dst == "member" and r == 0)) for s, r, v in piece.edges[name]
+        ]  # seed member: no valid edge
+        for name, _, dst in LAYOUT.relations
+    }
+    edges["job_skill_rev"] = [
+        (s, r, False) for s, r, _ in edges["job_skill_rev"]
+    ]  # a relation with no valid edge
+    # One real pair; every other pair, node and edge slot is padding.
+    batch = make_batch(LAYOUT, merge([dataclasses.replace(piece, edges=edges)]))
+    state, metrics = step(init_train_state(params, optimizer), batch, LAYOUT, jax.random.key(3))
+    # The global gradient norm is finite iff every gradient entry is.
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert float(metrics["grad_norm"]) > 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+        assert np.isfinite(np.asarray(leaf)).all(), jax.tree_util.keystr(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and contract checks (shapes only: nothing is compiled).
+
+
+def _param_names(cfg, batch):
+    shapes = jax.eval_shape(lambda k: build_gnn(cfg).init(k, batch, LAYOUT), jax.random.key(0))
+    return set(shapes["encoder"])
+
+
+@pytest.mark.parametrize(
+    "switches, present, absent",
+    [
+        (
+            {},
+            {"llm_member", "llm_job", "id_skill", "cat_member_1", "cat_job_2", "cat_proj_company"},
+            {"type_skill", "llm_company", "cat_proj_skill"},
+        ),
+        (
+            {"use_id": False, "use_cat": False},
+            {"llm_member", "type_company", "type_skill"},
+            {"id_member", "type_job"},
+        ),
+        (
+            {"use_llm": False, "use_id": False, "use_cat": False},
+            {f"type_{t}" for t in LAYOUT.node_types},
+            {"id_job"},
+        ),
+    ],
+)
+def test_feature_switches(batches, switches, present, absent):
+    names = _param_names(dataclasses.replace(CFG, **switches), batches[0])
+    assert present <= names and not (absent & names)
+    assert {"hgt_0", "hgt_1", "norm_1_job", "proj_member"} <= names
+
+
+def test_batch_that_does_not_match_layout_is_a_star_error(gnn, params, batches):
+    bad = batches[0]._replace(neg_jobs=batches[0].neg_jobs[:2])
+    with pytest.raises(StarError, match=r"batch\.neg_jobs"):
+        gnn.encode(params, bad, LAYOUT)
+    no_llm = batches[0]._replace(llm={})
+    with pytest.raises(StarError, match="use_llm"):
+        gnn.encode(params, no_llm, LAYOUT)
