@@ -1,0 +1,244 @@
+"""The bi-encoder: losses against NumPy references, E5 pooling against transformers, the towers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hf_fixtures import build_checkpoint
+
+from star_jax.config import LLMTrainConfig, LoraConfig
+from star_jax.llm import MistralModel, init_lora, load_mistral
+from star_jax.llm.biencoder import (
+    JOB,
+    MEMBER,
+    TOWERS,
+    adapter_names,
+    bce_loss,
+    biencoder_losses,
+    encode,
+    encode_towers,
+    id_keys,
+    infonce_loss,
+    init_head,
+    semihard_triplet_loss,
+    tower_adapters,
+)
+
+# -- NumPy references, written from the definitions (not from the JAX code) ----------------------
+
+
+def np_bce(m, j, label, valid, scale, bias):
+    z = scale * np.sum(m * j, axis=1) + bias
+    p = 1 / (1 + np.exp(-z))
+    ce = -(label * np.log(p) + (1 - label) * np.log(1 - p))
+    return ce[valid].mean()
+
+
+def applied_jobs(i, member_id, job_id, label, valid):
+    return {job_id[k] for k in range(len(label)) if valid[k] and label[k] and member_id[k] == member_id[i]}
+
+
+def np_triplet(m, j, member_id, job_id, label, valid, margin):
+    """FaceNet semi-hard triplets over in-batch jobs; returns (loss, #semi-hard picks, #fallbacks)."""
+    d = np.sum((m[:, None, :] - j[None, :, :]) ** 2, axis=-1)  # squared Euclidean distance
+    losses, semi_count, fallback = [], 0, 0
+    for i in range(len(label)):
+        if not (valid[i] and label[i]):
+            continue
+        mine = applied_jobs(i, member_id, job_id, label, valid)
+        negs = [k for k in range(len(label)) if valid[k] and job_id[k] not in mine]
+        if not negs:
+            continue
+        semi = [k for k in negs if d[i, i] < d[i, k] < d[i, i] + margin]
+        k = min(semi or negs, key=lambda k: d[i, k])
+        semi_count += bool(semi)
+        fallback += not semi
+        losses.append(max(d[i, i] - d[i, k] + margin, 0.0))
+    return (np.mean(losses) if losses else 0.0), semi_count, fallback
+
+
+def np_infonce(m, j, member_id, job_id, label, valid, tau):
+    losses = []
+    for i in range(len(label)):
+        if not (valid[i] and label[i]):
+            continue
+        mine = applied_jobs(i, member_id, job_id, label, valid)
+        cols = [i] + [k for k in range(len(label)) if valid[k] and job_id[k] not in mine]
+        logits = np.array([m[i] @ j[k] for k in cols]) / tau
+        losses.append(-(logits[0] - np.log(np.sum(np.exp(logits)))))
+    return np.mean(losses)
+
+
+triplet = jax.jit(semihard_triplet_loss, static_argnums=6)
+infonce = jax.jit(infonce_loss, static_argnums=6)
+
+
+def unit(rng, n, dim):
+    x = rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def batch_case(seed, n=12, dim=6):
+    """Unit embeddings and ids with repeated members and jobs, both labels and a fill row."""
+    rng = np.random.default_rng(seed)
+    member_id = rng.integers(0, 5, n) * 1_000_000_007  # beyond int32: the keys must stay exact
+    job_id = rng.integers(0, 6, n) + (2**40)
+    label = (rng.random(n) < 0.5).astype(np.int32)
+    valid = np.ones(n, bool)
+    valid[-1] = False
+    m, j = unit(rng, n, dim), unit(rng, n, dim)
+    j = (0.6 * j + 0.4 * m) / np.linalg.norm(0.6 * j + 0.4 * m, axis=1, keepdims=True)  # some near misses
+    return m, j.astype(np.float32), member_id, job_id, label, valid
+
+
+def test_bce_matches_numpy():
+    m, j, _, _, label, valid = batch_case(0)
+    head = init_head(LLMTrainConfig(init_logit_scale=7.0, init_logit_bias=-2.0))
+    got = bce_loss(jnp.asarray(m), jnp.asarray(j), jnp.asarray(label), jnp.asarray(valid), head)
+    np.testing.assert_allclose(float(got), np_bce(m, j, label, valid, 7.0, -2.0), rtol=1e-5)
+
+
+def test_semihard_triplet_and_infonce_match_numpy():
+    picks = fallbacks = 0
+    for seed in range(12):
+        m, j, mid, jid, label, valid = batch_case(seed)
+        for margin in (0.2, 1.0):
+            expected, semi, fall = np_triplet(m, j, mid, jid, label, valid, margin)
+            picks, fallbacks = picks + semi, fallbacks + fall
+            got = triplet(m, j, id_keys(mid), id_keys(jid), label, valid, margin)
+            np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=1e-6)
+        got = infonce(m, j, id_keys(mid), id_keys(jid), label, valid, 0.1)
+        np.testing.assert_allclose(float(got), np_infonce(m, j, mid, jid, label, valid, 0.1), rtol=1e-5)
+    assert picks > 10 and fallbacks > 10  # both branches of the negative choice were exercised
+
+
+def test_triplet_excludes_same_job_and_other_positives():
+    # Member 1 applied to jobs 10 and 11; job 12 is a real negative. Row 2 repeats job 10.
+    m = unit(np.random.default_rng(0), 1, 4).repeat(4, axis=0)
+    j = np.stack([m[0], m[0], m[0], -m[0]])  # the non-negatives sit on top of the anchor
+    member_id, job_id = np.array([1, 1, 2, 3]), np.array([10, 11, 10, 12])
+    label, valid = np.array([1, 1, 0, 0]), np.ones(4, bool)
+    got = triplet(m, j, id_keys(member_id), id_keys(job_id), label, valid, 0.2)
+    # Only job 12 (distance 4 from both anchors) is a negative: each anchor's loss is max(0 - 4 + 0.2, 0).
+    assert float(got) == 0.0
+    job_id[3] = 10  # now no negative remains for either anchor: no triplet, zero loss, no NaN
+    got = triplet(m, j, id_keys(member_id), id_keys(job_id), label, valid, 0.2)
+    assert float(got) == 0.0
+
+
+def test_loss_weights_and_gradients():
+    m, j, mid, jid, label, valid = batch_case(3)
+    batch = {"label": label, "valid": valid, "member_key": id_keys(mid), "job_key": id_keys(jid)}
+    cfg = LLMTrainConfig(bce_weight=0.5, triplet_weight=2.0, infonce_weight=0.25, triplet_margin=0.3)
+    head = init_head(cfg)
+    losses = jax.jit(lambda m, j, h, b: biencoder_losses(m, j, h, b, cfg))
+    terms = losses(m, j, head, batch)
+    expected = 0.5 * terms["bce"] + 2.0 * terms["triplet"] + 0.25 * terms["infonce"]
+    np.testing.assert_allclose(float(terms["loss"]), float(expected), rtol=1e-6)
+    # The scale and bias are learnable: BCE moves them.
+    grads = jax.jit(jax.grad(lambda h: losses(m, j, h, batch)["loss"]))(head)
+    assert all(abs(float(g)) > 0 for g in jax.tree.leaves(grads))
+    # Fill rows (valid = False) change nothing.
+    moved = j.copy()
+    moved[-1] = -moved[-1]
+    again = losses(m, moved, head, batch)
+    np.testing.assert_allclose(float(again["loss"]), float(terms["loss"]), rtol=1e-6)
+
+
+# -- towers and pooling ---------------------------------------------------------------------------
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)
+EOS = PAD = 2  # as in E5-Mistral: padding with the EOS id
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base")
+    torch_model = build_checkpoint(path, **TINY)
+    cfg, params = load_mistral(path)
+    return cfg, params, torch_model
+
+
+def e5_batch():
+    rng = np.random.default_rng(1)
+    lengths = np.array([9, 5, 12, 1])
+    ids = rng.integers(3, TINY["vocab_size"], (4, 12)).astype(np.int32)
+    ids[0, 3] = EOS  # an EOS inside the text: pooling by token id would stop here
+    for i, n in enumerate(lengths):
+        ids[i, n - 1] = EOS
+        ids[i, n:] = PAD
+    return ids, lengths.astype(np.int32)
+
+
+def test_encode_pools_the_last_real_token_like_e5(tiny_base):
+    cfg, params, torch_model = tiny_base
+    ids, lengths = e5_batch()
+    model = MistralModel(cfg)
+    got = np.asarray(jax.jit(lambda p, i, n: encode(model, p, None, MEMBER, i, n))(params, ids, lengths))
+    assert got.dtype == np.float32
+    # The E5-Mistral model card's `last_token_pool` + F.normalize, on transformers' MistralModel.
+    mask = torch.from_numpy((np.arange(12)[None] < lengths[:, None]).astype(np.int64))
+    with torch.no_grad():
+        hidden = torch_model(input_ids=torch.from_numpy(ids).long(), attention_mask=mask).last_hidden_state
+    pooled = hidden[torch.arange(4), mask.sum(1) - 1]
+    expected = torch.nn.functional.normalize(pooled, p=2, dim=-1).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+
+
+def trained_adapters(cfg, lora):
+    """Adapters with non-zero B, as after training."""
+    names = adapter_names(lora)
+    keys = jax.random.split(jax.random.key(0), len(names))
+    return {
+        n: jax.tree.map(lambda x, k=k: x + 0.3 * jax.random.normal(k, x.shape), init_lora(k, cfg, lora))
+        for n, k in zip(names, keys)
+    }
+
+
+def test_shared_adapter_embeds_both_towers_in_one_pass(tiny_base):
+    cfg, params, _ = tiny_base
+    lora = LoraConfig(rank=4, shared=True, targets=["q", "v"])
+    model = MistralModel(cfg, lora)
+    adapters = trained_adapters(cfg, lora)
+    assert set(adapters) == {"shared"}
+    ids, lengths = e5_batch()
+    batch = {"member_ids": ids, "member_len": lengths, "job_ids": ids[::-1], "job_len": lengths[::-1]}
+
+    @jax.jit
+    def run(adapters):
+        alone = [encode(model, params, adapters, t, batch[f"{t}_ids"], batch[f"{t}_len"]) for t in TOWERS]
+        return encode_towers(model, params, adapters, batch), alone
+
+    (member, job), (member_alone, job_alone) = run(adapters)
+    np.testing.assert_allclose(member, member_alone, atol=1e-5)
+    np.testing.assert_allclose(job, job_alone, atol=1e-5)
+    np.testing.assert_allclose(job, member[::-1], atol=1e-5)  # one adapter: same text, same vector
+    frozen = jax.jit(lambda: encode(MistralModel(cfg), params, None, MEMBER, ids, lengths))()
+    assert not np.allclose(member, frozen, atol=1e-3)
+
+
+def test_separate_adapters_train_only_their_tower(tiny_base):
+    cfg, params, _ = tiny_base
+    lora = LoraConfig(rank=4, shared=False, targets=["q", "v"])
+    model = MistralModel(cfg, lora)
+    adapters = trained_adapters(cfg, lora)
+    assert set(adapters) == {"member", "job"}
+    ids, lengths = e5_batch()
+    batch = {"member_ids": ids, "member_len": lengths, "job_ids": ids, "job_len": lengths}
+
+    @jax.jit
+    def run(adapters):
+        job_loss = lambda a: jnp.sum(encode_towers(model, params, a, batch)[1][:, 0])  # noqa: E731
+        return encode_towers(model, params, adapters, batch), jax.grad(job_loss)(adapters)
+
+    (member, job), grads = run(adapters)
+    assert not np.allclose(member, job, atol=1e-3)  # same text, different adapters
+    touched = {n for n in adapters if any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[n]))}
+    assert touched == {"job"}
+    bare = adapters["member"]  # a single LoRA tree (e.g. from import_peft) serves any tower
+    assert tower_adapters(bare, JOB) is bare and tower_adapters(None, JOB) is None
