@@ -50,7 +50,9 @@ class Checkpointer:
         out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"])
 
-    def restore(self, abstract_state: Any, *, data_iter: Any = None, step: int | None = None) -> tuple[Any, dict]:
+    def restore(
+        self, abstract_state: Any, *, data_iter: Any = None, step: int | None = None
+    ) -> tuple[Any, dict]:
         """Restore `state` (shaped and sharded like `abstract_state`) and, if given, `data_iter` in place."""
         import grain
 

@@ -83,7 +83,7 @@ class LLMConfig:
     )
     member_max_len: int = 256  # request tower (paper: about 1024)
     job_max_len: int = 256  # document tower (paper: about 1800)
-    buckets: list[int] = field(default_factory=lambda: [64, 128, 256])  # padded lengths, jit once each
+    buckets: list[int] = field(default_factory=lambda: [64, 128, 192, 256])  # padded lengths, jit once each
 
 
 @dataclass
@@ -124,10 +124,10 @@ class LLMTrainConfig:
     """Bi-encoder fine-tuning (star_jax/llm/train.py); losses in star_jax/llm/biencoder.py.
 
     The defaults fit the demo's budget of about 2.5 minutes on 2 CPU cores at the tiny scale
-    (640 of the 16.6k train pairs seen, plus two embedding passes over the val and test texts).
+    (960 of the 16.6k train pairs seen, plus two embedding passes over the val and test texts).
     """
 
-    steps: int = 40
+    steps: int = 60
     # Pairs per optimizer step. With grad_accum > 1 it is split into micro-batches of
     # batch_size / grad_accum (rows r with r % grad_accum == k), whose in-batch negatives are their own.
     batch_size: int = 16

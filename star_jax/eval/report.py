@@ -1,0 +1,439 @@
+"""`star-jax evaluate --run RUN_DIR`: the paper's ablation table, scored on the test split.
+
+Rows mirror STAR's offline results (reference/papers.md §1.9): `llm_frozen` and `llm_finetuned`
+score a pair by the cosine of its member and job tower embeddings, the `gnn_*` variants by the dot
+product of their 200-d GNN embeddings (as `gnn.export.score_pairs` and the training decoder do).
+Every variant is read back from the EmbeddingStore version the pipeline wrote, so the report
+scores exactly what a downstream consumer would read.
+
+Columns (ARCHITECTURE decision 6):
+  - test AUC over the labelled test pairs, the paper's metric, and the same on cold-start members
+    (no training-period applies: `eval.metrics.activity_bucket`);
+  - MRR and recall@k of each positive test pair against a fixed candidate set of
+    `eval.num_candidates` random jobs (`eval.seed`), *filtered*: the member's other known positives
+    (labelled applies of any split and the apply edges) are not counted as competitors;
+  - training seconds of the stage that produced the variant (the demo's pretraining for
+    `llm_frozen`), and the paper's AUC where it publishes one.
+
+Outputs, written atomically: RUN_DIR/report.md, RUN_DIR/report.json (schema in docs/pipeline.md)
+and RUN_DIR/plots/{loss_curves,roc,auc_by_activity}.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from star_jax.config import to_dict
+from star_jax.errors import StarError
+from star_jax.eval.metrics import (
+    ACTIVITY_BUCKETS,
+    activity_bucket,
+    auc,
+    auc_by_group,
+    mrr,
+    positive_ranks,
+    recall_at_k,
+)
+from star_jax.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from star_jax.pipeline import LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
+
+if TYPE_CHECKING:
+    from star_jax.store import EmbeddingStore
+
+REPORT_FORMAT = 1  # bump when report.json's schema changes (the pipeline then rewrites reports)
+REPORT_MD, REPORT_JSON, PLOTS = "report.md", "report.json", "plots"
+
+
+# -- inputs --------------------------------------------------------------------------------------
+
+
+class TestPairs(NamedTuple):
+    member_ids: np.ndarray  # int64 [n]
+    job_ids: np.ndarray  # int64 [n]
+    labels: np.ndarray  # int8 [n]
+    bucket: np.ndarray  # object [n]: the member's activity bucket (ACTIVITY_BUCKETS names)
+
+
+def train_applies(data_dir: str | os.PathLike, relation: str, member_ids: np.ndarray) -> np.ndarray:
+    """int64 [n]: each member's count of `relation` edges (the training-period applies)."""
+    from star_jax.data.tables import read_edges
+
+    counts = read_edges(data_dir, relation, ["src"])["src"].value_counts()
+    return counts.reindex(member_ids, fill_value=0).to_numpy(np.int64)
+
+
+def test_pairs(data_dir: str | os.PathLike, relation: str) -> TestPairs:
+    from star_jax.data.tables import read_labels
+
+    df = read_labels(data_dir, "test", ["member_id", "job_id", "label"])
+    if df.empty:
+        raise StarError(f"{data_dir}: no labelled pairs with split == 'test' to evaluate on")
+    m = df["member_id"].to_numpy(np.int64)
+    return TestPairs(m, df["job_id"].to_numpy(np.int64), df["label"].to_numpy(np.int8),
+                     activity_bucket(train_applies(data_dir, relation, m)))
+
+
+def candidate_jobs(job_ids: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The fixed candidate set: `n` distinct jobs drawn with `seed` (every job when fewer), ascending."""
+    job_ids = np.unique(np.asarray(job_ids, np.int64))
+    if n >= len(job_ids):
+        return job_ids
+    return np.sort(np.random.default_rng(seed).choice(job_ids, n, replace=False))
+
+
+def known_positives(data_dir: str | os.PathLike, relation: str) -> pd.DataFrame:
+    """(member_id, job_id) of every labelled apply (any split) and every apply edge, deduplicated."""
+    from star_jax.data.tables import read_edges, read_labels
+
+    labels = read_labels(data_dir, None, ["member_id", "job_id", "label"])
+    labels = labels.loc[labels["label"] > 0, ["member_id", "job_id"]]
+    edges = read_edges(data_dir, relation, ["src", "dst"])
+    edges = edges.rename(columns={"src": "member_id", "dst": "job_id"})
+    return pd.concat([labels, edges], ignore_index=True).drop_duplicates()
+
+
+def competitor_mask(members: np.ndarray, candidates: np.ndarray, known: pd.DataFrame) -> np.ndarray:
+    """bool [Q, C]: False where candidate c is a known positive of query q's member (filtered ranking)."""
+    mask = np.ones((len(members), len(candidates)), bool)
+    q = pd.DataFrame({"member_id": members, "q": np.arange(len(members))})
+    c = pd.DataFrame({"job_id": candidates, "c": np.arange(len(candidates))})
+    hits = q.merge(known, on="member_id").merge(c, on="job_id")
+    mask[hits["q"].to_numpy(), hits["c"].to_numpy()] = False
+    return mask
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+
+def uses_cosine(variant: str) -> bool:
+    """LLM rows score by cosine (bf16 storage leaves the unit vectors slightly off unit norm)."""
+    return variant in LLM_VARIANTS
+
+
+def variant_embeddings(store: EmbeddingStore, node_type: str, ids: np.ndarray, cosine: bool) -> np.ndarray:
+    """float32 [n, d]: stored vectors of `ids`, L2-normalised when the variant scores by cosine."""
+    x = store.lookup(node_type, ids)
+    if cosine:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+class Scores(NamedTuple):
+    pairs: np.ndarray  # float32 [n]: the score of every test pair
+    ranks: np.ndarray  # int64 [Q]: 1-based filtered rank of each positive test pair
+
+
+def score_variant(store: EmbeddingStore, pairs: TestPairs, candidates: np.ndarray, mask: np.ndarray,
+                  cosine: bool, *, chunk: int = 4096) -> Scores:
+    """Pair scores and the positives' filtered ranks among `candidates` for one stored variant."""
+    members, m_index = np.unique(pairs.member_ids, return_inverse=True)
+    jobs, j_index = np.unique(np.concatenate([pairs.job_ids, candidates]), return_inverse=True)
+    m = variant_embeddings(store, "member", members, cosine)
+    j = variant_embeddings(store, "job", jobs, cosine)
+    n = len(pairs.job_ids)
+    scores = np.einsum("nd,nd->n", m[m_index], j[j_index[:n]])
+    cand = j[j_index[n:]]
+    pos = np.flatnonzero(pairs.labels > 0)
+    ranks = np.empty(len(pos), np.int64)
+    for lo in range(0, len(pos), chunk):
+        q = pos[lo : lo + chunk]
+        ranks[lo : lo + chunk] = positive_ranks(scores[q], m[m_index[q]] @ cand.T, mask[lo : lo + chunk])
+    return Scores(scores, ranks)
+
+
+def variant_metrics(pairs: TestPairs, scores: Scores, k: int) -> dict[str, Any]:
+    by_bucket = auc_by_group(pairs.labels, scores.pairs, pairs.bucket)
+    return {
+        "auc": auc(pairs.labels, scores.pairs),
+        "auc_cold_start": by_bucket.get("cold_start"),
+        "mrr": mrr(scores.ranks),
+        f"recall_at_{k}": recall_at_k(scores.ranks, k),
+        "auc_by_activity": {name: by_bucket.get(name) for name, _, _ in ACTIVITY_BUCKETS},
+    }
+
+
+def training_stage(variant: str) -> str:
+    """The pipeline stage whose training seconds a variant reports (the demo's pretraining for
+    `llm_frozen`; none when `llm.base_dir` names an existing base)."""
+    return {"llm_frozen": "pretrain", "llm_finetuned": "train-llm"}.get(variant, f"train-gnn-{variant}")
+
+
+def train_seconds(run: Run, variant: str) -> float | None:
+    return (run.result(training_stage(variant)) or {}).get("train_seconds")
+
+
+def orderings(variants: dict[str, dict]) -> list[dict]:
+    """The paper's qualitative findings, checked on this run (None: a variant is missing)."""
+
+    def get(v: str, key: str = "auc") -> float | None:
+        return (variants.get(v) or {}).get(key)
+
+    def gap(key: str) -> float | None:
+        a, b = get("gnn_id_cat_llm", key), get("gnn_id_cat", key)
+        return None if a is None or b is None else a - b
+
+    checks = []
+    a, b = get("llm_finetuned"), get("llm_frozen")
+    checks.append({"check": "llm_finetuned > llm_frozen (test AUC)",
+                   "holds": None if a is None or b is None else a > b})
+    overall, cold = gap("auc"), gap("auc_cold_start")
+    checks.append({"check": "gnn_id_cat_llm > gnn_id_cat (test AUC)",
+                   "holds": None if overall is None else overall > 0})
+    checks.append({"check": "LLM features gain more on cold-start members than overall",
+                   "holds": None if overall is None or cold is None else cold > overall,
+                   "detail": None if overall is None or cold is None
+                   else f"cold-start gap {cold:+.4f} vs overall gap {overall:+.4f}"})
+    aucs = [x for v in variants.values() for x in (v["auc"], v["auc_cold_start"]) if x is not None]
+    checks.append({"check": "every AUC strictly between 0.5 and 1",
+                   "holds": bool(aucs) and all(0.5 < x < 1 for x in aucs) if aucs else None})
+    return checks
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
+    """report.json's contents and, per variant, the test pair scores (for the ROC plot)."""
+    from star_jax.store import EmbeddingStore
+
+    cfg = run.cfg
+    data_dir = run.paths.data
+    relation = cfg.sampler.target_relation
+    pairs = test_pairs(data_dir, relation)
+    from star_jax.data.tables import read_nodes
+
+    all_jobs = read_nodes(data_dir, "job", ["id"])["id"].to_numpy(np.int64)
+    candidates = candidate_jobs(all_jobs, cfg.eval.num_candidates, cfg.eval.seed)
+    positive = pairs.labels > 0
+    mask = competitor_mask(pairs.member_ids[positive], candidates, known_positives(data_dir, relation))
+    variants, pair_scores = {}, {}
+    for variant in cfg.eval.variants:
+        where = run.store_version(variant)
+        if where is None:
+            continue  # not built (yet): the table lists only what the run has
+        store = EmbeddingStore.open(where[0], where[1], kvstore=cfg.store.kvstore)
+        scores = score_variant(store, pairs, candidates, mask, uses_cosine(variant))
+        pair_scores[variant] = scores.pairs
+        variants[variant] = {**variant_metrics(pairs, scores, cfg.eval.k),
+                             "train_seconds": train_seconds(run, variant),
+                             "paper_auc": PAPER_AUC.get(variant),
+                             "store_version": where[1]}
+    if not variants:
+        raise StarError(f"--run {run.paths.root}: no variant embeddings yet; run `star-jax pipeline` first")
+    cold = pairs.bucket == "cold_start"
+    data = {
+        "dir": os.fspath(data_dir),
+        "test_pairs": int(len(pairs.labels)),
+        "test_positives": int(positive.sum()),
+        "test_pairs_cold_start": int(cold.sum()),
+        "test_members": int(len(np.unique(pairs.member_ids))),
+        "jobs": int(len(all_jobs)),
+        "candidates": int(len(candidates)),
+        "pairs_by_activity": {name: int((pairs.bucket == name).sum()) for name, _, _ in ACTIVITY_BUCKETS},
+    }
+    report = {
+        "format": REPORT_FORMAT,
+        "variants": variants,
+        "orderings": orderings(variants),
+        "stages": [{"stage": name, "seconds": stamp["seconds"], "cpu_seconds": stamp.get("cpu_seconds")}
+                   for name, stamp in run.stamps.items() if name != "evaluate"],
+        "data": data,
+        "config": to_dict(cfg),
+    }
+    migration = run.result("migration")
+    if migration is not None:
+        report["migration"] = migration
+    return report, {"labels": pairs.labels, **pair_scores}
+
+
+def _ordered(variants: dict[str, dict]) -> list[tuple[str, dict]]:
+    """The paper's row order (report.json's keys are sorted)."""
+    return sorted(variants.items(), key=lambda kv: VARIANTS.index(kv[0]))
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def table_markdown(report: dict) -> str:
+    """The ablation table of a report.json (what `make demo` prints)."""
+    k = report["config"]["eval"]["k"]
+    lines = [f"| variant | test AUC | cold-start AUC | MRR | recall@{k} | train s | paper AUC |",
+             "|---|---|---|---|---|---|---|"]
+    for name, v in _ordered(report["variants"]):
+        lines.append(f"| {name} | {_fmt(v['auc'])} | {_fmt(v['auc_cold_start'])} | {_fmt(v['mrr'])} | "
+                     f"{_fmt(v[f'recall_at_{k}'])} | {_fmt(v['train_seconds'], '.0f')} | "
+                     f"{_fmt(v['paper_auc'])} |")
+    return "\n".join(lines)
+
+
+def _mark(holds: bool | None) -> str:
+    return {True: "holds", False: "FAILS", None: "n/a"}[holds]
+
+
+def report_markdown(report: dict) -> str:
+    d, cfg = report["data"], report["config"]
+    buckets = [name for name, _, _ in ACTIVITY_BUCKETS]
+    out = [
+        "# STAR ablation report",
+        "",
+        f"Test split of `{d['dir']}`: {d['test_pairs']:,} labelled pairs ({d['test_positives']:,} applies), "
+        f"{d['test_members']:,} members, {d['test_pairs_cold_start']:,} pairs of cold-start members. "
+        f"LLM rows score by cosine of the tower embeddings, GNN rows by the dot product of the "
+        f"{cfg['gnn']['out_dim']}-d GNN embeddings. MRR and recall@{cfg['eval']['k']} rank each apply "
+        f"among {d['candidates']:,} fixed candidate jobs, the member's other applies filtered out.",
+        "",
+        table_markdown(report),
+        "",
+        "## The paper's findings on this run",
+        "",
+    ]
+    for c in report["orderings"]:
+        detail = f" ({c['detail']})" if c.get("detail") else ""
+        out.append(f"- {c['check']}: **{_mark(c['holds'])}**{detail}")
+    out += ["", "## AUC by member activity (training-period applies)", "",
+            "| variant | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
+    for name, v in _ordered(report["variants"]):
+        out.append(f"| {name} | " + " | ".join(_fmt(v["auc_by_activity"][b]) for b in buckets) + " |")
+    out.append("| test pairs | " + " | ".join(f"{d['pairs_by_activity'][b]:,}" for b in buckets) + " |")
+    if "migration" in report:
+        out += ["", "## Version migration", "", migration_markdown(report["migration"])]
+    out += ["", "## Stage times (from the run that produced each stage)", "",
+            "| stage | wall s | CPU s |", "|---|---|---|"]
+    stages = report["stages"]
+    out += [f"| {s['stage']} | {s['seconds']:.0f} | {_fmt(s['cpu_seconds'], '.0f')} |" for s in stages]
+    wall, cpu = sum(s["seconds"] for s in stages), sum(s["cpu_seconds"] or 0 for s in stages)
+    out.append(f"| total | {wall:.0f} | {cpu:.0f} |")
+    out += ["", "Plots: `plots/loss_curves.png`, `plots/roc.png`, `plots/auc_by_activity.png`.", ""]
+    return "\n".join(out)
+
+
+def migration_markdown(result: dict) -> str:
+    from star_jax.eval.migration import migration_table
+
+    return migration_table(result)
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def _save(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _loss_series(path: Path, key: str = "loss") -> tuple[list[int], list[float]]:
+    from star_jax.metrics import read_metrics
+
+    last: dict[int, float] = {}  # a step logged before a crash and after the resume keeps its last value
+    for r in read_metrics(path):
+        if r.get("split") == "train" and key in r:
+            last[r["step"]] = r[key]
+    steps = sorted(last)
+    return steps, [last[s] for s in steps]
+
+
+def plot_losses(run: Run, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    panels = [("pretrain (causal LM)", {"pretrain": run.paths.pretrain}),
+              ("train-llm (bi-encoder)", {"llm_finetuned": run.paths.llm}),
+              ("train-gnn (link prediction)", {v: run.paths.gnn(v) for v in run.cfg.eval.variants
+                                               if v.startswith("gnn_")})]
+    migration = run.result("train-llm-seed" + str(run.cfg.eval.migration_seed))
+    if migration is not None:
+        panels[1][1]["second seed"] = Path(migration["dir"])
+    panels = [(t, {k: p for k, p in s.items() if (p / "metrics.jsonl").is_file()}) for t, s in panels]
+    panels = [(t, s) for t, s in panels if s]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.6), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels):
+        for label, d in series.items():
+            steps, loss = _loss_series(d / "metrics.jsonl")
+            ax.plot(steps, loss, label=label, marker="." if len(steps) < 30 else None)
+        ax.set(title=title, xlabel="step", ylabel="training loss")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_roc(scores: dict[str, np.ndarray], report: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    labels = scores["labels"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, s in scores.items():
+        if name == "labels":
+            continue
+        fpr, tpr, _ = roc_curve(labels, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {report['variants'][name]['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test pairs")
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_buckets(report: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buckets = [name for name, _, _ in ACTIVITY_BUCKETS]
+    names = [name for name, _ in _ordered(report["variants"])]
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    x = np.arange(len(buckets))
+    for i, name in enumerate(names):
+        values = [report["variants"][name]["auc_by_activity"][b] for b in buckets]
+        ax.bar(x + i * width, [np.nan if v is None else v for v in values], width, label=name)
+    counts = report["data"]["pairs_by_activity"]
+    ax.set_xticks(x + width * (len(names) - 1) / 2, [f"{b}\n({counts[b]:,} pairs)" for b in buckets])
+    lowest = min([v for n in names for v in report["variants"][n]["auc_by_activity"].values() if v] + [0.5])
+    ax.set(ylabel="test AUC", ylim=(min(0.4, lowest - 0.05), 1.0),
+           title="AUC by member activity (training-period applies)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_report(run: Run) -> Path:
+    """Score every variant of `run` and write report.md, report.json and the plots; returns report.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    report, scores = evaluate(run)
+    root = run.paths.root
+    plots = root / PLOTS
+    plot_losses(run, plots / "loss_curves.png")
+    plot_roc(scores, report, plots / "roc.png")
+    plot_buckets(report, plots / "auc_by_activity.png")
+    atomic_write_json(root / REPORT_JSON, report)
+    atomic_write_text(root / REPORT_MD, report_markdown(report))
+    return root / REPORT_MD
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="the --out directory of `star-jax pipeline`")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of the run's config.yaml, e.g. --set eval.k=20 (repeatable)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from star_jax.fileio import read_json
+
+    run = read_run(args.run, args.overrides)
+    path = write_report(run)
+    print(table_markdown(read_json(path.parent / REPORT_JSON)))
+    print(f"\nreport: {path} (+ {REPORT_JSON}, {PLOTS}/)")
+    return 0

@@ -1,0 +1,244 @@
+"""`star-jax gnn-embed`: every member's and job's 200-d GNN embedding, into the EmbeddingStore.
+
+    star-jax gnn-embed --graph GRAPH_DIR [--store ROOT --store-version V] --ckpt OUT \
+        --out-store ROOT --version NAME [--config --set]
+
+STAR exports only the encoder's embeddings (reference/papers.md §1.5, LiGNN §3: "only the
+encoder's embeddings are exported as features"). Each member and job node is a seed of the
+sampler's all-nodes mode (`graph.sampler.NodeSeeds`: no target edge excluded, no negatives), at
+the fan-outs the run last trained with, in fixed-shape batches of `gnn_train.eval_batch_size`
+seeds, so the encoder compiles once. Node features come from the feature store the run trained
+on unless `--store/--store-version` name another one with the same dimension (new texts, same
+embedding model).
+
+The vectors go through the store's writer API as version NAME: node types `member` and `job`,
+dim `gnn.out_dim`, dtype `store.dtype`. The manifest's spec names the GNN: `model` is
+`star-gnn/<variant>`, `adapter` the run's fingerprint and checkpoint step, `tokenizer` the feature
+version; `extra` holds the variant, fan-outs and graph digest. A row's "text hash" is a hash of
+the graph digest and the node id: exporting the same checkpoint over the same graph again finds
+nothing to do, and a killed export resumes shard by shard (the writer's contract), since a
+node's embedding depends only on its batch (a fixed function of its row) and the sampler seed.
+
+`score_pairs` / `split_scores` are how every GNN variant is scored downstream: the dot product of
+the stored member and job embeddings (unit vectors: a cosine), the score the training decoder
+ranks by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+import numpy as np
+
+from star_jax.config import Config, SamplerConfig
+from star_jax.errors import StarError
+from star_jax.gnn.model import GNN, LLM_TYPES, Params
+from star_jax.graph.batch import HeteroBatch, Layout
+
+if TYPE_CHECKING:
+    from star_jax.store import EmbeddingStore, RefreshReport
+
+POOLING = "gnn"
+
+
+_EMBED_FNS: dict[str, Callable] = {}
+
+
+def make_embed_fn(gnn: GNN) -> Callable[[Params, HeteroBatch, Layout], tuple[jax.Array, jax.Array]]:
+    """jit `(params, batch, layout) -> (member seeds [B, d], pair job seeds [B, d])`, once per Layout.
+
+    Validation during training and `gnn-embed` share it, so both see exactly the same encoder. The
+    function is kept per `GNNConfig` (the encoder is a pure function of it), so a `gnn-embed` in the
+    process that trained the run (the pipeline) reuses the evaluator's compiled program.
+    """
+    key = repr(gnn.config)
+    if key not in _EMBED_FNS:
+        _EMBED_FNS[key] = _jit_embed(gnn)
+    return _EMBED_FNS[key]
+
+
+def _jit_embed(gnn: GNN) -> Callable[[Params, HeteroBatch, Layout], tuple[jax.Array, jax.Array]]:
+    def embed(params: Params, batch: HeteroBatch, layout: Layout) -> tuple[jax.Array, jax.Array]:
+        member, jobs = gnn.seed_embeddings(params, batch, layout)
+        return member, jobs[: layout.num_pairs]
+
+    return jax.jit(embed, static_argnames="layout")
+
+
+def export_sampler_config(cfg: SamplerConfig, batch_size: int) -> SamplerConfig:
+    """The training sampler's config for inference: `batch_size` seeds and no random negatives."""
+    return dataclasses.replace(cfg, batch_size=batch_size, num_random_negatives=0)
+
+
+class _Batches:
+    """The seed batches `indices` of `seeds` (their own indices, hence sampler streams, kept)."""
+
+    def __init__(self, seeds: Any, indices: np.ndarray):
+        self.seeds, self.indices = seeds, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.seeds[int(self.indices[int(i)])]
+
+
+def node_hashes(graph: Any, node_type: str) -> np.ndarray:
+    """uint64 per node: a hash of (graph digest, id), the writer's change key for GNN vectors."""
+    from star_jax.store import text_hash
+
+    return text_hash(f"{graph.digest}:{int(i)}" for i in np.asarray(graph.ids[node_type]))
+
+
+def gnn_embed(
+    cfg: Config,
+    graph_dir: str | os.PathLike,
+    ckpt_dir: str | os.PathLike,
+    out_store: str | os.PathLike,
+    version: str,
+    *,
+    store_root: str | os.PathLike | None = None,
+    store_version: str | None = None,
+) -> RefreshReport:
+    """Write every member and job embedding of the run in `ckpt_dir` as `version` of `out_store`.
+
+    `cfg` supplies the store settings (`store.*`) and the batch size (`gnn_train.eval_batch_size`);
+    the model, sampler and variant come from the run itself.
+    """
+    from star_jax.gnn.train import load_run, open_features
+    from star_jax.graph.hetero import HeteroGraph
+    from star_jax.graph.sampler import NeighborSampler, make_dataset, node_seeds
+    from star_jax.metrics import progress
+    from star_jax.store import EmbeddingSpec, EmbeddingWriter
+
+    graph = HeteroGraph.load(graph_dir)
+    features, feat_info = None, None
+    run_cfg = _run_config(ckpt_dir)
+    if run_cfg["features"] is not None:
+        trained = run_cfg["features"]
+        root = store_root if store_root is not None else trained["root"]
+        features, feat_info = open_features(graph, root, store_version or trained["version"], cfg.store)
+        if feat_info["dim"] != trained["dim"]:
+            raise StarError(f"--store-version {feat_info['version']}: dim {feat_info['dim']}, but the GNN "
+                            f"trained on {trained['version']} with dim {trained['dim']}")
+    run = load_run(ckpt_dir, graph, features)
+    if not run.finished:
+        print(f"gnn-embed: {ckpt_dir}: training has not finished; exporting its step-{run.step} checkpoint")
+
+    sampler = NeighborSampler(graph, export_sampler_config(run.cfg.sampler, cfg.gnn_train.eval_batch_size),
+                              features=features, hop_fanouts=run.fanouts)
+    spec = EmbeddingSpec(
+        model=f"star-gnn/{run.variant}",
+        adapter=f"{run.fingerprint}@{run.step}",
+        tokenizer=feat_info["version"] if feat_info else "none",
+        max_len=0,
+        pooling=POOLING,
+        dim=run.cfg.gnn.out_dim,
+        extra={"variant": run.variant, "fanouts": list(run.fanouts), "graph_digest": graph.digest,
+               "features": None if feat_info is None else {k: feat_info[k] for k in ("version", "model",
+                                                                                      "adapter", "dim")}},
+    )
+    inputs = {t: (graph.ids[t], node_hashes(graph, t)) for t in LLM_TYPES}
+    writer = EmbeddingWriter.open(out_store, version, spec, inputs, cfg.store)
+    embed = make_embed_fn(run.gnn)
+    layout, bs = sampler.layout, sampler.cfg.batch_size
+    for t in writer.node_types:
+        pending = writer.pending(t)
+        if len(pending.rows) == 0:
+            continue
+        store_row = np.full(graph.num_nodes(t), -1, np.int64)
+        store_row[pending.positions] = pending.rows  # positions are graph rows: inputs were in graph order
+        todo = np.unique(pending.positions // bs)
+        seeds = _Batches(node_seeds(graph, t, sampler.cfg), todo)
+        batches = make_dataset(sampler, seeds, seed=sampler.cfg.seed)
+        with progress(total=len(pending.rows), desc=f"gnn-embed {t}", unit="node") as bar:
+            for b, batch in zip(todo, batches):
+                member, job = embed(run.params, batch, layout)
+                vectors = np.asarray(member if t == "member" else job)
+                rows = store_row[b * bs : (b + 1) * bs]  # the batch's seeds are rows b*bs, b*bs + 1, ...
+                keep = rows >= 0
+                writer.write(t, rows[keep], vectors[: len(rows)][keep])
+                bar.update(int(keep.sum()))
+    report = writer.publish()
+    done = ", ".join(f"{t} {report.embedded.get(t, 0):,} embedded / {report.copied.get(t, 0):,} kept"
+                     for t in LLM_TYPES)
+    print(f"gnn-embed: {run.variant} (step {run.step}) -> store {os.fspath(out_store)} "
+          f"version {version}: {done}")
+    return report
+
+
+def _run_config(ckpt_dir: str | os.PathLike) -> dict:
+    from star_jax.fileio import read_json
+    from star_jax.gnn.train import RUN_FILE
+
+    path = os.path.join(os.fspath(ckpt_dir), RUN_FILE)
+    if not os.path.isfile(path):
+        raise StarError(f"--ckpt {os.fspath(ckpt_dir)}: no {RUN_FILE}; expected the --out directory of "
+                        "`star-jax train-gnn`")
+    return read_json(path)
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+
+class PairScores(NamedTuple):
+    member_ids: np.ndarray  # int64 [n]
+    job_ids: np.ndarray  # int64 [n]
+    labels: np.ndarray  # f32 [n]
+    scores: np.ndarray  # f32 [n]: <member embedding, job embedding>
+
+
+def score_pairs(store: EmbeddingStore, member_ids: np.ndarray, job_ids: np.ndarray, *,
+                chunk: int = 1 << 16) -> np.ndarray:
+    """f32 [n]: the dot product of each pair's stored member and job embeddings."""
+    member_ids = np.asarray(member_ids, np.int64).reshape(-1)
+    job_ids = np.asarray(job_ids, np.int64).reshape(-1)
+    if member_ids.shape != job_ids.shape:
+        raise ValueError(f"{member_ids.shape[0]} member ids but {job_ids.shape[0]} job ids")
+    out = np.empty(member_ids.shape[0], np.float32)
+    for lo in range(0, member_ids.shape[0], chunk):
+        m = store.lookup("member", member_ids[lo : lo + chunk])
+        j = store.lookup("job", job_ids[lo : lo + chunk])
+        out[lo : lo + chunk] = np.einsum("nd,nd->n", m, j)
+    return out
+
+
+def split_scores(store: EmbeddingStore, data_dir: str | os.PathLike, split: str) -> PairScores:
+    """Every labelled pair of `split` (file order) with its GNN score from `store`."""
+    from star_jax.data.tables import read_labels
+
+    df = read_labels(data_dir, split, columns=["member_id", "job_id", "label"])
+    m, j = df["member_id"].to_numpy(np.int64), df["job_id"].to_numpy(np.int64)
+    return PairScores(m, j, df["label"].to_numpy(np.float32), score_pairs(store, m, j))
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from star_jax.cli import add_config_args
+
+    parser.add_argument("--graph", required=True, help="graph directory (`star-jax build-graph`)")
+    parser.add_argument("--store", default=None, help="feature store root (default: the run's)")
+    parser.add_argument("--store-version", default=None, help="feature version (default: the run's)")
+    parser.add_argument("--ckpt", required=True, help="the --out directory of `star-jax train-gnn`")
+    parser.add_argument("--out-store", default=None, help="store root to write into (default: store.root)")
+    parser.add_argument("--version", required=True, help="store version name for the GNN embeddings")
+    add_config_args(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from star_jax.cli import config_from_args
+
+    cfg = config_from_args(args)
+    out_store = args.out_store or cfg.store.root
+    if out_store is None:
+        raise StarError("--out-store: not given (pass a store root or set store.root)")
+    gnn_embed(cfg, args.graph, args.ckpt, out_store, args.version, store_root=args.store,
+              store_version=args.store_version)
+    return 0

@@ -1,0 +1,367 @@
+"""`train-gnn` and `gnn-embed` end to end on the hand-made graph (tests/graph_fixtures.py).
+
+The fixture graph has an isolated member and job, a cold-start member and repeated applies.
+Compilations are counted twice, independently: by the run (JAX's compile events) and here (the
+jit cache of the captured train step). A slow variant repeats the kill-and-resume check with
+adaptive fan-outs, across a change of Layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import graph_fixtures as gf
+import jax
+import numpy as np
+import pytest
+
+from star_jax import cli
+from star_jax.checkpoint import Checkpointer
+from star_jax.config import StoreConfig, load_config
+from star_jax.eval.metrics import auc
+from star_jax.gnn import train as train_module
+from star_jax.gnn.export import gnn_embed, split_scores
+from star_jax.gnn.model import init_train_state, make_optimizer, make_train_step
+from star_jax.gnn.train import (
+    ColdStartSampler,
+    load_run,
+    lr_schedule,
+    open_features,
+    state_sharding,
+    train_gnn,
+)
+from star_jax.graph.hetero import build_graph
+from star_jax.graph.sampler import NeighborSampler, batch_rng, eval_seeds, node_seeds
+from star_jax.metrics import read_metrics
+from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
+
+VARIANT = "gnn_id_cat_llm"
+LLM_DIM = 8
+SETS = [
+    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.heads=2", "gnn.layers=1", "gnn.id_buckets=64",
+    "gnn.cat_dim=4", "gnn.cat_buckets=16",
+    "sampler.batch_size=4", "sampler.num_random_negatives=3", "sampler.fanouts=[2,2]",
+    "gnn_train.steps=6", "gnn_train.eval_every=3", "gnn_train.checkpoint_every=2", "gnn_train.log_every=2",
+    "gnn_train.warmup_steps=2", "gnn_train.lr=0.01", "gnn_train.eval_batch_size=8", "gnn_train.eval_pairs=0",
+]
+CFG = load_config(None, SETS)
+# Two fan-out stages: (1, 1) until the second evaluation, then (2, 2) (a tolerance of 1 always
+# plateaus); the crash at step 5 loses steps 4 and 5 and the stage change at step 6.
+ADAPTIVE = load_config(None, [*SETS, "sampler.adaptive=true", "sampler.start_fanouts=[1,1]",
+                              "sampler.plateau_tolerance=1.0", "gnn_train.steps=8",
+                              "gnn_train.checkpoint_every=3"])
+
+
+class Crash(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Env:
+    root: str
+    data: str
+    graph_dir: str
+    features: str
+    graph: object
+
+
+def write_features(root: str, graph) -> None:
+    """A random LLM-feature version `v1` for every member and job, through the writer API."""
+    spec = EmbeddingSpec(model="random", adapter=None, tokenizer="none", max_len=0, pooling="none",
+                         dim=LLM_DIM)
+    vectors = {t: np.random.default_rng(i).normal(size=(graph.num_nodes(t), LLM_DIM)).astype(np.float32)
+               for i, t in enumerate(("member", "job"))}
+    inputs = {t: (graph.ids[t], text_hash(f"{t} {i}" for i in graph.ids[t])) for t in vectors}
+    writer = EmbeddingWriter.open(root, "v1", spec, inputs, StoreConfig(dtype="float32"))
+    for t in writer.node_types:
+        for block in writer.pending_blocks(t):
+            writer.write(t, block.rows, vectors[t][block.positions])
+    writer.publish()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """The runs of one config here compile the same programs again (the crashed run, its resumption,
+    gnn-embed's encoder = the run's evaluator): a persistent compilation cache turns the repeats into
+    reads. They still count as compilations: JAX reports a cache read as one."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0, 0)):
+        jax.config.update(k, v)
+    cc.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Env:
+    root = tmp_path_factory.mktemp("gnn_train")
+    data = gf.write_data_dir(root / "data")
+    graph = build_graph(data, root / "graph")
+    write_features(str(root / "features"), graph)
+    return Env(str(root), str(data), str(root / "graph"), str(root / "features"), graph)
+
+
+def run(env: Env, out: str, cfg=CFG) -> dict:
+    return train_gnn(cfg, env.data, env.graph_dir, os.path.join(env.root, out), VARIANT,
+                     store_root=env.features, store_version="v1")
+
+
+def run_capturing_step(env: Env, out: str, cfg=CFG) -> tuple[dict, object]:
+    """A run, and its jitted train step."""
+    captured = []
+
+    def capture(gnn, optimizer):
+        captured.append(make_train_step(gnn, optimizer))
+        return captured[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "make_train_step", capture)
+        result = run(env, out, cfg)
+    return result, captured[0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(env):
+    return run_capturing_step(env, "a")
+
+
+def test_train_step_compiles_once(env, uninterrupted):
+    result, step = uninterrupted
+    assert result["layouts"] == 1 and result["train_step_compiles"] == 1  # counted from JAX's events
+    assert step._cache_size() == 1  # counted from the jit cache
+
+    # An epoch of varied batches in the last Layout: val pairs (a cold-start member, an isolated
+    # member and job, unseen pairs), then every member and every job as pair seeds.
+    features, _ = open_features(env.graph, env.features, "v1", CFG.store)
+    sampler = NeighborSampler(env.graph, CFG.sampler, features=features, hop_fanouts=(2, 2))
+    seeds = list(eval_seeds(env.data, env.graph, CFG.sampler, "val"))
+    seeds += [*node_seeds(env.graph, "member", CFG.sampler), *node_seeds(env.graph, "job", CFG.sampler)]
+    batches = [sampler.sample(s, batch_rng(0, i)) for i, s in enumerate(seeds)]
+    degrees = env.graph.csr["member_applied"].degrees()
+    member_ids = np.concatenate([b.node_ids["member"][: CFG.sampler.batch_size] for b in batches])
+    assert 777 in member_ids and 3 in member_ids and degrees[env.graph.rows("member", [777, 3])].sum() == 0
+    optimizer = make_optimizer(CFG.gnn_train, lr_schedule(CFG.gnn_train))
+    params = load_run(os.path.join(env.root, "a"), env.graph, features).params
+    state = jax.device_put(init_train_state(params, optimizer), state_sharding())  # as the run places it
+    compiled = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for b in batches:
+            state, metrics = step(state, b, sampler.layout, jax.random.key(0))
+            assert np.isfinite(float(metrics["loss"]))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []
+
+    out = os.path.join(env.root, "a")
+    records = read_metrics(os.path.join(out, "metrics.jsonl"))
+    assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
+    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6]
+    assert os.listdir(os.path.join(out, "tb"))
+    assert result["val_auc"] == records[-1]["auc"] and 0.0 <= result["val_auc"] <= 1.0
+    assert result["train_seconds"] > 0 and json.load(open(os.path.join(out, "result.json"))) == result
+
+
+def crash_and_resume(env: Env, out: str, cfg, monkeypatch) -> dict:
+    """Run `cfg` into OUT, crash at the 5th train step, check what survived, then resume."""
+    calls = []
+
+    def crashing(gnn, optimizer):
+        step = make_train_step(gnn, optimizer)
+
+        def crash_at_step_5(*args):
+            calls.append(1)
+            if len(calls) == 5:
+                raise Crash
+            return step(*args)
+
+        return crash_at_step_5
+
+    monkeypatch.setattr(train_module, "make_train_step", crashing)
+    with pytest.raises(Crash):
+        run(env, out, cfg)
+    monkeypatch.undo()
+    ckpt = Checkpointer(os.path.join(env.root, out, "checkpoints"), fingerprint="")
+    latest = ckpt.latest_step()
+    ckpt.close()
+    assert latest == 4 // cfg.gnn_train.checkpoint_every * cfg.gnn_train.checkpoint_every  # step 5 is lost
+    assert not os.path.exists(os.path.join(env.root, out, "result.json"))
+    return run(env, out, cfg)
+
+
+def assert_same_params(env: Env, a: str, b: str) -> None:
+    features, _ = open_features(env.graph, env.features, "v1", CFG.store)
+    pa = load_run(os.path.join(env.root, a), env.graph, features).params
+    pb = load_run(os.path.join(env.root, b), env.graph, features).params
+    jax.tree.map(np.testing.assert_array_equal, pa, pb)
+
+
+def test_resume_after_crash_continues_exactly(env, uninterrupted, monkeypatch):
+    resumed = crash_and_resume(env, "b", CFG, monkeypatch)
+    assert resumed["val_history"] == uninterrupted[0]["val_history"]
+    assert resumed["layouts"] == 2 and resumed["train_step_compiles"] == 2  # once per session
+    assert_same_params(env, "a", "b")
+
+
+@pytest.mark.slow
+def test_adaptive_fanouts_resume_across_a_layout_change(env, monkeypatch):
+    reference, step = run_capturing_step(env, "adaptive_a", ADAPTIVE)
+    assert [h["fanouts"] for h in reference["val_history"]] == [[1, 1], [1, 1], [2, 2]]
+    assert reference["layouts"] == 2 and reference["train_step_compiles"] == 2 and step._cache_size() == 2
+    resumed = crash_and_resume(env, "adaptive_b", ADAPTIVE, monkeypatch)
+    assert resumed["val_history"] == reference["val_history"]
+    assert resumed["layouts"] == 3 and resumed["train_step_compiles"] == 3  # 1 before the crash, 2 after
+    assert_same_params(env, "adaptive_a", "adaptive_b")
+
+
+def test_cold_start_sampler_strips_only_the_seeds_own_applies(env):
+    sampler = NeighborSampler(env.graph, CFG.sampler)
+    L = sampler.layout
+    seeds = eval_seeds(env.data, env.graph, CFG.sampler, "val")[0]
+    warm = sampler.sample(seeds, batch_rng(0, 0))
+    cold = ColdStartSampler(sampler, 1.0).sample(seeds, batch_rng(0, 0))
+    same = ColdStartSampler(sampler, 0.0).sample(seeds, batch_rng(0, 0))
+    jax.tree.map(np.testing.assert_array_equal, same, warm)
+    jax.tree.map(np.testing.assert_array_equal, cold._replace(graph=None), warm._replace(graph=None))
+
+    def into_seeds(batch, relation: str, node_type: str, n: int) -> np.ndarray:
+        es = L.edge_slice(relation)
+        slot = batch.graph.receivers[es] - L.node_slice(node_type).start
+        return batch.graph.edges["mask"][es] & (slot < n)
+
+    seed_edges = {("member_applied_rev", "member"): L.num_pairs,
+                  ("member_applied", "job"): L.num_pairs + L.num_negatives}
+    for (relation, node_type), n in seed_edges.items():
+        assert into_seeds(warm, relation, node_type, n).any()
+        assert not into_seeds(cold, relation, node_type, n).any()
+    expected = warm.graph.edges["mask"].copy()
+    senders, receivers = warm.graph.senders.copy(), warm.graph.receivers.copy()
+    sender_type = {"member": "job", "job": "member"}
+    for (relation, node_type), n in seed_edges.items():
+        es = L.edge_slice(relation)
+        drop = es.start + np.flatnonzero(into_seeds(warm, relation, node_type, n))
+        expected[drop] = False
+        senders[drop], receivers[drop] = L.pad_node(sender_type[node_type]), L.pad_node(node_type)
+    # Nothing else moves (other relations, deeper apply edges); dropped edges become padding edges.
+    np.testing.assert_array_equal(cold.graph.edges["mask"], expected)
+    np.testing.assert_array_equal(cold.graph.senders, senders)
+    np.testing.assert_array_equal(cold.graph.receivers, receivers)
+
+
+def _train_args(env, out: str, *extra: str) -> list[str]:
+    sets = [x for s in SETS for x in ("--set", s)]
+    return ["train-gnn", "--data", env.data, "--graph", env.graph_dir, "--store", env.features,
+            "--store-version", "v1", "--out", os.path.join(env.root, out), *sets, *extra]
+
+
+def test_rerun_is_skipped_and_a_changed_config_is_refused(env, uninterrupted, capsys):
+    assert cli.main(_train_args(env, "a", "--variant", VARIANT)) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert cli.main(_train_args(env, "a", "--variant", VARIANT, "--set", "gnn_train.lr=0.5")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "different config" in err and len(err.splitlines()) == 1
+    args = _train_args(env, "c", "--variant", VARIANT)
+    no_store = args[:5] + args[9:]
+    assert cli.main(no_store) == 2 and "--store" in capsys.readouterr().err
+    assert cli.main(_train_args(env, "c", "--variant", "gnn_everything")) == 2
+    assert "--variant" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(env.root, "c"))
+
+
+def test_gnn_embed_writes_every_node_equal_to_a_direct_encode(env, uninterrupted, capsys):
+    out_store = os.path.join(env.root, "gnn_store")
+    ckpt = os.path.join(env.root, "a")
+    args = ["gnn-embed", "--graph", env.graph_dir, "--ckpt", ckpt, "--out-store", out_store,
+            "--version", "gnn", "--set", "store.dtype=float32", "--set", "gnn_train.eval_batch_size=8"]
+    assert cli.main(args) == 0
+    store = EmbeddingStore.open(out_store, "gnn")
+    assert store.manifest["model"] == f"star-gnn/{VARIANT}" and store.manifest["adapter"].endswith("@6")
+    assert store.manifest["extra"]["variant"] == VARIANT and store.dim == CFG.gnn.out_dim
+
+    features, _ = open_features(env.graph, env.features, "v1", CFG.store)
+    trained = load_run(ckpt, env.graph, features)
+    sampler_cfg = dataclasses.replace(CFG.sampler, batch_size=8, num_random_negatives=0)
+    sampler = NeighborSampler(env.graph, sampler_cfg, features=features, hop_fanouts=(2, 2))
+    encode = jax.jit(trained.gnn.encode, static_argnames="layout")
+    direct = {}
+    for t in ("member", "job"):
+        np.testing.assert_array_equal(store.ids(t), np.sort(env.graph.ids[t]))  # every row, once
+        for b, seeds in enumerate(node_seeds(env.graph, t, sampler_cfg)):
+            batch = sampler.sample(seeds, batch_rng(CFG.sampler.seed, b))
+            emb = np.asarray(encode(trained.params, batch, sampler.layout)[t])[:8][seeds.pair_mask]
+            ids = batch.node_ids[t][:8][seeds.pair_mask]
+            np.testing.assert_allclose(store.lookup(t, ids), emb, atol=1e-5)
+            direct.update({(t, int(i)): e for i, e in zip(ids, emb)})
+        assert len([k for k in direct if k[0] == t]) == env.graph.num_nodes(t)
+
+    # Scoring for the evaluation stage: the dot product of the stored vectors.
+    pairs = split_scores(store, env.data, "val")
+    expected = [direct["member", m] @ direct["job", j] for m, j in zip(pairs.member_ids, pairs.job_ids)]
+    np.testing.assert_allclose(pairs.scores, expected, rtol=1e-5, atol=1e-6)
+    assert [(m, j, y) for m, j, y in zip(pairs.member_ids, pairs.job_ids, pairs.labels)] == gf.VAL_PAIRS
+    assert 0.0 <= auc(pairs.labels, pairs.scores) <= 1.0
+
+    cfg = load_config(None, ["store.dtype=float32", "gnn_train.eval_batch_size=8"])
+    report = gnn_embed(cfg, env.graph_dir, ckpt, out_store, "gnn")  # same checkpoint, same graph
+    assert report.embedded == {"member": 0, "job": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's ablation on the tiny synthetic marketplace, with TF-IDF + SVD standing in for the
+# LLM embeddings (tests/tfidf_features.py), at the tiny demo's default config.
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory) -> dict[str, tuple[float, float]]:
+    """Test AUC (overall, cold-start members) of gnn_id_cat and gnn_id_cat_llm, scored as the
+    evaluation stage scores them: exported embeddings, dot product."""
+    from tfidf_features import write_tfidf_store
+
+    from star_jax.data.synth import synthesize
+    from star_jax.eval.metrics import activity_bucket, auc_by_group
+
+    root = tmp_path_factory.mktemp("ablation")
+    data = synthesize(root / "data", "tiny", 0)
+    graph = build_graph(data, root / "graph")
+    write_tfidf_store(data, root / "features", "tfidf", dim=64)
+    cfg = load_config()
+    applies = graph.csr[cfg.sampler.target_relation].degrees()
+    test = {}
+    for variant in ("gnn_id_cat", "gnn_id_cat_llm"):
+        train_gnn(cfg, data, root / "graph", root / variant, variant, store_root=root / "features",
+                  store_version="tfidf")
+        gnn_embed(cfg, root / "graph", root / variant, root / "gnn", variant)
+        pairs = split_scores(EmbeddingStore.open(root / "gnn", variant), data, "test")
+        groups = activity_bucket(applies[graph.rows("member", pairs.member_ids)])
+        test[variant] = (auc(pairs.labels, pairs.scores),
+                         auc_by_group(pairs.labels, pairs.scores, groups)["cold_start"])
+    print("test AUC (overall, cold-start members):", test)
+    return test
+
+
+@pytest.mark.slow
+def test_llm_features_help(ablation):
+    (base, base_cold), (llm, llm_cold) = ablation["gnn_id_cat"], ablation["gnn_id_cat_llm"]
+    assert llm > base + 0.01 and llm_cold > base_cold + 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="with the TF-IDF stand-in, cold-start members gain less than warm "
+                   "ones (+0.029 vs +0.035 at seed 0): warm members also receive their applied jobs' texts "
+                   "(star_jax/gnn/train.py, 'Measured'); to recheck with the fine-tuned LLM embeddings")
+def test_llm_features_help_most_on_cold_start_members(ablation):
+    (base, base_cold), (llm, llm_cold) = ablation["gnn_id_cat"], ablation["gnn_id_cat_llm"]
+    assert llm_cold - base_cold > llm - base

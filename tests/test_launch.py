@@ -1,0 +1,124 @@
+"""launch/gpu_pod.sh and launch/local.sh: who leads under SLURM or from the environment, what each
+process runs, and two real local processes joined through jax.distributed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+POD, LOCAL = REPO / "launch" / "gpu_pod.sh", REPO / "launch" / "local.sh"
+CLEAN = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "COORDINATOR_", "NUM_PROCESSES", "PROCESS_ID"))}
+
+
+def sh(script: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script), *args], env={**CLEAN, "STAR_JAX": "star-jax", **(env or {})},
+                          capture_output=True, text=True, timeout=60)
+
+
+def commands(stdout: str) -> list[list[str]]:
+    return [shlex.split(line) for line in stdout.splitlines() if line and not line.startswith("#")]
+
+
+def test_slurm_dry_run_prints_every_host_with_the_first_host_as_coordinator(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu-[07-09]" ] && '
+                                   'printf "gpu-07\\ngpu-08\\ngpu-09\\n"\n')
+    (fake / "scontrol").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "SLURM_PROCID": "2", "SLURM_NTASKS": "3",
+           "SLURM_JOB_NODELIST": "gpu-[07-09]"}
+    out = sh(POD, "--dry-run", "--port", "4321", "train-llm", "--config", "c.yaml", "--out", "r d", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [line for line in out.stdout.splitlines() if line.startswith("#")][1] == \
+        "# process 1 of 3 on gpu-08 (coordinator gpu-07:4321)"
+    cmds = commands(out.stdout)
+    assert len(cmds) == 3
+    for pid, cmd in enumerate(cmds):
+        assert cmd == ["star-jax", "train-llm", "--config", "c.yaml", "--out", "r d",
+                       "--set", "mesh.coordinator_address=gpu-07:4321", "--set", "mesh.num_processes=3",
+                       "--set", f"mesh.process_id={pid}"]
+
+
+def test_environment_dry_run_defaults_to_the_pipeline():
+    env = {"COORDINATOR_ADDRESS": "10.0.0.1:555", "NUM_PROCESSES": "2"}
+    out = sh(POD, "--dry-run", "--config", "configs/tiny.yaml", "--out", "runs/x", env=env)
+    assert out.returncode == 0, out.stderr
+    cmds = commands(out.stdout)
+    assert [c[:2] for c in cmds] == [["star-jax", "pipeline"]] * 2
+    assert [c[-1] for c in cmds] == ["mesh.process_id=0", "mesh.process_id=1"]
+    assert all("mesh.coordinator_address=10.0.0.1:555" in c for c in cmds)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({}, "COORDINATOR_ADDRESS"),
+    ({"COORDINATOR_ADDRESS": "h:1", "NUM_PROCESSES": "2"}, "PROCESS_ID"),
+    ({"COORDINATOR_ADDRESS": "h:1", "NUM_PROCESSES": "2", "PROCESS_ID": "2"}, "not in [0, 2)"),
+    ({"COORDINATOR_ADDRESS": "h:1", "NUM_PROCESSES": "two", "PROCESS_ID": "0"}, "positive integer"),
+])
+def test_missing_or_bad_settings_fail_in_one_line(env, needle):
+    out = sh(POD, "pipeline", "--out", "x", env=env)
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
+
+
+def test_local_dry_run_simulates_cpu_devices():
+    out = sh(LOCAL, "--cpu-devices", "4", "--dry-run", "evaluate", "--run", "runs/demo")
+    assert out.returncode == 0, out.stderr
+    env_line, cmd = out.stdout.strip().splitlines()
+    assert "JAX_PLATFORMS=cpu" in env_line and "--xla_force_host_platform_device_count=4" in env_line
+    assert shlex.split(cmd) == ["star-jax", "evaluate", "--run", "runs/demo"]
+    assert sh(LOCAL, "--cpu-devices", "0", "--dry-run").returncode == 2
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from data_fixtures import write_tiny_data
+    from hf_fixtures import build_checkpoint
+
+    from star_jax.config import TokenizerConfig
+    from star_jax.data.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("launch")
+    data = write_tiny_data(root / "data")
+    tok = train_tokenizer(data, root / "tok", TokenizerConfig(vocab_size=400))
+    build_checkpoint(root / "base", vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=1)
+    return {"data": str(data), "tok": str(tok), "base": str(root / "base")}
+
+
+MICRO = ["llm.member_max_len=48", "llm.job_max_len=48", "llm.buckets=[]", "lora.rank=2",
+         "llm_train.steps=3", "llm_train.batch_size=8", "llm_train.warmup_steps=1", "llm_train.log_every=1",
+         "llm_train.eval_every=0", "llm_train.eval_batch_size=16", "llm_train.checkpoint_every=3",
+         "llm_train.calibration_pairs=0"]
+
+
+@pytest.mark.slow  # two processes that each import the stack and compile: about a minute and a half
+def test_two_local_processes_train_together(inputs, tmp_path):
+    """`train-llm` through gpu_pod.sh as processes 0 and 1 of one job: one global mesh of their two
+    CPU devices, the same batches and steps on both, so both finish with the same numbers."""
+    from star_jax.metrics import read_metrics
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    args = ["train-llm", "--data", inputs["data"], "--tokenizer", inputs["tok"], "--base", inputs["base"],
+            "--out", str(out), *[a for kv in MICRO for a in ("--set", kv)]]
+    env = {**CLEAN, "COORDINATOR_ADDRESS": f"localhost:{port}", "NUM_PROCESSES": "2", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(["bash", str(POD), *args], env={**env, "PROCESS_ID": str(i)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    finals = [[line for line in log.splitlines() if line.startswith("train-llm: test AUC")] for log in logs]
+    assert len(finals[0]) == 1 and finals[0] == finals[1]  # the same metrics, computed by both processes
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    assert len(losses) == 3 and all(x == x for x in losses)  # process 0 logged every step
+    assert (out / "adapters" / "shared").is_dir()

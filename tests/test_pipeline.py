@@ -1,0 +1,346 @@
+"""`star-jax pipeline`: stage skipping and resuming, the run directory, bad inputs in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from star_jax import cli
+from star_jax.config import Config, fingerprint
+from star_jax.pipeline import Runner, read_run
+
+
+class Stages:
+    """Two chained fake stages: `a` copies `src` into `a.txt`, `b` upper-cases it into `b.txt`."""
+
+    def __init__(self, root: Path):
+        self.root, self.calls = root, []
+        self.src = root / "src.txt"
+        self.src.write_text("hello")
+        self.fail_in: str | None = None
+
+    def a(self) -> dict:
+        self.calls.append("a")
+        (self.root / "a.txt").write_text(self.src.read_text())
+        return {"path": str(self.root / "a.txt")}
+
+    def b(self) -> dict:
+        self.calls.append("b")
+        if self.fail_in == "b":
+            raise KeyboardInterrupt  # a kill in the middle of the stage
+        (self.root / "b.txt").write_text((self.root / "a.txt").read_text().upper())
+        return {"path": str(self.root / "b.txt")}
+
+    def run(self, setting: int = 0) -> list[str]:
+        self.calls = []
+        runner = Runner(self.root / "run", log=lambda s: None)
+        exists = lambda r: os.path.isfile(r["path"])
+        a = runner("a", self.a, inputs={"src": runner.digest(self.src)}, config=({"setting": setting},),
+                   exists=exists)
+        runner("b", self.b, inputs={"a": runner.digest(a["path"])}, exists=exists)
+        return self.calls
+
+
+def test_stages_run_once_then_skip_until_an_input_or_setting_changes(tmp_path):
+    s = Stages(tmp_path)
+    assert s.run() == ["a", "b"]
+    assert s.run() == []
+    os.utime(s.src, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes: same digest
+    assert s.run() == []
+    s.src.write_text("changed")  # a's input changed: a reruns, and so does b, whose input a rewrote
+    assert s.run() == ["a", "b"] and (tmp_path / "b.txt").read_text() == "CHANGED"
+    assert s.run(setting=1) == ["a"]  # a new setting, same bytes out: b stays up to date
+    (tmp_path / "b.txt").unlink()  # a deleted output reruns its stage
+    assert s.run(setting=1) == ["b"]
+
+
+def test_a_killed_stage_reruns_and_finished_ones_stay_skipped(tmp_path):
+    s = Stages(tmp_path)
+    s.fail_in = "b"
+    with pytest.raises(KeyboardInterrupt):
+        s.run()
+    assert (tmp_path / "run" / "stamps" / "a.json").is_file()
+    assert not (tmp_path / "run" / "stamps" / "b.json").exists()  # no stamp for an unfinished stage
+    s.fail_in = None
+    assert s.run() == ["b"]
+    assert s.run() == []
+
+
+def test_digests_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
+    import star_jax.pipeline as pipeline
+
+    f = tmp_path / "big.bin"
+    f.write_bytes(b"x" * 1000)
+    runner = Runner(tmp_path / "run", log=lambda s: None)
+    first = runner.digest(f)
+    runner.digest.save()
+    hashed = []
+    monkeypatch.setattr(pipeline, "content_digest", lambda paths: hashed.append(paths) or "stub")
+    again = Runner(tmp_path / "run", log=lambda s: None)
+    assert again.digest(f) == first and hashed == []  # a fresh process reads it from the cache
+    f.write_bytes(b"y" * 1000)
+    assert again.digest(f) == "stub" and len(hashed) == 1
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_bad_inputs_fail_in_one_line(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert "eval.nope" in one_line_error(capsys, ["pipeline", "--out", out, "--set", "eval.nope=1"])
+    err = one_line_error(capsys, ["pipeline", "--out", out, "--set", f"data.dir={tmp_path / 'missing'}"])
+    assert "data.dir" in err and "missing" in err
+    err = one_line_error(capsys, ["pipeline", "--out", out, "--set", "eval.variants=[gnn_id_cat,gnn_nope]"])
+    assert "eval.variants" in err and "gnn_nope" in err
+    assert "--run" in one_line_error(capsys, ["evaluate", "--run", str(tmp_path / "nothing")])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_seed_sweep_refuses_bad_inputs_in_one_line(tmp_path, capsys):
+    from star_jax.eval import seeds
+
+    for argv, needle in ([["--set", "data.dir=mine"], "data.dir"], [["--seeds", "x"], "--seeds"],
+                         [["--set", "eval.nope=1"], "eval.nope"]):
+        assert seeds.main(["--out", str(tmp_path / "s"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def test_read_run_orders_stamps_as_they_ran(tmp_path):
+    from star_jax.config import to_yaml
+
+    cfg = Config()
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    runner = Runner(tmp_path, log=lambda s: None)
+    for name in ("zeta", "alpha", "mid"):
+        runner(name, lambda name=name: {"name": name}, inputs={"x": fingerprint(name)})
+    run = read_run(tmp_path, ["eval.k=3"])
+    assert list(run.stamps) == ["zeta", "alpha", "mid"] and run.result("alpha") == {"name": "alpha"}
+    assert run.cfg.eval.k == 3 and run.store_version("gnn_id_cat") is None
+
+
+def test_owned_checkpoints_are_resumed_with_the_same_settings_and_cleared_for_new_ones(tmp_path):
+    owned, seen = tmp_path / "run" / "gnn", []
+
+    def go(setting: int, kill: bool = False) -> None:
+        def fn() -> dict:
+            seen.append(sorted(p.name for p in owned.glob("*")))
+            owned.mkdir(parents=True, exist_ok=True)
+            (owned / f"checkpoint{len(seen)}").touch()
+            if kill:
+                raise KeyboardInterrupt
+            return {}
+
+        Runner(tmp_path / "run", log=lambda s: None)("train", fn, inputs={}, config=(setting,), owns=(owned,))
+
+    with pytest.raises(KeyboardInterrupt):
+        go(0, kill=True)
+    go(0)  # the same settings: the stage finds its checkpoint to resume from
+    assert seen == [[], ["checkpoint1"]]
+    go(0)  # finished: skipped
+    go(1)  # new settings: the finished run's checkpoints would be refused, so they are cleared
+    assert seen == [[], ["checkpoint1"], []]
+    with pytest.raises(KeyboardInterrupt):
+        go(2, kill=True)
+    go(3)  # killed under other settings than these: cleared too
+    assert seen[-1] == []
+
+
+# -- the real stages -----------------------------------------------------------------------------
+
+
+def micro_config(data, tokenizer, base, **eval_) -> Config:
+    """Your own data, tokenizer and base model, the frozen-LLM row only: validate, embed, evaluate."""
+    cfg = Config()
+    cfg.data.dir, cfg.tokenizer.dir, cfg.llm.base_dir = str(data), str(tokenizer), str(base)
+    cfg.llm.member_max_len = cfg.llm.job_max_len = 48
+    cfg.llm.buckets = []
+    cfg.embed.batch_size = 16
+    cfg.store.shard_rows = 16
+    cfg.eval.variants, cfg.eval.num_candidates = ["llm_frozen"], 12
+    for k, v in eval_.items():
+        setattr(cfg.eval, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def own_inputs(tmp_path_factory):
+    """A data directory, a BPE tokenizer and a random 1-layer HF Mistral directory (saved by us)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from data_fixtures import write_tiny_data
+
+    from star_jax.config import MistralConfig, TokenizerConfig
+    from star_jax.data.tokenizer import train_tokenizer
+    from star_jax.llm.hf_io import save_mistral
+    from star_jax.llm.mistral import MistralModel
+
+    root = tmp_path_factory.mktemp("own")
+    data = write_tiny_data(root / "data")
+    tok = train_tokenizer(data, root / "tok", TokenizerConfig(vocab_size=400))
+    arch = MistralConfig(vocab_size=512, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    params = MistralModel(arch).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    save_mistral(root / "base", arch, nn.unbox(params))
+    return data, tok, root / "base"
+
+
+def test_pipeline_runs_skips_and_refreshes_only_what_changed(own_inputs, tmp_path, capsys):
+    from data_fixtures import edit_table
+
+    from star_jax.fileio import read_json
+    from star_jax.pipeline import Pipeline, run_pipeline
+    from star_jax.store import EmbeddingStore
+
+    data, tok, base = own_inputs
+    shutil.copytree(data, tmp_path / "data")  # edited below
+    cfg, out = micro_config(tmp_path / "data", tok, base), tmp_path / "run"
+
+    def ran() -> list[str]:
+        pipeline = Pipeline(cfg, out, log=lambda s: None)
+        pipeline()
+        return [r.name for r in pipeline.run.records if not r.skipped]
+
+    run_pipeline(cfg, out)  # the public entry: writes config.yaml, runs every stage
+    report = read_json(out / "report.json")
+    assert set(report["variants"]) == {"llm_frozen"} and 0 < report["variants"]["llm_frozen"]["auc"] < 1
+    assert read_run(out).cfg == cfg
+    assert ran() == []  # every stage up to date
+
+    edit_table(tmp_path / "data", "nodes/member.parquet",
+               lambda df: df.assign(text=[t + " Also speaks Welsh." if i == 3 else t
+                                          for i, t in zip(df.id, df.text)]))
+    assert ran() == ["validate", "embed-llm_frozen", "evaluate"]
+    version = read_run(out).store_version("llm_frozen")
+    manifest = EmbeddingStore.open(*version).manifest
+    assert version[1].startswith("llm_frozen-") and manifest["generation"] == 2  # the same version, refreshed
+    assert manifest["node_types"]["member"]["embedded"] == 1  # only the edited text went through the tower
+    argv = ["recommend", "--run", str(out), "--member", "3", "--variant", "llm_frozen", "-k", "2"]
+    assert cli.main(argv) == 0
+    assert "top 2 jobs by llm_frozen" in capsys.readouterr().out
+
+
+def test_variant_names_match_the_gnn_stage():
+    from star_jax.gnn.train import VARIANTS as GNN
+    from star_jax.pipeline import GNN_VARIANTS
+
+    assert set(GNN_VARIANTS) == set(GNN)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(path):
+    from star_jax.config import load_config
+    from star_jax.pipeline import check_variants
+
+    cfg = load_config(path)
+    check_variants(cfg.eval.variants)
+    assert cfg.llm.arch.hidden_size % cfg.llm.arch.num_attention_heads == 0
+    assert cfg.gnn.hidden_dim % cfg.gnn.heads == 0
+
+
+def test_the_7b_config_has_the_real_shapes():
+    from star_jax.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "e5_mistral_7b.yaml")
+    a = cfg.llm.arch
+    assert (a.hidden_size, a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads,
+            a.intermediate_size, a.vocab_size, a.rope_theta, a.rms_norm_eps, a.sliding_window) == \
+        (4096, 32, 32, 8, 14336, 32000, 10000.0, 1e-5, 4096)
+    assert (cfg.llm.member_max_len, cfg.llm.job_max_len) == (1024, 1800)
+    assert cfg.lora.rank == 16 and set(cfg.lora.targets) == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert (a.dtype, a.remat, a.attention) == ("bfloat16", "save_projections", "cudnn")
+    assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (-1, 8, 1) and cfg.llm.base_dir
+
+
+# -- slow: every variant, killed and resumed; the demo itself --------------------------------------
+
+MICRO = {
+    "tokenizer.vocab_size": 400, "llm.arch.hidden_size": 32, "llm.arch.intermediate_size": 64,
+    "llm.arch.num_hidden_layers": 1, "llm.arch.num_attention_heads": 2, "llm.arch.num_key_value_heads": 1,
+    "llm.member_max_len": 48, "llm.job_max_len": 48, "llm.buckets": "[]", "pretrain.steps": 6,
+    "pretrain.batch_size": 8, "pretrain.seq_len": 32, "pretrain.warmup_steps": 1,
+    "pretrain.checkpoint_every": 2, "lora.rank": 2, "llm_train.steps": 6, "llm_train.batch_size": 8,
+    "llm_train.warmup_steps": 1,
+    "llm_train.eval_every": 0, "llm_train.eval_batch_size": 16, "llm_train.checkpoint_every": 2,
+    "embed.batch_size": 16, "gnn.hidden_dim": 16, "gnn.heads": 2, "gnn.out_dim": 8, "gnn.id_buckets": 64,
+    "gnn.cat_dim": 4, "gnn.cat_buckets": 16, "sampler.batch_size": 8, "sampler.num_random_negatives": 8,
+    "gnn_train.steps": 6, "gnn_train.warmup_steps": 1, "gnn_train.eval_every": 0, "gnn_train.eval_pairs": 64,
+    "gnn_train.eval_batch_size": 32, "gnn_train.checkpoint_every": 2, "gnn_train.log_every": 1,
+    "eval.num_candidates": 20,
+}
+
+
+def star_jax(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.Popen([sys.executable, "-m", "star_jax.cli", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def kill_when(proc: subprocess.Popen, path: Path, timeout: float = 900) -> None:
+    """SIGKILL `proc` once `path` exists (an orbax step directory appears only when committed)."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.mark.slow  # three micro pipelines of every stage, each compiling its models: several minutes
+def test_a_killed_pipeline_resumes_to_the_same_report(tmp_path):
+    from data_fixtures import write_tiny_data
+
+    from star_jax.fileio import read_json
+
+    data = write_tiny_data(tmp_path / "data")
+    args = ["--set", f"data.dir={data}", *[a for k, v in MICRO.items() for a in ("--set", f"{k}={v}")]]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = star_jax("pipeline", "--out", str(whole), *args)
+    assert proc.wait(timeout=1800) == 0, proc.communicate()[0][-3000:]
+    kill_when(star_jax("pipeline", "--out", str(killed), *args), killed / "llm" / "checkpoints" / "2")
+    kill_when(star_jax("pipeline", "--out", str(killed), *args),
+              killed / "gnn" / "gnn_id_cat" / "checkpoints" / "2")
+    assert (killed / "stamps" / "train-llm.json").is_file()  # the second run skipped to the GNN
+    proc = star_jax("pipeline", "--out", str(killed), *args)
+    log = proc.communicate(timeout=1800)[0]
+    assert proc.returncode == 0, log[-3000:]
+    assert "pipeline: train-llm: up to date" in log and "resumed gnn_id_cat from the step-" in log
+    a, b = read_json(whole / "report.json")["variants"], read_json(killed / "report.json")["variants"]
+    assert set(a) == set(b) == set(Config().eval.variants)
+    for name in a:
+        for key in ("auc", "auc_cold_start", "mrr", "recall_at_10"):
+            assert a[name][key] == pytest.approx(b[name][key], abs=1e-6), (name, key)
+
+
+@pytest.mark.slow  # the whole demo: about ten minutes on two quiet cores
+def test_the_demo_shows_the_papers_orderings_and_a_rerun_skips_everything(tmp_path):
+    from star_jax.fileio import read_json
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    logs = []
+    for _ in ("first", "rerun"):
+        proc = star_jax("pipeline", "--config", config, "--out", str(tmp_path / "demo"))
+        logs.append(proc.communicate(timeout=3600)[0])
+        assert proc.returncode == 0, logs[-1][-3000:]
+    assert "pipeline: 0 stage(s) ran" in logs[1]  # the rerun did nothing
+    report = read_json(tmp_path / "demo" / "report.json")
+    print(json.dumps({k: [v["auc"], v["auc_cold_start"]] for k, v in report["variants"].items()}))
+    assert all(c["holds"] for c in report["orderings"]), report["orderings"]
