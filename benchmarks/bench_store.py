@@ -13,10 +13,7 @@ CPU, not the disk. The markdown table goes into the `bench:store` section of doc
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
-import platform
-import re
 import shutil
 import tempfile
 import time
@@ -24,32 +21,14 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import psutil
 
+from benchmarks.common import DOCS, machine_info, write_section
 from star_jax.config import StoreConfig
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter
 from star_jax.store.store import inner_chunk_rows
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "store"
 _POOL_ROWS = 8192  # distinct random rows; blocks are permutations of them (generating 400M normals is slow)
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        cpu = names[0] if names else cpu
-    versions = {p: importlib.metadata.version(p) for p in ("numpy", "tensorstore", "ml_dtypes")}
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_avg_1m": round(os.getloadavg()[0], 1),  # other work sharing the cores
-        "python": platform.python_version(),
-        **versions,
-    }
 
 
 def _du(path: str) -> int:
@@ -173,20 +152,6 @@ def run(rows: int = 100_000, dim: int = 4096, batch: int = 1000, batches: int = 
             "machine": m, "table": "\n".join(lines)}
 
 
-def write_section(text: str, path: Path = DOCS, name: str = SECTION) -> None:
-    """Replace the text between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->` in `path`."""
-    from star_jax.fileio import atomic_write_text
-
-    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(path, doc)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000)
@@ -197,7 +162,7 @@ def main() -> None:
     text = "## EmbeddingStore (TensorStore zarr3) vs numpy memmap\n\n" + result["table"]
     print(text)
     if not args.no_docs:
-        write_section(text)
+        write_section(text, SECTION)
         print(f"\nwritten to {DOCS}")
 
 

@@ -66,7 +66,8 @@ class MistralConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | save_projections
-    attention: str | None = None  # jax.nn.dot_product_attention implementation: None (auto) | xla | cudnn
+    # None (auto: chunked on the CPU, jax.nn.dot_product_attention elsewhere) | chunked | xla | cudnn
+    attention: str | None = None
 
     @property
     def resolved_head_dim(self) -> int:
@@ -124,10 +125,10 @@ class LLMTrainConfig:
     """Bi-encoder fine-tuning (star_jax/llm/train.py); losses in star_jax/llm/biencoder.py.
 
     The defaults fit the demo's budget of about 2.5 minutes on 2 CPU cores at the tiny scale
-    (960 of the 16.6k train pairs seen, plus two embedding passes over the val and test texts).
+    (1,600 of the 16.6k train pairs seen, plus two embedding passes over the val and test texts).
     """
 
-    steps: int = 60
+    steps: int = 100
     # Pairs per optimizer step. With grad_accum > 1 it is split into micro-batches of
     # batch_size / grad_accum (rows r with r % grad_accum == k), whose in-batch negatives are their own.
     batch_size: int = 16
@@ -232,6 +233,9 @@ class GNNConfig:
     layers: int = 2
     dropout: float = 0.0  # on each HGT layer's output projection, before the gated skip
     use_llm: bool = True  # projected stored LLM embeddings (member and job)
+    # With use_llm: also add one shared projection of the member and job LLM embeddings to the
+    # output (star_jax.gnn.model, "LLM skip"), so the towers' own similarity reaches the scores.
+    llm_skip: bool = True
     use_id: bool = True  # hashed learned ID embeddings
     use_cat: bool = True  # categorical feature embeddings
     id_buckets: int = 4096  # hashed ID embedding rows per node type

@@ -187,7 +187,7 @@ def _param_names(cfg, batch):
     [
         (
             {},
-            {"llm_member", "llm_job", "id_skill", "cat_member_1", "cat_job_2", "cat_proj_company"},
+            {"llm_member", "llm_job", "llm_out", "id_skill", "cat_member_1", "cat_job_2", "cat_proj_company"},
             {"type_skill", "llm_company", "cat_proj_skill"},
         ),
         (

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from star_jax.config import MeshConfig, MistralConfig
 from star_jax.errors import StarError
-from star_jax.llm import MistralModel, abstract_variables, load_mistral
+from star_jax.llm import MistralModel, abstract_variables, load_mistral, mistral
 from star_jax.parallel import logical_rules, make_mesh
 
 LENGTHS = [12, 7, 1]  # right-padded rows of different lengths, one of a single token
@@ -48,13 +48,24 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_fp32_parity_with_transformers(case, tmp_path):
+# Every case runs the default attention (`chunked` on the CPU, one block at this length); `xla` keeps
+# JAX's own path covered, and `chunked` with 5-query blocks has windowed key slices and a short last block.
+PARITY = [(case, None) for case in CASES] + [
+    ("gqa4-window3", "xla"),
+    ("mha-headdim16-window5-v4rope-sharded", "chunked"),
+]
+
+
+@pytest.mark.parametrize("case, attention", PARITY, ids=[f"{c}-{a or 'auto'}" for c, a in PARITY])
+def test_fp32_parity_with_transformers(case, attention, tmp_path, monkeypatch):
     kw = CASES[case]
     hf = build_checkpoint(tmp_path, seed=len(case), **kw)
     if kw.get("max_shard_size"):
         assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
     cfg, params = load_mistral(tmp_path)
+    cfg = dataclasses.replace(cfg, attention=attention)
+    if attention == "chunked":
+        monkeypatch.setattr(mistral, "ATTENTION_BLOCK", 5)
     assert cfg.rope_theta == kw.get("rope_theta", 10000.0)
     ids, mask = right_padded_batch(LENGTHS, SEQ, cfg.vocab_size, seed=1)
     ref = hf_hidden(hf, ids, mask)
@@ -102,6 +113,49 @@ def test_sharded_mesh_matches_one_device(tmp_path):
         out = jax.jit(MistralModel(cfg).apply)({"params": sharded}, ids, mask)
     assert {s.data.shape[0] for s in out.addressable_shards} == {1}  # batch 4 split over fsdp=4
     assert max_real_diff(np.asarray(out), expected, mask) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "heads, kv_heads, window, block, seq, lengths",
+    [
+        (4, 4, None, 4, 11, [11, 6, 1]),  # MHA, T not a multiple of the block
+        (8, 2, 3, 4, 11, [11, 4, 0]),  # GQA 4:1, window < block, an all-padding row
+        (4, 2, 6, 3, 13, [13, 9, 1]),  # window > block: key slices start mid-sequence
+    ],
+)
+def test_chunked_attention_equals_xla(heads, kv_heads, window, block, seq, lengths):
+    rng = np.random.default_rng(seq + heads)
+    q = rng.standard_normal((len(lengths), seq, heads, 8), np.float32)
+    k, v = rng.standard_normal((2, len(lengths), seq, kv_heads, 8), np.float32)
+    weights = rng.standard_normal(q.shape, np.float32)
+    lens = jnp.asarray(lengths, jnp.int32)
+    local = None if window is None else (window - 1, 0)
+    attend = {
+        "chunked": lambda q, k, v: mistral.chunked_attention(q, k, v, lens, window, block),
+        "xla": lambda q, k, v: jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            query_seq_lengths=lens,
+            key_value_seq_lengths=lens,
+            local_window_size=local,
+            implementation="xla",
+        ),
+    }
+
+    @jax.jit
+    def outputs_and_grads(q, k, v):
+        loss = {impl: lambda q, k, v, f=f: jnp.sum(f(q, k, v) * weights) for impl, f in attend.items()}
+        return {impl: (f(q, k, v), jax.grad(loss[impl], (0, 1, 2))(q, k, v)) for impl, f in attend.items()}
+
+    got = outputs_and_grads(q, k, v)
+    # Padded query rows included: both paths zero them.
+    np.testing.assert_allclose(got["chunked"][0], got["xla"][0], rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(got["xla"][0]).max()) > 0.1
+    for a, b in zip(got["xla"][1], got["chunked"][1]):
+        assert bool(jnp.isfinite(b).all())
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
 def _base_cfg(**overrides):

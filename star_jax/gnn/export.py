@@ -126,6 +126,9 @@ def gnn_embed(
         if feat_info["dim"] != trained["dim"]:
             raise StarError(f"--store-version {feat_info['version']}: dim {feat_info['dim']}, but the GNN "
                             f"trained on {trained['version']} with dim {trained['dim']}")
+        if feat_info["version"] != trained["version"]:  # the GNN learned on the training version's scale
+            reference, _ = open_features(graph, trained["root"], trained["version"], cfg.store)
+            features = features._replace(mean=reference.mean, scale=reference.scale)
     run = load_run(ckpt_dir, graph, features)
     if not run.finished:
         print(f"gnn-embed: {ckpt_dir}: training has not finished; exporting its step-{run.step} checkpoint")

@@ -16,6 +16,14 @@ Node input, per type, the sum of the enabled parts (`GNNConfig.use_llm/use_id/us
   - a type with no enabled part gets a learned type embedding `type_<type>`.
   Padding slots are zeroed.
 
+LLM skip (`GNNConfig.llm_skip`, our addition): the output of a member or a job also receives
+`llm_out`, ONE Dense shared by both types, of its stored LLM embedding. The bi-encoder trained the
+two towers so that the member-job inner product predicts applies; a shared linear map keeps that
+inner product (a random [D, out_dim] matrix already does, up to scale, by Johnson-Lindenstrauss),
+so the score starts from the towers' similarity and the graph layers learn what to add to it.
+Without it, the similarity has to be rediscovered through per-type projections and attention
+(on the tiny data the LLM features then lowered test AUC, most on cold-start members).
+
 Encoder: `layers` x [`HGTConv` (star_jax.gnn.hgt) -> LayerNorm per type]. The residual is HGT's
 own gated skip, sigma(skip) * update + (1 - sigma(skip)) * input, followed by a layer norm as in
 the HGT reference implementation (`use_norm=True`); PyG's HGTConv stops at the gated skip and has
@@ -157,8 +165,11 @@ class GNNEncoder(nn.Module):
             }
 
         out = {}
+        llm_out = nn.Dense(cfg.out_dim, dtype=dtype, name="llm_out") if cfg.use_llm and cfg.llm_skip else None
         for t in layout.node_types:
             z = nn.Dense(cfg.out_dim, dtype=dtype, name=f"proj_{t}")(h[t]).astype(jnp.float32)
+            if llm_out is not None and t in batch.llm:
+                z = z + llm_out(jnp.asarray(batch.llm[t], jnp.float32)).astype(jnp.float32)
             if cfg.normalize:
                 z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-12))
             out[t] = z

@@ -13,33 +13,16 @@ global-norm clipping, a linear warm-up and a cosine decay.
 Two additions to the paper's recipe, both in the config:
   - `gnn_train.cold_start_rate` (default 0.5; not in the paper): cold-start simulation
     (`ColdStartSampler`, after DropoutNet). Held-out pairs are mostly with nodes that have no
-    training apply, while every training seed has some (see "Measured").
+    training apply, while every training seed has some (below).
   - `gnn_train.labelled_negatives` (default off): also train on the train split's labelled
     non-applies, as LinkSAGE's (member, job, label) tuples (papers.md §2.3).
 
-Measured on the tiny synthetic data (seed 0), with TF-IDF + SVD-64 vectors standing in for the
-LLM embeddings (tests/tfidf_features.py), test AUC overall / cold-start members (no training
-apply; 46% of the test pairs) / the other members:
-  - 72% of the test pairs' jobs and 46% of their members have no training apply. Trained on warm
-    neighbourhoods only, both variants reach ~0.63-0.65 and the LLM features do not help, although
-    the stand-in vectors' plain cosine scores 0.757 (0.762 on cold-start members) and the same
-    encoder without message passing (`gnn.layers=0`) 0.743: the encoder leans on apply edges the
-    held-out nodes lack.
-  - With `cold_start_rate=0.5` (the default), at the default 100 steps and 32 random negatives:
-    gnn_id_cat 0.698 / 0.691 / 0.701, gnn_id_cat_llm 0.730 / 0.719 / 0.736. 150 steps and 64
-    negatives give the same (0.697 / 0.691 and 0.729 / 0.718), as does drawing 4 skills per hop-2
-    job. `labelled_negatives` lowers gnn_id_cat to 0.638. At seed 1: 0.672 / 0.674 / 0.667 and
-    0.729 / 0.730 / 0.730.
-  - So the LLM features help (+0.032), but cold-start members gain less (+0.029) than warm ones
-    (+0.035), not more as in the paper. Most test jobs are new, so a warm member's history says
-    little about them through IDs and tags: gnn_id_cat scores warm members only 0.010 above cold
-    ones. With text features, the texts of the jobs a warm member applied to reach it too and widen
-    that margin to 0.017. A likely contributor (not measured): the stand-in cannot relate a
-    member's synonyms and misspellings of a skill (30% of member mentions) to the canonical names
-    that job texts use, and those applied jobs' texts bridge the two for warm members only.
-    `cold_start_rate` 0.8 / 0.25 give gaps of +0.045 / +0.042 overall and +0.049 / +0.043 on
-    cold-start members (seed 0), but gnn_id_cat alone moves by 0.01 between these runs: the
-    cold-versus-overall differences (all within 0.005) are at the noise level of a single run.
+Why `cold_start_rate`: on the tiny data 72% of the test pairs' jobs and 46% of their members have
+no training apply. Trained on warm neighbourhoods only, the encoder leans on apply edges the
+held-out nodes lack (test AUC ~0.63-0.65 with or without LLM features, below the features' own
+cosine); stripping half the seeds of their applies lifts gnn_id_cat to ~0.70. The LLM features'
+effect on the demo, per data seed, is in docs/seeds.md; the measurements that led to the LLM
+feature standardisation and skip are in docs/architecture.md (decision 6).
 
 Variants (the paper's ablation, `VARIANTS` is the one place that maps them):
     gnn_id_cat       hashed ID embeddings + categorical features
@@ -179,6 +162,7 @@ def open_features(graph: HeteroGraph, root: str | os.PathLike, version: str | No
             raise StarError(f"{where}: {int(missing.sum())} {t} ids of the graph are not stored "
                             f"(e.g. {int(ids[missing][0])}); embed them into this version first")
     manifest = store.manifest
+    standardized = StandardizedFeatures.fit(store, {t: np.asarray(graph.ids[t]) for t in LLM_TYPES})
     info = {
         "root": store.root,
         "version": store.version,
@@ -187,8 +171,45 @@ def open_features(graph: HeteroGraph, root: str | os.PathLike, version: str | No
         "adapter": manifest.get("adapter"),
         "generation": manifest.get("generation"),
         "digests": {t: manifest["node_types"][t]["digest"] for t in LLM_TYPES},
+        "transform": "standardize-pooled",  # StandardizedFeatures: part of what the GNN was trained on
     }
-    return store, info
+    return standardized, info
+
+
+class StandardizedFeatures(NamedTuple):
+    """The stored embeddings with each dimension centred and scaled by its spread over the nodes.
+
+    A language model's last-token embeddings are anisotropic: the tiny demo base's member vectors
+    have a mean pairwise cosine of 0.995, so what tells two nodes apart is a 1% deviation from a
+    shared direction, which the per-node LayerNorm in the GNN's input keeps. Removing the shared
+    mean and scaling each dimension (the "all-but-the-top" / whitening remedy, diagonal only) lets
+    the input projection see the deviations at unit scale. The statistics are a function of the
+    store version; gnn-embed from another version (a migrated one) keeps the training version's.
+    """
+
+    store: FeatureSource
+    mean: dict[str, np.ndarray]  # [D] per node type
+    scale: dict[str, np.ndarray]  # [D] per node type: 1 / std
+
+    # Enough rows to pin the mean and std of each dimension; at the paper's scale a spread sample.
+    MAX_ROWS = 65_536
+
+    @classmethod
+    def fit(cls, store: FeatureSource, ids: dict[str, np.ndarray]) -> StandardizedFeatures:
+        # One set of statistics for members and jobs together: the towers share one space, and a
+        # per-type shift would bend the member-job inner products the GNN's LLM skip relies on.
+        rows = []
+        for t, all_ids in ids.items():
+            spread = np.linspace(0, len(all_ids) - 1, min(len(all_ids), cls.MAX_ROWS)).astype(np.int64)
+            rows.append(np.asarray(store.lookup(t, np.asarray(all_ids[spread], np.int64)), np.float64))
+        x = np.concatenate(rows)
+        mean = x.mean(axis=0).astype(np.float32)
+        scale = (1.0 / np.maximum(x.std(axis=0), 1e-6)).astype(np.float32)
+        return cls(store, dict.fromkeys(ids, mean), dict.fromkeys(ids, scale))
+
+    def lookup(self, node_type: str, ids: np.ndarray) -> np.ndarray:
+        x = np.asarray(self.store.lookup(node_type, ids), np.float32)
+        return (x - self.mean[node_type]) * self.scale[node_type]
 
 
 def feature_source(graph: HeteroGraph, cfg: Config, variant: str, root: str | None,
@@ -212,8 +233,8 @@ def run_fingerprint(cfg: Config, variant: str, data_dir: str | os.PathLike, grap
     sampler = {k: v for k, v in dataclasses.asdict(cfg.sampler).items()
                if k not in _NOT_FINGERPRINTED["sampler"]}
     labels = content_digest([os.path.join(os.fspath(data_dir), read_schema(data_dir).labels)])
-    feats = None if features is None else {k: features[k] for k in ("version", "dim", "generation",
-                                                                    "digests")}
+    feats = None if features is None else {k: features.get(k) for k in ("version", "dim", "generation",
+                                                                        "digests", "transform")}
     return fingerprint(cfg.gnn, train, sampler, {"variant": variant, "graph": graph.digest, "labels": labels,
                                                    "features": feats})
 

@@ -10,6 +10,9 @@ Follows `transformers/models/mistral/modeling_mistral.py` (v5, generated from th
   `jax.nn.dot_product_attention`'s native grouping;
 - Mistral's sliding window as in `masking_utils.sliding_window_overlay`: query q sees keys
   q - W < k <= q, i.e. W keys including itself, which is `local_window_size=(W - 1, 0)`;
+- the attention core (`config.attention`) is `jax.nn.dot_product_attention` (`xla`, `cudnn`) or
+  `chunked_attention`, the same masks and softmax computed per static block of queries over only
+  the keys those queries can reach; `null` picks `chunked` on the CPU and lets JAX choose elsewhere;
 - SwiGLU MLP `down(silu(gate(x)) * up(x))`, pre-norm residual blocks, a final norm.
 
 Layout choices (the HF and PEFT mappings stay a plain transpose):
@@ -40,6 +43,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from star_jax.config import LoraConfig, MistralConfig
@@ -50,6 +54,8 @@ __all__ = [
     "MistralConfig",
     "MistralModel",
     "abstract_variables",
+    "attention_core",
+    "chunked_attention",
     "lm_logits",
     "sequence_lengths",
     "REMAT_POLICIES",
@@ -63,7 +69,8 @@ REMAT_POLICIES: dict[str, Any] = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_projections": jax.checkpoint_policies.save_only_these_names(*SAVED_PROJECTIONS),
 }
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "chunked")
+ATTENTION_BLOCK = 64  # queries per block of `chunked_attention`
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Logical names of the main activations (rules in star_jax/config.py::_default_rules).
@@ -86,7 +93,9 @@ def check_config(config: MistralConfig) -> None:
     if config.remat not in REMAT_POLICIES:
         raise StarError(f"llm.arch.remat: {config.remat!r}; expected one of {', '.join(REMAT_POLICIES)}")
     if config.attention not in ATTENTION_IMPLEMENTATIONS:
-        raise StarError(f"llm.arch.attention: {config.attention!r}; expected null, 'xla' or 'cudnn'")
+        raise StarError(
+            f"llm.arch.attention: {config.attention!r}; expected null, 'xla', 'cudnn' or 'chunked'"
+        )
     if config.attention == "cudnn" and config.dtype == "float32":
         raise StarError("llm.arch.attention: 'cudnn' needs llm.arch.dtype bfloat16 or float16")
     if config.num_attention_heads % config.num_key_value_heads:
@@ -169,6 +178,86 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
+def chunked_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    lengths: jax.Array,
+    window: int | None = None,
+    block: int = ATTENTION_BLOCK,
+) -> jax.Array:
+    """Causal grouped-query attention over static query blocks; equal to the `xla` path.
+
+    query `[B, T, heads, D]`, key/value `[B, T, kv_heads, D]`, lengths `[B]` (right padding; the
+    model clamps them to >= 1, and a 0 row comes out as zeros, finite, as with `xla`), window W:
+    query q sees keys q - W < k <= q (None: every earlier key). Returns `[B, T, heads, D]`.
+
+    `jax.nn.dot_product_attention(implementation='xla')` builds the full fp32 `[B, heads, T, T]`
+    scores and masks them afterwards; on the CPU that square, not the FLOPs, dominates a layer.
+    Here query block i (`block` rows, the last one shorter) multiplies only the static slice of keys
+    that the causal mask and the window let it reach, so the upper triangle is never computed and
+    the blocks' scores together cover about half the square (`block x (block + W - 1)` per block
+    with a window). Heads are laid out `[B, kv_heads, group, T, D]` so that each kv head serves
+    its query group as one batched matmul with no repeat. Scores,
+    scale, masks and softmax follow `jax.nn.dot_product_attention` step by step (fp32 scores, the
+    same large negative for masked keys, padded query rows zeroed), so outputs agree to rounding.
+    Plain jnp ops: differentiable, and fine inside `nn.scan` / `nn.remat`.
+    """
+    b, t, n, d = query.shape
+    kv = key.shape[2]
+    q = query.reshape(b, t, kv, n // kv, d).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, D]
+    k = key.transpose(0, 2, 1, 3)  # [B, KV, T, D]
+    v = value.transpose(0, 2, 1, 3)
+    scale = jnp.float32(1.0 / np.sqrt(d))
+    masked = jnp.float32(-0.7 * np.finfo(np.float32).max)  # jax.nn's value: finite, so no NaN rows
+    key_limit = lengths[:, None, None, None, None]
+    blocks = []
+    for q0 in range(0, t, block):
+        q1 = min(q0 + block, t)
+        k0 = 0 if window is None else max(0, q0 - window + 1)
+        q_pos, k_pos = np.arange(q0, q1)[:, None], np.arange(k0, q1)[None, :]
+        reach = k_pos <= q_pos if window is None else (k_pos <= q_pos) & (q_pos - k_pos < window)
+        scores = jnp.einsum(
+            "bkgqd,bkcd->bkgqc", q[:, :, :, q0:q1], k[:, :, k0:q1], preferred_element_type=jnp.float32
+        )
+        scores = jnp.where(reach & (k_pos < key_limit), scores * scale, masked)  # [B, KV, G, Q, C]
+        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+        blocks.append(jnp.einsum("bkgqc,bkcd->bkgqd", probs, v[:, :, k0:q1]))
+    out = jnp.concatenate(blocks, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, t, n, d)
+    real = jnp.arange(t)[None, :, None, None] < lengths[:, None, None, None]
+    return jnp.where(real, out, jnp.zeros((), out.dtype))
+
+
+def attention_core(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    lengths: jax.Array,
+    window: int | None,
+    implementation: str | None,
+) -> jax.Array:
+    """Causal GQA attention with right-padding lengths and Mistral's window W (None: no window).
+
+    `implementation` is `config.attention`: None picks `chunked` on the CPU (several times faster
+    there, see docs/benchmarks.md) and leaves the choice to `jax.nn.dot_product_attention` on other
+    backends; `xla` and `cudnn` go to `jax.nn.dot_product_attention` as they are.
+    """
+    if implementation is None and jax.default_backend() == "cpu":
+        implementation = "chunked"
+    if implementation == "chunked":
+        return chunked_attention(query, key, value, lengths, window, ATTENTION_BLOCK)
+    return jax.nn.dot_product_attention(
+        query,
+        key,
+        value,
+        is_causal=True,
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        local_window_size=None if window is None else (window - 1, 0),
+        implementation=implementation,
+    )
+
+
 class Attention(nn.Module):
     config: MistralConfig
     lora: LoraConfig | None = None
@@ -191,17 +280,7 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(apply_rope(q, cos, sin), Q_HEADS)
         key = nn.with_logical_constraint(apply_rope(key, cos, sin), KV_HEADS)
         v = nn.with_logical_constraint(v, KV_HEADS)
-        window = None if cfg.sliding_window is None else (cfg.sliding_window - 1, 0)
-        out = jax.nn.dot_product_attention(
-            q,
-            key,
-            v,
-            is_causal=True,
-            query_seq_lengths=lengths,
-            key_value_seq_lengths=lengths,
-            local_window_size=window,
-            implementation=cfg.attention,
-        )
+        out = attention_core(q, key, v, lengths, cfg.sliding_window, cfg.attention)
         out = checkpoint_name(nn.with_logical_constraint(out, Q_HEADS), "context")
         return proj("o_proj", cfg.hidden_size, ("heads", "embed"))(out.reshape(b, t, n * d))
 
