@@ -55,6 +55,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def flag_or_config(flag: str, given: str | None, configured: str | None, field: str) -> str:
+    """A path from its flag, else from the config field; one line naming both when neither is set."""
+    value = given or configured
+    if value is None:
+        raise StarError(f"{flag}: required (or set {field} in the config)")
+    return value
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's default prints the usage block too
         raise StarError(f"{self.prog}: {message}")

@@ -66,6 +66,19 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def finished_result(path: str | os.PathLike, fingerprint: str) -> dict | None:
+    """The JSON at `path` (a stage's result, written last) when it records `fingerprint`, else None.
+
+    A training stage whose result carries the fingerprint of its current config and inputs has
+    nothing left to do; an unreadable or foreign result means it has.
+    """
+    try:
+        result = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("fingerprint") == fingerprint else None
+
+
 def content_digest(paths: list[str | os.PathLike], *, chunk: int = 1 << 22) -> str:
     """A short hash of the bytes of `paths` (files, or directories walked in sorted order).
 

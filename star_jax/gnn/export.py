@@ -236,12 +236,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args
+    from star_jax.cli import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
-    out_store = args.out_store or cfg.store.root
-    if out_store is None:
-        raise StarError("--out-store: not given (pass a store root or set store.root)")
+    out_store = flag_or_config("--out-store", args.out_store, cfg.store.root, "store.root")
     gnn_embed(cfg, args.graph, args.ckpt, out_store, args.version, store_root=args.store,
               store_version=args.store_version)
     return 0

@@ -73,7 +73,7 @@ from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, StoreConfig, fingerprint, load_config, to_yaml
 from star_jax.errors import StarError
 from star_jax.eval.metrics import activity_bucket, auc, auc_by_group
-from star_jax.fileio import atomic_write_json, atomic_write_text, content_digest, read_json
+from star_jax.fileio import atomic_write_json, atomic_write_text, content_digest, finished_result, read_json
 from star_jax.gnn.export import export_sampler_config, make_embed_fn
 from star_jax.gnn.model import (
     GNN,
@@ -237,19 +237,6 @@ def run_fingerprint(cfg: Config, variant: str, data_dir: str | os.PathLike, grap
                                                                         "digests", "transform")}
     return fingerprint(cfg.gnn, train, sampler, {"variant": variant, "graph": graph.digest, "labels": labels,
                                                    "features": feats})
-
-
-def finished_run(out_dir: str | os.PathLike, fp: str) -> dict | None:
-    """OUT/result.json when it records a finished run with fingerprint `fp`, else None."""
-    path = Path(out_dir) / RESULT
-    if path.is_file():
-        try:
-            result = read_json(path)
-        except ValueError:
-            return None
-        if result.get("fingerprint") == fp:
-            return result
-    return None
 
 
 # -- compilations --------------------------------------------------------------------------------
@@ -468,7 +455,7 @@ def train_gnn(
     root = None if store_root is None else os.fspath(store_root)
     features, feat_info = feature_source(graph, cfg, variant, root, store_version)
     fp = run_fingerprint(cfg, variant, data_dir, graph, feat_info)
-    done = finished_run(out, fp)
+    done = finished_result(Path(out) / RESULT, fp)
     if done is not None:
         print(f"train-gnn: {out} already holds a finished {variant} run with these inputs and config; "
               "skipped")
@@ -687,12 +674,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args
+    from star_jax.cli import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
-    data = args.data or cfg.data.dir
-    if data is None:
-        raise StarError("--data: not given (pass a data directory or set data.dir)")
+    data = flag_or_config("--data", args.data, cfg.data.dir, "data.dir")
     train_gnn(cfg, data, args.graph, args.out, args.variant, store_root=args.store or cfg.store.root,
               store_version=args.store_version)
     return 0

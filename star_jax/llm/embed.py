@@ -490,19 +490,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args
+    from star_jax.cli import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
-    paths = {}
-    for flag, value, field in (
-        ("--data", args.data or cfg.data.dir, "data.dir"),
-        ("--tokenizer", args.tokenizer or cfg.tokenizer.dir, "tokenizer.dir"),
-        ("--base", args.base or cfg.llm.base_dir, "llm.base_dir"),
-    ):
-        if value is None:
-            raise StarError(f"{flag}: required (or set {field} in the config)")
-        paths[flag] = value
+    data = flag_or_config("--data", args.data, cfg.data.dir, "data.dir")
+    tok = flag_or_config("--tokenizer", args.tokenizer, cfg.tokenizer.dir, "tokenizer.dir")
+    base = flag_or_config("--base", args.base, cfg.llm.base_dir, "llm.base_dir")
     types = None if args.types is None else [t for t in args.types.split(",") if t]
-    embed_store(cfg, paths["--data"], paths["--tokenizer"], paths["--base"], args.store, args.version,
+    embed_store(cfg, data, tok, base, args.store, args.version,
                 adapters=args.adapters, node_types=types, log_dir=args.log_dir)
     return 0

@@ -33,7 +33,6 @@ from star_jax.config import Config, MistralConfig, fingerprint
 from star_jax.data.loader import corpus_dataset
 from star_jax.data.tokenizer import load_tokenizer
 from star_jax.data.validate import check_data
-from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, content_digest
 from star_jax.llm import loop
 from star_jax.llm.hf_io import save_mistral
@@ -172,13 +171,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args
+    from star_jax.cli import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
-    data, tok = args.data or cfg.data.dir, args.tokenizer or cfg.tokenizer.dir
-    if data is None:
-        raise StarError("--data: required (or set data.dir in the config)")
-    if tok is None:
-        raise StarError("--tokenizer: required (or set tokenizer.dir in the config)")
+    data = flag_or_config("--data", args.data, cfg.data.dir, "data.dir")
+    tok = flag_or_config("--tokenizer", args.tokenizer, cfg.tokenizer.dir, "tokenizer.dir")
     pretrain(cfg, data, tok, args.out)
     return 0

@@ -48,7 +48,7 @@ from star_jax.data.tokenizer import encode_e5, load_tokenizer
 from star_jax.data.validate import check_data
 from star_jax.errors import StarError
 from star_jax.eval.metrics import auc
-from star_jax.fileio import atomic_write_json, content_digest, read_json
+from star_jax.fileio import atomic_write_json, content_digest, finished_result
 from star_jax.llm import loop
 from star_jax.llm.biencoder import (
     JOB,
@@ -92,15 +92,7 @@ def check_vocab(tokenizer: Any, tokenizer_dir: str | os.PathLike, arch: MistralC
 
 def finished_run(out_dir: str | os.PathLike, fp: str) -> dict | None:
     """OUT/result.json when it records a finished run with fingerprint `fp`, else None."""
-    path = Path(out_dir) / RESULT
-    if path.is_file():
-        try:
-            result = read_json(path)
-        except ValueError:
-            return None
-        if result.get("fingerprint") == fp:
-            return result
-    return None
+    return finished_result(Path(out_dir) / RESULT, fp)
 
 
 def run_fingerprint(cfg: Config, data_dir: str, tokenizer_dir: str, base_dir: str) -> str:
@@ -434,21 +426,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args
+    from star_jax.cli import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
-    for flag, value, field in (
-        ("--data", args.data or cfg.data.dir, "data.dir"),
-        ("--tokenizer", args.tokenizer or cfg.tokenizer.dir, "tokenizer.dir"),
-        ("--base", args.base or cfg.llm.base_dir, "llm.base_dir"),
-    ):
-        if value is None:
-            raise StarError(f"{flag}: required (or set {field} in the config)")
     train_llm(
         cfg,
-        args.data or cfg.data.dir,
-        args.tokenizer or cfg.tokenizer.dir,
-        args.base or cfg.llm.base_dir,
+        flag_or_config("--data", args.data, cfg.data.dir, "data.dir"),
+        flag_or_config("--tokenizer", args.tokenizer, cfg.tokenizer.dir, "tokenizer.dir"),
+        flag_or_config("--base", args.base, cfg.llm.base_dir, "llm.base_dir"),
         args.out,
     )
     return 0
