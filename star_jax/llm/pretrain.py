@@ -33,11 +33,11 @@ from star_jax.config import Config, MistralConfig, fingerprint
 from star_jax.data.loader import corpus_dataset
 from star_jax.data.tokenizer import load_tokenizer
 from star_jax.data.validate import check_data
-from star_jax.fileio import atomic_write_json, content_digest
+from star_jax.fileio import atomic_write_json, content_digest, finished_result
 from star_jax.llm import loop
 from star_jax.llm.hf_io import save_mistral
 from star_jax.llm.mistral import MistralModel, abstract_variables, lm_logits
-from star_jax.llm.train import RESULT, finished_run
+from star_jax.llm.train import RESULT
 from star_jax.metrics import MetricsLogger, read_metrics
 from star_jax.parallel import initialize_distributed, logical_rules, logical_shardings, make_mesh
 
@@ -101,7 +101,7 @@ def pretrain(
     train = {k: v for k, v in dataclasses.asdict(pcfg).items() if k not in _NOT_FINGERPRINTED}
     inputs = {"data": content_digest([data_dir]), "tokenizer": content_digest([tokenizer_dir])}
     fp = fingerprint(cfg.llm.arch, train, inputs)
-    done = finished_run(out, fp)
+    done = finished_result(Path(out) / RESULT, fp)
     if done is not None:
         print(f"pretrain: {out} already holds a finished run with these inputs and config; skipped")
         return done

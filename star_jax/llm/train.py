@@ -90,11 +90,6 @@ def check_vocab(tokenizer: Any, tokenizer_dir: str | os.PathLike, arch: MistralC
         )
 
 
-def finished_run(out_dir: str | os.PathLike, fp: str) -> dict | None:
-    """OUT/result.json when it records a finished run with fingerprint `fp`, else None."""
-    return finished_result(Path(out_dir) / RESULT, fp)
-
-
 def run_fingerprint(cfg: Config, data_dir: str, tokenizer_dir: str, base_dir: str) -> str:
     train = {k: v for k, v in dataclasses.asdict(cfg.llm_train).items() if k not in _NOT_FINGERPRINTED}
     llm = {k: v for k, v in dataclasses.asdict(cfg.llm).items() if k != "base_dir"}
@@ -305,7 +300,7 @@ def train_llm(
     out, tcfg = Path(out_dir), cfg.llm_train
     check_data(data_dir)  # empty texts, dangling ids, ... are refused before anything trains
     fp = run_fingerprint(cfg, data_dir, tokenizer_dir, base_dir)
-    done = finished_run(out, fp)
+    done = finished_result(Path(out) / RESULT, fp)
     if done is not None:
         print(f"train-llm: {out} already holds a finished run with these inputs and config; skipped")
         return done
