@@ -234,9 +234,14 @@ class GNNConfig:
     dropout: float = 0.0  # on each HGT layer's output projection, before the gated skip
     use_llm: bool = True  # projected stored LLM embeddings (member and job)
     # With use_llm: also add one shared projection of the member and job LLM embeddings to the
-    # output (star_jax.gnn.model, "LLM skip"), so the towers' own similarity reaches the scores.
+    # output (star_jax.gnn.model, "LLM skip", zero at the start), so the towers' own similarity
+    # reaches the scores.
     llm_skip: bool = True
     use_id: bool = True  # hashed learned ID embeddings
+    # drop: a member or job with no training-period apply (cold start, real or simulated by
+    # gnn_train.cold_start_rate) gets no ID embedding, as DropoutNet withholds preference input;
+    # keep: it reads its hash bucket like any node (an untrained or colliding row).
+    cold_start_ids: str = "drop"
     use_cat: bool = True  # categorical feature embeddings
     id_buckets: int = 4096  # hashed ID embedding rows per node type
     cat_dim: int = 32  # embedding size of each categorical column

@@ -112,7 +112,7 @@ def make_batch(layout: Layout, piece: Piece) -> HeteroBatch:
     neg_jobs[: len(piece.negatives)] = j0 + np.asarray(piece.negatives, np.int32)
 
     graph = jraph.GraphsTuple(
-        nodes={"mask": node_mask},
+        nodes={"mask": node_mask, "known": node_mask.copy()},  # every fixture node warm
         edges={"mask": edge_mask, "weight": np.ones(e, np.float32)},
         senders=senders,
         receivers=receivers,

@@ -215,3 +215,32 @@ def test_batch_that_does_not_match_layout_is_a_star_error(gnn, params, batches):
     no_llm = batches[0]._replace(llm={})
     with pytest.raises(StarError, match="use_llm"):
         gnn.encode(params, no_llm, LAYOUT)
+
+
+@pytest.mark.parametrize("policy", ["drop", "keep"])
+def test_cold_start_node_gets_no_id_embedding(batches, policy):
+    """gnn.cold_start_ids: with `drop`, a member that is not `known` embeds the same whatever its
+    id hashes to; a known member, or any member under `keep`, does not."""
+    cfg = dataclasses.replace(CFG, cold_start_ids=policy, dropout=0.0)
+    model = build_gnn(cfg)
+    full = batches[0]
+    params = model.init(jax.random.key(0), full, LAYOUT)
+    slot = int(full.member_seeds[0]) - LAYOUT.node_slice("member").start
+
+    def member0(known: bool, node_id: int) -> np.ndarray:
+        ids = dict(full.node_ids, member=full.node_ids["member"].copy())
+        ids["member"][slot] = node_id
+        flags = full.graph.nodes["known"].copy()
+        flags[full.member_seeds[0]] = known
+        nodes = {**full.graph.nodes, "known": flags}
+        batch = full._replace(node_ids=ids, graph=full.graph._replace(nodes=nodes))
+        return np.asarray(model.seed_embeddings(params, batch, LAYOUT)[0][0])
+
+    cold_same = np.allclose(member0(False, 123_457), member0(False, 987_651), atol=1e-6)
+    assert cold_same == (policy == "drop")
+    assert not np.allclose(member0(True, 123_457), member0(True, 987_651), atol=1e-6)
+
+
+def test_unknown_cold_start_policy_is_a_star_error():
+    with pytest.raises(StarError, match="gnn.cold_start_ids"):
+        build_gnn(dataclasses.replace(CFG, cold_start_ids="zero"))

@@ -259,6 +259,12 @@ def test_cold_start_sampler_strips_only_the_seeds_own_applies(env):
     np.testing.assert_array_equal(cold.graph.edges["mask"], expected)
     np.testing.assert_array_equal(cold.graph.senders, senders)
     np.testing.assert_array_equal(cold.graph.receivers, receivers)
+    # A simulated cold seed also loses its ID embedding (`known`), like a real one; nothing else does.
+    known = warm.graph.nodes["known"].copy()
+    for t, n in (("member", L.num_pairs), ("job", L.num_pairs + L.num_negatives)):
+        known[L.node_slice(t).start: L.node_slice(t).start + n] = False
+    assert warm.graph.nodes["known"][L.node_slice("member").start]  # the first val member applied
+    np.testing.assert_array_equal(cold.graph.nodes["known"], known)
 
 
 def _train_args(env, out: str, *extra: str) -> list[str]:

@@ -173,6 +173,17 @@ def test_every_batch_has_the_same_shapes_and_consistent_masks(graph_and_data):
     cold, e = ev.member_seeds[1], sampler.layout.edge_slice("member_applied_rev")  # member 3: no applies
     assert not (ev.graph.edges["mask"][e] & (ev.graph.receivers[e] == cold)).any()
     assert valid[root == cold].sum() > 3  # but skills, a title, a company and their neighbours
+    # `known`: a real member or job with a training apply; every real node of the other types.
+    known = ev.graph.nodes["known"]
+    assert not (known & ~valid).any()
+    assert list(known[ev.member_seeds[:3]]) == [True, False, False]  # 501 applied; 3 and 777 never
+    for t in ("member", "job"):
+        sl = sampler.layout.node_slice(t)
+        rows = graph.rows(t, np.asarray(ev.node_ids[t])[valid[sl]])
+        applied = graph.csr["member_applied" if t == "member" else "member_applied_rev"].degrees() > 0
+        np.testing.assert_array_equal(known[sl][valid[sl]], applied[rows])
+    skills = sampler.layout.node_slice("skill")
+    np.testing.assert_array_equal(known[skills], valid[skills])
 
 
 def test_node_seeds_cover_every_node_once(graph):

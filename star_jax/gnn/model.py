@@ -10,7 +10,11 @@ Node input, per type, the sum of the enabled parts (`GNNConfig.use_llm/use_id/us
     layer norm makes the projection indifferent to the store's scale (E5 vectors are unit-norm,
     so their 4096 components are ~1/64 each) and puts it on the same footing as the ID part;
   - ID: `id_<type>`, `id_buckets` rows indexed by a hash of the node id (LiGNN's ID embeddings,
-    hash-bucketed so the table size does not grow with the graph);
+    hash-bucketed so the table size does not grow with the graph). With `cold_start_ids: drop`
+    (the default) a member or job with no training-period apply gets none (`graph.nodes["known"]`
+    false): its row was never trained, or belongs to the node it collides with. Training seeds made
+    cold by `gnn_train.cold_start_rate` lose theirs too, so the encoder learns to embed a node from
+    its content and attributes alone (DropoutNet, Volkovs et al. 2017);
   - categorical: one `cat_<type>_<column>` table per column (code 0 = missing, embedded as zeros),
     concatenated and projected by `cat_proj_<type>`;
   - a type with no enabled part gets a learned type embedding `type_<type>`.
@@ -19,10 +23,11 @@ Node input, per type, the sum of the enabled parts (`GNNConfig.use_llm/use_id/us
 LLM skip (`GNNConfig.llm_skip`, our addition): the output of a member or a job also receives
 `llm_out`, ONE Dense shared by both types, of its stored LLM embedding. The bi-encoder trained the
 two towers so that the member-job inner product predicts applies; a shared linear map keeps that
-inner product (a random [D, out_dim] matrix already does, up to scale, by Johnson-Lindenstrauss),
-so the score starts from the towers' similarity and the graph layers learn what to add to it.
-Without it, the similarity has to be rediscovered through per-type projections and attention
-(on the tiny data the LLM features then lowered test AUC, most on cold-start members).
+inner product (a random [D, out_dim] matrix would, up to scale, by Johnson-Lindenstrauss), so the
+score can draw on the towers' similarity directly instead of rediscovering it through per-type
+projections and attention. `llm_out` starts at zero (ReZero-style) and grows as far as the towers'
+similarity helps the loss: started as a random projection, it outweighed the untrained graph part
+and pulled the score towards the towers' own, weaker one (docs/architecture.md, decision 6).
 
 Encoder: `layers` x [`HGTConv` (star_jax.gnn.hgt) -> LayerNorm per type]. The residual is HGT's
 own gated skip, sigma(skip) * update + (1 - sigma(skip)) * input, followed by a layer norm as in
@@ -94,6 +99,7 @@ def check_batch(batch: HeteroBatch, layout: Layout, cfg: GNNConfig) -> None:
     expect("batch.graph.receivers", batch.graph.receivers.shape, (layout.num_edges,))
     expect("batch.graph.edges['mask']", batch.graph.edges["mask"].shape, (layout.num_edges,))
     expect("batch.graph.nodes['mask']", batch.graph.nodes["mask"].shape, (layout.num_nodes,))
+    expect("batch.graph.nodes['known']", batch.graph.nodes["known"].shape, (layout.num_nodes,))
     for t, cap in zip(layout.node_types, layout.node_capacity):
         expect(f"batch.node_ids[{t!r}]", batch.node_ids[t].shape, (cap,))
         if t in batch.llm:
@@ -134,7 +140,10 @@ class GNNEncoder(nn.Module):
                 parts.append(nn.Dense(cfg.hidden_dim, dtype=dtype, name=f"llm_{t}")(llm))
             if cfg.use_id:
                 rows = hash_ids(batch.node_ids[t], cfg.id_buckets)
-                parts.append(nn.Embed(cfg.id_buckets, cfg.hidden_dim, name=f"id_{t}")(rows))
+                ids = nn.Embed(cfg.id_buckets, cfg.hidden_dim, name=f"id_{t}")(rows)
+                if cfg.cold_start_ids == "drop":
+                    ids = jnp.where(batch.graph.nodes["known"][layout.node_slice(t), None], ids, 0.0)
+                parts.append(ids)
             if cfg.use_cat and t in batch.cat and batch.cat[t].shape[-1] > 0:
                 codes = batch.cat[t]
                 cols = [
@@ -165,7 +174,9 @@ class GNNEncoder(nn.Module):
             }
 
         out = {}
-        llm_out = nn.Dense(cfg.out_dim, dtype=dtype, name="llm_out") if cfg.use_llm and cfg.llm_skip else None
+        llm_out = None
+        if cfg.use_llm and cfg.llm_skip:
+            llm_out = nn.Dense(cfg.out_dim, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
         for t in layout.node_types:
             z = nn.Dense(cfg.out_dim, dtype=dtype, name=f"proj_{t}")(h[t]).astype(jnp.float32)
             if llm_out is not None and t in batch.llm:
@@ -258,6 +269,8 @@ def build_gnn(cfg: GNNConfig) -> GNN:
         raise StarError(f"gnn.hidden_dim: {cfg.hidden_dim} is not divisible by gnn.heads={cfg.heads}")
     if cfg.dtype not in ("float32", "bfloat16"):
         raise StarError(f"gnn.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.cold_start_ids not in ("drop", "keep"):
+        raise StarError(f"gnn.cold_start_ids: expected drop or keep, got {cfg.cold_start_ids!r}")
     encoder = GNNEncoder(cfg)
     # One jitted init per GNN: compiling the initialisers is the slow part on CPU, so keep the cache.
     init_encoder = jax.jit(encoder.init, static_argnums=2)

@@ -368,7 +368,8 @@ class ColdStartSampler:
     warm neighbourhoods, the encoder leans on the apply edges and embeds cold nodes poorly. Here
     each member and job seed of a batch turns cold with probability `rate`: the hop-1 edges of the
     target relation (and its reverse) into it are dropped, exactly the edges a cold node lacks, while
-    its other neighbours, and their own applies, stay. Dropped edges become padding edges (masked,
+    its other neighbours, and their own applies, stay, and its ID embedding is withheld (`known`
+    false, as for a real cold node: star_jax.gnn.model). Dropped edges become padding edges (masked,
     pointing at the padding nodes), as the sampler writes a missing draw. The extra draws come from
     the batch's own random stream, so batches stay a pure function of their index.
     """
@@ -395,7 +396,11 @@ class ColdStartSampler:
             drop = (slot < n) & cold[dst][np.minimum(slot, n - 1)]
             idx = es.start + np.flatnonzero(drop)
             senders[idx], receivers[idx], mask[idx] = pad_sender, pad_receiver, False
-        graph = g._replace(senders=senders, receivers=receivers, edges={**g.edges, "mask": mask})
+        known = g.nodes["known"].copy()
+        for t in ("member", "job"):  # a simulated cold seed loses its ID embedding too
+            known[L.node_slice(t).start + np.flatnonzero(cold[t])] = False
+        graph = g._replace(senders=senders, receivers=receivers, edges={**g.edges, "mask": mask},
+                           nodes={**g.nodes, "known": known})
         return batch._replace(graph=graph)
 
 

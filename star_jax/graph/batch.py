@@ -71,7 +71,9 @@ class HeteroBatch(NamedTuple):
     """
 
     graph: jraph.GraphsTuple
-    # graph.nodes = {"mask": bool[N]}                       real sampled node or padding
+    # graph.nodes = {"mask": bool[N], "known": bool[N]}     real sampled node or padding; known:
+    #                                                       a real node with a training-period
+    #                                                       interaction (not cold-start)
     # graph.edges = {"mask": bool[E], "weight": f32[E]}    weight is 1.0 where the data has none
     # graph.senders, graph.receivers: int32[E]             flat node indices
     # graph.n_node = int32[1] (N), graph.n_edge = int32[1] (E), graph.globals = None

@@ -463,6 +463,12 @@ class NeighborSampler:
         self.llm_types = text_types if features is not None else ()
         self.llm_dim = {t: self._probe_dim(t) for t in self.llm_types}
         self._cum: dict[str, np.ndarray | None] = {}
+        # Per member and job row: has the node any edge of the target relation (a training-period
+        # apply)? A node without one is cold-start, and the GNN gives it no ID embedding.
+        target = cfg.target_relation
+        src, dst = relation_types(graph.schema)[target]
+        self.interacted = {src: graph.csr[target].degrees() > 0,
+                           dst: graph.csr[reverse_name(target)].degrees() > 0}
 
     def __getstate__(self) -> dict:
         # Prefix sums are rebuilt per process; the graph pickles as its directory path.
@@ -545,10 +551,13 @@ class NeighborSampler:
                 edge_weight[e.start + np.flatnonzero(ok)] = weight[pos[ok]]
             grown[sender].append((nbr, slot, np.repeat(v_root, step.fanout)))
 
-        node_ids, cat, llm, node_mask = {}, {}, {}, []
+        node_ids, cat, llm, node_mask, known = {}, {}, {}, [], []
         for t in L.node_types:
             valid = rows[t] >= 0
             node_mask.append(valid)
+            known.append(valid.copy())
+            if t in self.interacted:
+                known[-1][valid] = self.interacted[t][rows[t][valid]]
             node_ids[t] = np.full(rows[t].shape[0], -1, np.int64)
             node_ids[t][valid] = g.ids[t][rows[t][valid]]
             cat[t] = np.zeros((rows[t].shape[0], g.cat[t].shape[1]), np.int32)
@@ -556,7 +565,7 @@ class NeighborSampler:
         for t in self.llm_types:
             llm[t] = self._lookup(t, node_ids[t])
         graph = jraph.GraphsTuple(
-            nodes={"mask": np.concatenate(node_mask)},
+            nodes={"mask": np.concatenate(node_mask), "known": np.concatenate(known)},
             edges={"mask": edge_mask, "weight": edge_weight},
             senders=senders,
             receivers=receivers,
