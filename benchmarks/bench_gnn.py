@@ -100,7 +100,8 @@ def to_pyg(batch: HeteroBatch, layout: Layout, cfg: GNNConfig) -> dict[str, Any]
         local[real] = np.arange(real.sum())
         compact[t] = (sl.start, local)
         as_torch = lambda a: torch.from_numpy(np.asarray(a, np.int64))
-        x[t] = {"id": as_torch(hash_ids(jnp.asarray(batch.node_ids[t][real]), cfg.id_buckets))}
+        x[t] = {"id": as_torch(hash_ids(jnp.asarray(batch.node_ids[t][real]), cfg.id_buckets)),
+                "known": torch.from_numpy(np.asarray(batch.graph.nodes["known"])[sl][real])}
         if batch.cat[t].shape[1]:
             codes = batch.cat[t][real]
             x[t]["cat"] = as_torch(cat_rows(jnp.asarray(codes), cfg.cat_buckets))
@@ -150,7 +151,7 @@ def torch_model(layout: Layout, cats: dict[str, int], cfg: GNNConfig) -> Any:
         def forward(self, b: dict) -> torch.Tensor:
             h = {}
             for t, feats in b["x"].items():
-                z = self.ids[t](feats["id"])
+                z = torch.where(feats["known"][:, None], self.ids[t](feats["id"]), 0.0)  # cold: no ID
                 if "llm" in feats:
                     z = z + self.llm[t](feats["llm"])
                 if "cat" in feats:
