@@ -463,16 +463,22 @@ class NeighborSampler:
         self.llm_types = text_types if features is not None else ()
         self.llm_dim = {t: self._probe_dim(t) for t in self.llm_types}
         self._cum: dict[str, np.ndarray | None] = {}
-        # Per member and job row: has the node any edge of the target relation (a training-period
-        # apply)? A node without one is cold-start, and the GNN gives it no ID embedding.
-        target = cfg.target_relation
-        src, dst = relation_types(graph.schema)[target]
-        self.interacted = {src: graph.csr[target].degrees() > 0,
-                           dst: graph.csr[reverse_name(target)].degrees() > 0}
+        self._interacted: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict:
-        # Prefix sums are rebuilt per process; the graph pickles as its directory path.
-        return {**self.__dict__, "_cum": {}}
+        # Prefix sums and apply flags are rebuilt per process; the graph pickles as its directory path.
+        return {**self.__dict__, "_cum": {}, "_interacted": {}}
+
+    @property
+    def interacted(self) -> dict[str, np.ndarray]:
+        """Per member and job row: has the node an edge of the target relation (a training-period
+        apply)? A node without one is cold-start, and the GNN gives it no ID embedding."""
+        if not self._interacted:
+            target = self.cfg.target_relation
+            src, dst = relation_types(self.graph.schema)[target]
+            self._interacted = {src: self.graph.csr[target].degrees() > 0,
+                                dst: self.graph.csr[reverse_name(target)].degrees() > 0}
+        return self._interacted
 
     def _probe_dim(self, t: str) -> int:
         if self.graph.num_nodes(t) == 0:
