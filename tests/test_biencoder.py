@@ -174,17 +174,23 @@ def e5_batch():
     return ids, lengths.astype(np.int32)
 
 
-def test_encode_pools_the_last_real_token_like_e5(tiny_base):
+@pytest.mark.parametrize("pooling", ["last_token", "mean"])
+def test_encode_pools_like_e5_and_sentence_transformers(tiny_base, pooling):
     cfg, params, torch_model = tiny_base
     ids, lengths = e5_batch()
     model = MistralModel(cfg)
-    got = np.asarray(jax.jit(lambda p, i, n: encode(model, p, None, MEMBER, i, n))(params, ids, lengths))
+    fn = jax.jit(lambda p, i, n: encode(model, p, None, MEMBER, i, n, pooling=pooling))
+    got = np.asarray(fn(params, ids, lengths))
     assert got.dtype == np.float32
-    # The E5-Mistral model card's `last_token_pool` + F.normalize, on transformers' MistralModel.
+    # On transformers' MistralModel: the E5-Mistral model card's `last_token_pool`, or
+    # sentence-transformers' masked mean; then F.normalize.
     mask = torch.from_numpy((np.arange(12)[None] < lengths[:, None]).astype(np.int64))
     with torch.no_grad():
         hidden = torch_model(input_ids=torch.from_numpy(ids).long(), attention_mask=mask).last_hidden_state
-    pooled = hidden[torch.arange(4), mask.sum(1) - 1]
+    if pooling == "last_token":
+        pooled = hidden[torch.arange(4), mask.sum(1) - 1]
+    else:
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     expected = torch.nn.functional.normalize(pooled, p=2, dim=-1).numpy()
     np.testing.assert_allclose(got, expected, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)

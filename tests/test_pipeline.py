@@ -105,6 +105,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path, capsys):
     assert "data.dir" in err and "missing" in err
     err = one_line_error(capsys, ["pipeline", "--out", out, "--set", "eval.variants=[gnn_id_cat,gnn_nope]"])
     assert "eval.variants" in err and "gnn_nope" in err
+    assert "llm.pooling" in one_line_error(capsys, ["pipeline", "--out", out, "--set", "llm.pooling=max"])
     assert "--run" in one_line_error(capsys, ["evaluate", "--run", str(tmp_path / "nothing")])
     assert not (tmp_path / "run").exists()  # refused before anything was written
 

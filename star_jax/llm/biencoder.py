@@ -11,8 +11,14 @@ scale and bias on the cosine.
   tower (`{"member": lora, "job": lora}`). Otherwise the towers differ only in their input: the E5
   instruction prefix (`llm.instruction`) is on the member (query) side, added by the loader
   (`star_jax.data.loader.tower`), never on the job side (E5-Mistral, arXiv 2401.00368).
-- Pooling. The hidden state of the last real token, found from the lengths (E5's
-  `last_token_pool` for right padding). Never from token ids: E5's pad id is its EOS id.
+- Pooling (`llm.pooling`). `last_token`, E5's: the hidden state of the last real token, found
+  from the lengths (E5's `last_token_pool` for right padding), never from token ids (E5's pad id
+  is its EOS id). `mean`: the average over the real tokens (sentence-transformers' mean pooling),
+  our choice for a small base pretrained from scratch. A 7B causal LM has learned to summarise a
+  text in its last state; the demo's 4-layer, 128-d base after 200 pretraining steps has not, and
+  its last states sit in a narrow cone (a frozen-tower BCE fit needs a cosine scale of about 70,
+  against 8 for mean pooling). On the tiny data (seed 3) the fine-tuned towers reach test AUC
+  0.73 with mean pooling and 0.63 with the last token, same steps (docs/architecture.md, decision 12).
 - Losses (weights from `LLMTrainConfig`):
   * BCE on `exp(log_scale) * cos(member, job) + bias` for every labelled pair (SigLIP's scaled
     cosine, as big_vision's `t` and `b`; the scale is learned as its log).
@@ -68,6 +74,23 @@ def last_token(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
 
 
+def mean_pool(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
+    """The mean of `hidden[b, :lengths[b]]`: `[B, T, H]` -> `[B, H]` in fp32 (a zero length gives 0)."""
+    real = (jnp.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
+    total = jnp.einsum("bt,bth->bh", real, hidden.astype(jnp.float32))
+    return total / jnp.maximum(real.sum(1), 1.0)[:, None]
+
+
+POOLINGS = {"last_token": last_token, "mean": mean_pool}  # `llm.pooling`
+
+
+def pool(hidden: jax.Array, lengths: jax.Array, pooling: str) -> jax.Array:
+    """`hidden` `[B, T, H]` pooled to `[B, H]` by `pooling` (a key of `POOLINGS`)."""
+    if pooling not in POOLINGS:
+        raise StarError(f"llm.pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return POOLINGS[pooling](hidden, lengths)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Unit rows in fp32 (torch's `F.normalize`: x / max(||x||, eps))."""
     x = x.astype(jnp.float32)
@@ -82,12 +105,14 @@ def encode(
     ids: jax.Array,
     lengths: jax.Array,
     *,
+    pooling: str = "last_token",
     rng: jax.Array | None = None,
 ) -> jax.Array:
     """Embed right-padded token ids `[B, T]` with `tower`'s adapter: unit-norm fp32 `[B, H]`.
 
     `model` is `MistralModel(arch, lora_config)` (`lora_config` None with `adapters` None for
-    the frozen base). `rng` turns on LoRA dropout (training); None is inference.
+    the frozen base). `pooling` is `llm.pooling`. `rng` turns on LoRA dropout (training); None is
+    inference.
     """
     lora = tower_adapters(adapters, tower)
     variables = {"params": base} if lora is None else {"params": base, "lora": lora}
@@ -99,7 +124,7 @@ def encode(
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
     )
-    return l2_normalize(last_token(hidden, lengths))
+    return l2_normalize(pool(hidden, lengths, pooling))
 
 
 def encode_towers(
@@ -108,6 +133,7 @@ def encode_towers(
     adapters: dict,
     batch: dict[str, jax.Array],
     *,
+    pooling: str = "last_token",
     rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Member and job embeddings `[B, H]` of a batch (`member_ids`/`member_len`, `job_ids`/`job_len`).
@@ -121,12 +147,12 @@ def encode_towers(
         b, t = m_ids.shape
         ids = jnp.stack([m_ids, j_ids], axis=1).reshape(2 * b, t)
         lengths = jnp.stack([m_len, j_len], axis=1).reshape(2 * b)
-        both = encode(model, base, adapters, MEMBER, ids, lengths, rng=rng).reshape(b, 2, -1)
+        both = encode(model, base, adapters, MEMBER, ids, lengths, pooling=pooling, rng=rng).reshape(b, 2, -1)
         return both[:, 0], both[:, 1]
     rm, rj = (None, None) if rng is None else jax.random.split(rng)
     return (
-        encode(model, base, adapters, MEMBER, m_ids, m_len, rng=rm),
-        encode(model, base, adapters, JOB, j_ids, j_len, rng=rj),
+        encode(model, base, adapters, MEMBER, m_ids, m_len, pooling=pooling, rng=rm),
+        encode(model, base, adapters, JOB, j_ids, j_len, pooling=pooling, rng=rj),
     )
 
 

@@ -7,9 +7,10 @@ STAR stores the LLM embeddings once and lets the GNN and the rankers read them (
 "decoupling"); a text is re-embedded only when its hash changed, as in JUDE's nearline pipeline
 (`reference/papers.md` §1.8). Members go through the request (member) tower with the E5
 instruction prefix, jobs through the document (job) tower without it (`data.loader.tower`), both
-pooled at the last real token and L2-normalised (`biencoder.encode`). `--adapters` takes a
-`train-llm` output (`OUT/adapters/shared`, or `member` + `job`) or one PEFT adapter directory;
-without it the frozen base embeds (the paper's "frozen E5-Mistral" baseline).
+pooled by `llm.pooling` (E5's last real token, or the mean) and L2-normalised
+(`biencoder.encode`). `--adapters` takes a `train-llm` output (`OUT/adapters/shared`, or `member`
++ `job`) or one PEFT adapter directory; without it the frozen base embeds (the paper's "frozen
+E5-Mistral" baseline).
 
 How a run goes:
 - The store writer (`star_jax.store.EmbeddingWriter`) gets every (id, text hash) and decides what
@@ -80,7 +81,6 @@ from star_jax.parallel import (
 )
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
 
-POOLING = "last_token"
 _HASH_CHUNK = 8192  # texts hashed per lookup
 
 
@@ -142,7 +142,7 @@ def embedding_spec(
         adapter=adapter,
         tokenizer=_named_digest(tokenizer_dir, tokenizer_files),
         max_len={MEMBER: cfg.llm.member_max_len, JOB: cfg.llm.job_max_len},
-        pooling=POOLING,
+        pooling=cfg.llm.pooling,
         dim=arch.hidden_size,
         extra={"instruction": cfg.llm.instruction, "dtype": arch.dtype, "param_dtype": arch.param_dtype},
     )
@@ -283,7 +283,7 @@ def _share(plans: dict[str, Plan] | None, types: Sequence[str]) -> dict[str, Pla
 _TOWER_FNS: dict[tuple[str, Mesh], Any] = {}
 
 
-def _tower_fn(model: MistralModel, mesh: Mesh) -> Any:
+def _tower_fn(model: MistralModel, mesh: Mesh, pooling: str) -> Any:
     """`(lora, base, ids, lengths) -> unit vectors [B, H]`, jitted once per model and mesh in a process.
 
     The tower's adapter is an argument, so both towers share one compiled function per bucket, and
@@ -292,9 +292,9 @@ def _tower_fn(model: MistralModel, mesh: Mesh) -> Any:
     """
     # `lora.shared` says how the adapters are keyed (one tree or one per tower), not what runs.
     lora = None if model.lora is None else dataclasses.asdict(dataclasses.replace(model.lora, shared=True))
-    key = (json.dumps([dataclasses.asdict(model.config), lora], sort_keys=True), mesh)
+    key = (json.dumps([dataclasses.asdict(model.config), lora, pooling], sort_keys=True), mesh)
     if key not in _TOWER_FNS:
-        fn = lambda lora, base, ids, lengths: encode(model, base, lora, MEMBER, ids, lengths)
+        fn = lambda lora, base, ids, lengths: encode(model, base, lora, MEMBER, ids, lengths, pooling=pooling)
         _TOWER_FNS[key] = jax.jit(fn, out_shardings=replicated(mesh))
     return _TOWER_FNS[key]
 
@@ -310,7 +310,7 @@ class _Towers:
         self.shard = loop.process_shard(mesh, self.batch_size)
         per = self.batch_size // self.shard[1]
         self.local = slice(self.shard[0] * per, (self.shard[0] + 1) * per)
-        self.fn = _tower_fn(model, mesh)
+        self.fn = _tower_fn(model, mesh, cfg.llm.pooling)
 
     def dispatch(self, node_type: str, ids: np.ndarray, texts: list[str], where: str
                  ) -> tuple[list[tuple[np.ndarray, jax.Array]], int]:

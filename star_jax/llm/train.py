@@ -129,7 +129,9 @@ def make_loss(model: MistralModel, cfg: Config) -> loop.LossFn:
     dropout = cfg.lora.dropout > 0
 
     def loss_fn(params: dict, base: dict, batch: dict, rng: jax.Array):
-        member, job = encode_towers(model, base, params["adapters"], batch, rng=rng if dropout else None)
+        member, job = encode_towers(
+            model, base, params["adapters"], batch, pooling=cfg.llm.pooling, rng=rng if dropout else None
+        )
         terms = biencoder_losses(member, job, params["head"], batch, cfg.llm_train)
         aux = {k: v for k, v in terms.items() if k != "loss"}
         aux["logit_scale"] = jnp.exp(params["head"]["log_scale"])
