@@ -52,3 +52,27 @@ def test_activity_buckets_and_grouped_auc():
     groups = np.array(["a", "a", "b", "b", "c", "c"])
     got = metrics.auc_by_group(labels, scores, groups)
     assert got == {"a": 1.0, "b": 0.0}  # group c has a single class
+
+
+@pytest.mark.parametrize("where", ["subset", "elsewhere"])
+def test_subset_gap_interval_finds_where_a_model_gains(where):
+    # b sees a weak signal everywhere; a adds a strong one only inside (or only outside) the subset.
+    rng = np.random.default_rng(2)
+    n = 3000
+    members = rng.integers(0, 600, n)
+    subset = members < 200
+    labels = rng.integers(0, 2, n)
+    b = 0.3 * labels + rng.normal(size=n)
+    boost = subset if where == "subset" else ~subset
+    a = b + np.where(boost, 1.5 * labels, 0.0)
+    got = metrics.subset_gap_interval(labels, a, b, subset, members, resamples=200)
+
+    def gap(m):
+        return roc_auc_score(labels[m], a[m]) - roc_auc_score(labels[m], b[m])
+
+    assert got["point"] == pytest.approx(gap(subset) - gap(np.ones(n, bool)), abs=1e-12)
+    assert got["low"] < got["point"] < got["high"]
+    if where == "subset":
+        assert got["low"] > 0 and got["share_positive"] == 1.0
+    else:
+        assert got["high"] < 0 and got["share_positive"] == 0.0

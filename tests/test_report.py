@@ -143,6 +143,11 @@ def test_report_files_and_schema(run, written):
         assert v["paper_auc"] == report.PAPER_AUC.get(name)
     assert data["variants"]["gnn_id_llm"]["train_seconds"] == 14.0
     assert data["config"]["eval"]["k"] == 5 and data["data"]["candidates"] == 25
+    cold_check = data["orderings"][2]
+    gap = {k: data["variants"]["gnn_id_cat_llm"][k] - data["variants"]["gnn_id_cat"][k]
+           for k in ("auc", "auc_cold_start")}
+    assert cold_check["interval"]["point"] == pytest.approx(gap["auc_cold_start"] - gap["auc"], abs=1e-9)
+    assert cold_check["interval"]["low"] <= cold_check["interval"]["point"] <= cold_check["interval"]["high"]
     for name in VARIANTS:
         assert f"| {name} | {data['variants'][name]['auc']:.4f} |" in md
     for png in ("loss_curves", "roc", "auc_by_activity"):
@@ -213,6 +218,8 @@ def test_seed_summary_tables_and_checks():
         "llm_finetuned > llm_frozen by >= 0.05", "LLM features gain more on cold-start members than overall"]
     md = seeds_markdown({2: bad, 1: good}, "python -m star_jax.eval.seeds --out runs/seeds")
     assert "| 1 | 0.6000 | 0.7000 | 0.8000 | 0.8200 |" in md  # seeds sorted, the paper's row order
-    assert "| 2 | +0.0200 | +0.0200 | +0.0100 | 100 |" in md
+    assert "| 2 | +0.0200 | +0.0200 | +0.0100 | n/a | 100 |" in md
+    good["orderings"][2]["interval"] = {"point": 0.03, "low": -0.01, "high": 0.07, "share_positive": 0.9}
+    assert "| 1 | +0.1000 | +0.0200 | +0.0500 | [-0.0100, +0.0700] | 100 |" in seeds_markdown({1: good}, "")
     assert "| llm_finetuned > llm_frozen by >= 0.05 | yes | **NO** |" in md
     assert md.rstrip().endswith("seed 2: LLM features gain more on cold-start members than overall.")

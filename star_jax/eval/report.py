@@ -40,6 +40,7 @@ from star_jax.eval.metrics import (
     mrr,
     positive_ranks,
     recall_at_k,
+    subset_gap_interval,
 )
 from star_jax.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from star_jax.pipeline import LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
@@ -169,8 +170,13 @@ def train_seconds(run: Run, variant: str) -> float | None:
     return (run.result(training_stage(variant)) or {}).get("train_seconds")
 
 
-def orderings(variants: dict[str, dict]) -> list[dict]:
-    """The paper's qualitative findings, checked on this run (None: a variant is missing)."""
+def orderings(variants: dict[str, dict], cold_interval: dict[str, float] | None = None) -> list[dict]:
+    """The paper's qualitative findings, checked on this run (None: a variant is missing).
+
+    `cold_interval` (`metrics.subset_gap_interval` of gnn_id_cat_llm over gnn_id_cat on the
+    cold-start members) goes into the cold-start check as `interval`: whether one test set can
+    tell the two gaps apart at all.
+    """
 
     def get(v: str, key: str = "auc") -> float | None:
         return (variants.get(v) or {}).get(key)
@@ -186,10 +192,15 @@ def orderings(variants: dict[str, dict]) -> list[dict]:
     overall, cold = gap("auc"), gap("auc_cold_start")
     checks.append({"check": "gnn_id_cat_llm > gnn_id_cat (test AUC)",
                    "holds": None if overall is None else overall > 0})
+    detail = None
+    if overall is not None and cold is not None:
+        detail = f"cold-start gap {cold:+.4f} vs overall gap {overall:+.4f}"
+    if detail and cold_interval:
+        detail += (f"; difference {cold_interval['point']:+.4f}, 95% member-bootstrap interval "
+                   f"[{cold_interval['low']:+.4f}, {cold_interval['high']:+.4f}]")
     checks.append({"check": "LLM features gain more on cold-start members than overall",
                    "holds": None if overall is None or cold is None else cold > overall,
-                   "detail": None if overall is None or cold is None
-                   else f"cold-start gap {cold:+.4f} vs overall gap {overall:+.4f}"})
+                   "detail": detail, "interval": cold_interval})
     aucs = [x for v in variants.values() for x in (v["auc"], v["auc_cold_start"]) if x is not None]
     checks.append({"check": "every AUC strictly between 0.5 and 1",
                    "holds": bool(aucs) and all(0.5 < x < 1 for x in aucs) if aucs else None})
@@ -228,6 +239,10 @@ def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
     if not variants:
         raise StarError(f"--run {run.paths.root}: no variant embeddings yet; run `star-jax pipeline` first")
     cold = pairs.bucket == "cold_start"
+    cold_interval = None
+    if {"gnn_id_cat", "gnn_id_cat_llm"} <= pair_scores.keys() and 0 < cold.sum() < cold.size:
+        cold_interval = subset_gap_interval(pairs.labels, pair_scores["gnn_id_cat_llm"],
+                                            pair_scores["gnn_id_cat"], cold, pairs.member_ids)
     data = {
         "dir": os.fspath(data_dir),
         "test_pairs": int(len(pairs.labels)),
@@ -241,7 +256,7 @@ def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
     report = {
         "format": REPORT_FORMAT,
         "variants": variants,
-        "orderings": orderings(variants),
+        "orderings": orderings(variants, cold_interval),
         "stages": [{"stage": name, "seconds": stamp["seconds"], "cpu_seconds": stamp.get("cpu_seconds")}
                    for name, stamp in run.stamps.items() if name != "evaluate"],
         "data": data,
