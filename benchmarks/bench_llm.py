@@ -41,7 +41,7 @@ CONFIGS = {
     # Hidden 1024, 8 layers, GQA 16/4 heads and Mistral's MLP ratio (3.5): 109M matmul parameters.
     "small": dict(arch=dict(vocab_size=32000, hidden_size=1024, intermediate_size=3584, num_hidden_layers=8,
                             num_attention_heads=16, num_key_value_heads=4),
-                  seq=512, pairs=4, embed_batch=8, steps=2, remat=("none", "full")),
+                  seq=512, pairs=2, embed_batch=4, steps=2, remat=("none", "full")),
 }
 RANK, ALPHA = 8, 16.0
 TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
