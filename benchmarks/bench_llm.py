@@ -104,7 +104,8 @@ def jax_worker(config: str, mode: str, remat: str, steps: int) -> dict:
     spec = CONFIGS[config]
     arch = MistralConfig(**spec["arch"], remat=remat)
     lora_cfg = LoraConfig(rank=RANK, alpha=ALPHA, targets=TARGETS)
-    cfg = Config(llm=LLMConfig(arch=arch), lora=lora_cfg, llm_train=LLMTrainConfig())
+    # E5's last-token pooling, as the torch side pools (not the demo's default mean).
+    cfg = Config(llm=LLMConfig(arch=arch, pooling="last_token"), lora=lora_cfg, llm_train=LLMTrainConfig())
     mesh = make_mesh(MeshConfig(), jax.devices()[:1])
     model = MistralModel(arch, lora_cfg)
     base = jax.jit(lambda k: nn.unbox(MistralModel(arch).init(k, jnp.zeros((1, 8), jnp.int32))["params"]))(

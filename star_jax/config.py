@@ -84,9 +84,9 @@ class LLMConfig:
     )
     member_max_len: int = 256  # request tower (paper: about 1024)
     job_max_len: int = 256  # document tower (paper: about 1800)
-    # last_token: E5's pooling, the hidden state of the last real token; mean: the average over the
-    # real tokens, which the demo's tiny from-scratch base needs (star_jax/llm/biencoder.py, Pooling).
-    pooling: str = "last_token"
+    # mean: the average over the real tokens, which the demo's tiny from-scratch base needs;
+    # last_token: E5's, the hidden state of the last real token (star_jax/llm/biencoder.py, Pooling).
+    pooling: str = "mean"
     buckets: list[int] = field(default_factory=lambda: [64, 128, 192, 256])  # padded lengths, jit once each
 
     def __post_init__(self) -> None:

@@ -140,7 +140,8 @@ def direct(env: Env, variant: str, node_type: str, texts: list[str]) -> np.ndarr
     name = MEMBER if node_type == MEMBER else JOB
     if (key := lora is not None) not in _DIRECT:
         model = MistralModel(arch, lora)
-        _DIRECT[key] = jax.jit(lambda base, ad, ids, n: encode(model, base, ad, MEMBER, ids, n))
+        pool = embed_config().llm.pooling
+        _DIRECT[key] = jax.jit(lambda base, ad, ids, n: encode(model, base, ad, MEMBER, ids, n, pooling=pool))
     max_len, instruction = tower(embed_config().llm, node_type)
     enc = encode_e5(load_tokenizer(env.tok), texts, max_len, [], instruction)
     return np.asarray(_DIRECT[key](_BASE[env.base], tower_adapters(adapters, name), enc.ids, enc.lengths))
@@ -169,8 +170,8 @@ def test_stored_vectors_equal_the_towers_direct_outputs(env, stores, variant):
         if variant != "frozen":  # the adapters matter far beyond the tolerance
             assert np.abs(direct(env, "frozen", node_type, texts) - want).max() > 0.1
     m = store.manifest
-    assert (m["max_len"], m["pooling"], m["dim"], m["dtype"]) == ({MEMBER: 64, JOB: 64}, "last_token", 32,
-                                                                  "bfloat16")
+    assert m["pooling"] == "mean"  # the config's, as `direct` pooled
+    assert (m["max_len"], m["dim"], m["dtype"]) == ({MEMBER: 64, JOB: 64}, 32, "bfloat16")
     assert m["model"].startswith("base@") and m["tokenizer"].startswith("tok@")
     assert m["extra"]["instruction"] == "Query: "
     adapter = {"frozen": None, "shared": "shared_run@", "towers": "tower_run@", "peft": "shared@"}[variant]
