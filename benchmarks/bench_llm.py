@@ -133,7 +133,8 @@ def jax_worker(config: str, mode: str, remat: str, steps: int) -> dict:
     else:
         ids = jnp.asarray(_embed_ids(spec), jnp.int32)
         lengths = jnp.full((ids.shape[0],), spec["seq"], jnp.int32)
-        fn = jax.jit(lambda lora, base, ids, lengths: encode(model, base, lora, MEMBER, ids, lengths))
+        fn = jax.jit(lambda lora, base, ids, lengths: encode(model, base, lora, MEMBER, ids, lengths,
+                                                             pooling=cfg.llm.pooling))
         t0 = time.perf_counter()
         compiled = fn.lower(adapters, base, ids, lengths).compile()
         row["compile_s"] = time.perf_counter() - t0

@@ -74,6 +74,9 @@ class MistralConfig:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
 
+POOLINGS = ("mean", "last_token")  # `llm.pooling`; star_jax.llm.biencoder has the functions
+
+
 @dataclass
 class LLMConfig:
     base_dir: str | None = None  # local HF Mistral dir (e.g. e5-mistral-7b-instruct); None: pretrain one
@@ -91,8 +94,8 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         # Checked here, not at the first trace: a typo should fail before the minutes of pretraining.
-        if self.pooling not in ("last_token", "mean"):
-            raise StarError(f"llm.pooling: expected last_token or mean, got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise StarError(f"llm.pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}")
 
 
 @dataclass

@@ -153,6 +153,7 @@ def test_loss_weights_and_gradients():
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2)
 EOS = PAD = 2  # as in E5-Mistral: padding with the EOS id
+POOL = "last_token"  # E5's pooling, for the tests that are not about pooling
 
 
 @pytest.fixture(scope="module")
@@ -217,14 +218,15 @@ def test_shared_adapter_embeds_both_towers_in_one_pass(tiny_base):
 
     @jax.jit
     def run(adapters):
-        alone = [encode(model, params, adapters, t, batch[f"{t}_ids"], batch[f"{t}_len"]) for t in TOWERS]
-        return encode_towers(model, params, adapters, batch), alone
+        alone = [encode(model, params, adapters, t, batch[f"{t}_ids"], batch[f"{t}_len"], pooling=POOL)
+                 for t in TOWERS]
+        return encode_towers(model, params, adapters, batch, pooling=POOL), alone
 
     (member, job), (member_alone, job_alone) = run(adapters)
     np.testing.assert_allclose(member, member_alone, atol=1e-5)
     np.testing.assert_allclose(job, job_alone, atol=1e-5)
     np.testing.assert_allclose(job, member[::-1], atol=1e-5)  # one adapter: same text, same vector
-    frozen = jax.jit(lambda: encode(MistralModel(cfg), params, None, MEMBER, ids, lengths))()
+    frozen = jax.jit(lambda: encode(MistralModel(cfg), params, None, MEMBER, ids, lengths, pooling=POOL))()
     assert not np.allclose(member, frozen, atol=1e-3)
 
 
@@ -239,8 +241,8 @@ def test_separate_adapters_train_only_their_tower(tiny_base):
 
     @jax.jit
     def run(adapters):
-        job_loss = lambda a: jnp.sum(encode_towers(model, params, a, batch)[1][:, 0])  # noqa: E731
-        return encode_towers(model, params, adapters, batch), jax.grad(job_loss)(adapters)
+        job_loss = lambda a: jnp.sum(encode_towers(model, params, a, batch, pooling=POOL)[1][:, 0])  # noqa: E731
+        return encode_towers(model, params, adapters, batch, pooling=POOL), jax.grad(job_loss)(adapters)
 
     (member, job), grads = run(adapters)
     assert not np.allclose(member, job, atol=1e-3)  # same text, different adapters

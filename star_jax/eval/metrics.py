@@ -96,9 +96,7 @@ def subset_gap_interval(
         return (auc(y[s], a[s]) - auc(y[s], b[s])) - (auc(y, a) - auc(y, b))
 
     _, members = np.unique(np.asarray(clusters), return_inverse=True)
-    order = np.argsort(members, kind="stable")
-    starts = np.searchsorted(members[order], np.arange(members.max() + 2))
-    rows = [order[starts[i]:starts[i + 1]] for i in range(len(starts) - 1)]
+    rows = np.split(np.argsort(members, kind="stable"), np.cumsum(np.bincount(members))[:-1])
     rng = np.random.default_rng(seed)
     boots = np.array([stat(np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))]))
                       for _ in range(resamples)])

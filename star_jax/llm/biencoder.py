@@ -81,14 +81,8 @@ def mean_pool(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
     return total / jnp.maximum(real.sum(1), 1.0)[:, None]
 
 
-POOLINGS = {"last_token": last_token, "mean": mean_pool}  # `llm.pooling`
-
-
-def pool(hidden: jax.Array, lengths: jax.Array, pooling: str) -> jax.Array:
-    """`hidden` `[B, T, H]` pooled to `[B, H]` by `pooling` (a key of `POOLINGS`)."""
-    if pooling not in POOLINGS:
-        raise StarError(f"llm.pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
-    return POOLINGS[pooling](hidden, lengths)
+# `llm.pooling` -> `[B, T, H], lengths -> [B, H]`; the config checks the name (config.POOLINGS).
+POOL_FNS = {"last_token": last_token, "mean": mean_pool}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -105,14 +99,14 @@ def encode(
     ids: jax.Array,
     lengths: jax.Array,
     *,
-    pooling: str = "last_token",
+    pooling: str,
     rng: jax.Array | None = None,
 ) -> jax.Array:
     """Embed right-padded token ids `[B, T]` with `tower`'s adapter: unit-norm fp32 `[B, H]`.
 
     `model` is `MistralModel(arch, lora_config)` (`lora_config` None with `adapters` None for
-    the frozen base). `pooling` is `llm.pooling`. `rng` turns on LoRA dropout (training); None is
-    inference.
+    the frozen base). `pooling` is `llm.pooling` (a key of `POOL_FNS`). `rng` turns on LoRA
+    dropout (training); None is inference.
     """
     lora = tower_adapters(adapters, tower)
     variables = {"params": base} if lora is None else {"params": base, "lora": lora}
@@ -124,7 +118,7 @@ def encode(
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
     )
-    return l2_normalize(pool(hidden, lengths, pooling))
+    return l2_normalize(POOL_FNS[pooling](hidden, lengths))
 
 
 def encode_towers(
@@ -133,7 +127,7 @@ def encode_towers(
     adapters: dict,
     batch: dict[str, jax.Array],
     *,
-    pooling: str = "last_token",
+    pooling: str,
     rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Member and job embeddings `[B, H]` of a batch (`member_ids`/`member_len`, `job_ids`/`job_len`).
