@@ -26,15 +26,18 @@ $(VENV)/.installed-test: $(VENV)/.installed-base
 
 # torch-sparse (NeighborLoader's backend) and torch-scatter have no wheels for torch 2.13, so both
 # are compiled against the installed torch, side by side: each compiles one file at a time, so one
-# build alone leaves a core idle. CFLAGS=-g0 drops the debug info that Python's own CFLAGS (-g) asks
-# for: both packages strip it at link time (-s) anyway, and emitting it for torch's headers costs
-# about 30% of every compile (scatter_cpu.cpp: 56 s with -g, 40 s with -g0, 2-core Xeon).
-BUILD := MAX_JOBS=2 CFLAGS=-g0 $(PIP) --no-build-isolation --no-deps
+# build alone leaves a core idle. benchmarks/torch_pch.py precompiles torch/extension.h (while pip
+# installs the extra), which every one of their files parses first, and drops -g (the debug info
+# is stripped at link time anyway).
+PCH := $(VENV)/torch-pch
+BUILD := MAX_JOBS=2 $(PIP) --no-build-isolation --no-deps
 $(VENV)/.installed-bench: $(VENV)/.installed-test
-	$(PIP) -e '.[bench]'
+	$(BIN)/python -m benchmarks.torch_pch $(PCH) > $(PCH).flags & pch=$$!; \
+	$(PIP) -e '.[bench]' && wait $$pch
+	export CFLAGS="$$(cat $(PCH).flags)"; \
 	$(BUILD) torch-scatter==2.1.2 & scatter=$$!; \
 	$(BUILD) torch-sparse==0.6.18 & sparse=$$!; \
-	wait $$scatter; a=$$?; wait $$sparse; b=$$?; test $$a -eq 0 && test $$b -eq 0
+	wait $$scatter; a=$$?; wait $$sparse; b=$$?; rm -rf $(PCH) $(PCH).flags; test $$a -eq 0 && test $$b -eq 0
 	touch $@
 
 demo: $(VENV)/.installed-base

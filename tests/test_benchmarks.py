@@ -1,5 +1,6 @@
 """The benchmark baselines compute what star_jax computes, so the speed ratios compare like with like."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -42,3 +43,32 @@ def test_flops_per_token_counts_the_small_config():
     n = 8 * (2 * 1024 * 1024 + 2 * 1024 * 256 + 3 * 1024 * 3584)
     assert flops_per_token(arch, 512, train=True) == 4 * n + 6 * 512 * 1024 * 8
     assert flops_per_token(arch, 512, train=False) == 2 * n + 2 * 512 * 1024 * 8
+
+
+@pytest.mark.slow
+def test_torch_build_extension_compiles_with_the_precompiled_header(tmp_path):
+    """GCC silently ignores a precompiled header whose flags differ from the compile's, so the check
+    is that torch's own BuildExtension, given torch-scatter's compile arguments and our CFLAGS,
+    reads the .gch (`-H` marks a used one with '!', a rejected one with 'x')."""
+    pytest.importorskip("torch")
+    import subprocess
+
+    from benchmarks import torch_pch
+
+    flags = torch_pch.build(tmp_path / "pch")
+    if "-include" not in flags:
+        pytest.skip("no GCC here: the build runs without a precompiled header")
+    (tmp_path / "probe.cpp").write_text("#include <torch/extension.h>\nint probe() { return 1; }\n")
+    (tmp_path / "setup.py").write_text(
+        "from setuptools import setup\n"
+        "from torch.utils.cpp_extension import BuildExtension, CppExtension\n"
+        "args = {'cxx': ['-O3', '-Wno-sign-compare', '-DAT_PARALLEL_OPENMP', '-fopenmp']}\n"
+        "setup(name='probe', cmdclass={'build_ext': BuildExtension}, ext_modules=[CppExtension(\n"
+        "    'probe._probe_cpu', ['probe.cpp'], define_macros=[('WITH_PYTHON', None)],\n"
+        "    extra_compile_args=args, extra_link_args=['-s'])])\n"
+    )
+    out = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
+                         env={**os.environ, "CFLAGS": f"{flags} -H"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    gch = f"{(tmp_path / 'pch' / 'torch_extension.h').resolve()}.gch"
+    assert f"! {gch}" in out.stderr, [line for line in out.stderr.splitlines() if ".gch" in line]
