@@ -9,10 +9,13 @@ the reason the paper gives it:
   and wording. There are six seniority levels (intern .. director), 25 cities (and remote
   jobs), and companies grouped by industry, with Zipf-like popularity and size bands.
 * **Text carries skills beyond the tags.** A node's true skills all appear in its text, each
-  written as its canonical name, a synonym or a misspelling. About 60% of them become `*_skill`
-  edges, as a skill taxonomy would tag them (LinkSAGE §2.2 links only the skills a tagger
-  selects). The tagger misses niche skills and non-canonical spellings most often, and niche
-  skills weigh most in a match. So the text holds skill signal that the tags lack.
+  written as its canonical name, a synonym or a misspelling. Some of them become `*_skill` edges,
+  as a skill taxonomy would tag them (LinkSAGE §2.2 links only the skills a tagger selects):
+  about 60% of a job's, whose requirements list is written to be matched, and about 30% of a
+  member's, whose self-written profile a tagger reads less completely. The tagger misses niche
+  skills and non-canonical spellings most often, and niche skills weigh most in a match. So the
+  text holds skill signal that the tags lack; for a member with applies, so do the skills of
+  the jobs applied to, which a cold-start member does not have.
 * **Collaborative taste.** Each member has a latent taste vector and each job a style vector.
   Their product moves the apply probability, but no text or attribute reveals either one: only
   the co-apply structure of `member_applied` does.
@@ -61,7 +64,7 @@ from star_jax.fileio import atomic_dir, read_json
 from star_jax.metrics import progress
 
 GENERATOR = "star_jax.data.synth"
-GENERATOR_VERSION = 1  # bump when the same (scale, seed) would give different bytes
+GENERATOR_VERSION = 2  # bump when the same (scale, seed) would give different bytes
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,11 @@ W_LOCATION = 1.2
 W_TASTE = 1.6
 APPLY_BIAS = -5.2
 TASTE_DIM = 2  # few dimensions: a member's handful of training applies can reveal them
-TAG_RATE = 0.6  # expected share of a node's true skills that become skill edges
+# Expected share of a node's true skills that become skill edges. Members' are tagged less: with most
+# of a member's skills only in the text, the applied-to jobs' skills stand in for them (LLM features
+# then add more for cold-start members than for active ones, as STAR reports).
+MEMBER_TAG_RATE = 0.3
+JOB_TAG_RATE = 0.6
 TAG_RELATIVE = (1.0, 0.85, 0.35)  # relative tag odds of a canonical name, a synonym, a misspelling
 # By a skill's popularity rank in its family (0 = most listed): relative odds that the taxonomy tags
 # it, and its weight in skill coverage. Niche skills decide a match more than ubiquitous ones.
@@ -319,14 +326,16 @@ def _pick_forms(rng: np.random.Generator, voc: Vocab, skills: np.ndarray, mix: t
     return np.where(skills >= 0, form, -1), np.where(skills >= 0, kind, -1)
 
 
-def _tag(rng: np.random.Generator, voc: Vocab, skills: np.ndarray, kind: np.ndarray) -> np.ndarray:
-    """Which true skills the taxonomy tags: TAG_RATE overall, common skills written canonically most often."""
+def _tag(
+    rng: np.random.Generator, voc: Vocab, skills: np.ndarray, kind: np.ndarray, rate: float
+) -> np.ndarray:
+    """Which true skills the taxonomy tags: `rate` overall, common skills written canonically most often."""
     valid = kind >= 0
     rel = (np.array(TAG_RELATIVE)[np.maximum(kind, 0)] * voc.tag_odds[np.maximum(skills, 0)])[valid]
-    lo, hi = 0.0, 1.0 / rel.min()  # bisect the scale c with mean(min(c * rel, 1)) = TAG_RATE
+    lo, hi = 0.0, 1.0 / rel.min()  # bisect the scale c with mean(min(c * rel, 1)) = rate
     for _ in range(50):
         c = (lo + hi) / 2
-        lo, hi = (c, hi) if np.minimum(c * rel, 1.0).mean() < TAG_RATE else (lo, c)
+        lo, hi = (c, hi) if np.minimum(c * rel, 1.0).mean() < rate else (lo, c)
     p = np.zeros(kind.shape)
     p[valid] = np.minimum(c * rel, 1.0)
     return valid & (rng.random(kind.shape) < p)
@@ -694,7 +703,7 @@ def member_profiles(rng: np.random.Generator, world: World, n: int) -> Members:
     gen = _top_k_rows(rng, np.broadcast_to(voc.general, (n, G)), np.zeros((n, G)), rng.binomial(3, 0.4, n))
     skills, n_skills = _dedupe_shuffle(rng, np.concatenate([fam, rel, gen], axis=1))
     forms, kinds = _pick_forms(rng, voc, skills, MEMBER_FORMS)
-    tagged = _tag(rng, voc, skills, kinds)
+    tagged = _tag(rng, voc, skills, kinds, MEMBER_TAG_RATE)
 
     # Experience: the current role first, then earlier ones, a step down in seniority each.
     n_exp = np.clip(1 + years // 4 + rng.integers(0, 2, n), 1, 4)
@@ -935,7 +944,7 @@ def world_tables(world: World, seed: int) -> dict[str, pa.Table]:
     voc = vocab()
     J = len(world.job_family)
     text, kinds = job_texts(world, seed)
-    tagged = _tag(np.random.default_rng([seed, 4]), voc, world.job_skills, kinds)
+    tagged = _tag(np.random.default_rng([seed, 4]), voc, world.job_skills, kinds, JOB_TAG_RATE)
     jr, jv = _flat(np.where(tagged, world.job_skills, -1))
     job_ids = np.arange(J, dtype=np.int64)
     ind = world.company_industry
