@@ -34,7 +34,7 @@ BUILD := MAX_JOBS=2 $(PIP) --no-build-isolation --no-deps
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.torch_pch $(PCH) > $(PCH).flags & pch=$$!; \
 	$(PIP) -e '.[bench]' && wait $$pch
-	export CFLAGS="$$(cat $(PCH).flags)"; \
+	export CFLAGS="$$(cat $(PCH).flags)" CXXFLAGS="$$(cat $(PCH).flags)"; \
 	$(BUILD) torch-scatter==2.1.2 & scatter=$$!; \
 	$(BUILD) torch-sparse==0.6.18 & sparse=$$!; \
 	wait $$scatter; a=$$?; wait $$sparse; b=$$?; rm -rf $(PCH) $(PCH).flags; test $$a -eq 0 && test $$b -eq 0

@@ -48,8 +48,9 @@ def test_flops_per_token_counts_the_small_config():
 @pytest.mark.slow
 def test_torch_build_extension_compiles_with_the_precompiled_header(tmp_path):
     """GCC silently ignores a precompiled header whose flags differ from the compile's, so the check
-    is that torch's own BuildExtension, given torch-scatter's compile arguments and our CFLAGS,
-    reads the .gch (`-H` marks a used one with '!', a rejected one with 'x')."""
+    is that torch's own BuildExtension, given torch-scatter's compile arguments and our flags, reads
+    the .gch (`-H` marks a used one with '!', a rejected one with 'x'). Both of BuildExtension's
+    paths: ninja (torch-sparse) and setuptools' own compiler (torch-scatter, `use_ninja=False`)."""
     pytest.importorskip("torch")
     import subprocess
 
@@ -58,17 +59,22 @@ def test_torch_build_extension_compiles_with_the_precompiled_header(tmp_path):
     flags = torch_pch.build(tmp_path / "pch")
     if "-include" not in flags:
         pytest.skip("no GCC here: the build runs without a precompiled header")
-    (tmp_path / "probe.cpp").write_text("#include <torch/extension.h>\nint probe() { return 1; }\n")
-    (tmp_path / "setup.py").write_text(
-        "from setuptools import setup\n"
-        "from torch.utils.cpp_extension import BuildExtension, CppExtension\n"
-        "args = {'cxx': ['-O3', '-Wno-sign-compare', '-DAT_PARALLEL_OPENMP', '-fopenmp']}\n"
-        "setup(name='probe', cmdclass={'build_ext': BuildExtension}, ext_modules=[CppExtension(\n"
-        "    'probe._probe_cpu', ['probe.cpp'], define_macros=[('WITH_PYTHON', None)],\n"
-        "    extra_compile_args=args, extra_link_args=['-s'])])\n"
-    )
-    out = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
-                         env={**os.environ, "CFLAGS": f"{flags} -H"}, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
     gch = f"{(tmp_path / 'pch' / 'torch_extension.h').resolve()}.gch"
-    assert f"! {gch}" in out.stderr, [line for line in out.stderr.splitlines() if ".gch" in line]
+    for ninja in (True, False):
+        src = tmp_path / f"ninja_{ninja}"
+        src.mkdir()
+        (src / "probe.cpp").write_text("#include <torch/extension.h>\nint probe() { return 1; }\n")
+        (src / "setup.py").write_text(
+            "from setuptools import setup\n"
+            "from torch.utils.cpp_extension import BuildExtension, CppExtension\n"
+            "args = {'cxx': ['-O3', '-Wno-sign-compare', '-DAT_PARALLEL_OPENMP', '-fopenmp']}\n"
+            f"setup(name='probe', cmdclass={{'build_ext': BuildExtension.with_options(use_ninja={ninja})}},\n"
+            "      ext_modules=[CppExtension('probe._probe_cpu', ['probe.cpp'],\n"
+            "                   define_macros=[('WITH_PYTHON', None)], extra_compile_args=args)])\n"
+        )
+        env = {**os.environ, "CFLAGS": f"{flags} -H", "CXXFLAGS": f"{flags} -H"}
+        out = subprocess.run([sys.executable, "setup.py", "build_ext"], cwd=src, env=env,
+                             capture_output=True, text=True)
+        log = out.stdout + out.stderr
+        assert out.returncode == 0, log[-2000:]
+        assert f"! {gch}" in log, (ninja, [line for line in log.splitlines() if ".gch" in line][:3])
