@@ -25,8 +25,8 @@ $(VENV)/.installed-test: $(VENV)/.installed-base
 	touch $@
 
 # torch-sparse (NeighborLoader's backend) and torch-scatter have no wheels for torch 2.13, so both
-# are compiled against the installed torch, side by side: each compiles one file at a time, so one
-# build alone leaves a core idle. benchmarks/torch_pch.py precompiles torch/extension.h (while pip
+# are compiled against the installed torch, side by side: torch-scatter compiles one file at a time
+# and torch-sparse at most two, so one build alone leaves a core idle. benchmarks/torch_pch.py precompiles torch/extension.h (while pip
 # installs the extra), which every one of their files parses first, and drops -g (the debug info
 # is stripped at link time anyway).
 PCH := $(VENV)/torch-pch
