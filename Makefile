@@ -26,15 +26,15 @@ $(VENV)/.installed-test: $(VENV)/.installed-base
 
 # torch-sparse (NeighborLoader's backend) and torch-scatter have no wheels for torch 2.13, so both
 # are compiled against the installed torch, side by side: torch-scatter compiles one file at a time
-# and torch-sparse at most two, so one build alone leaves a core idle. benchmarks/torch_pch.py precompiles torch/extension.h (while pip
-# installs the extra), which every one of their files parses first, and drops -g (the debug info
-# is stripped at link time anyway).
+# and torch-sparse at most two, so one build alone leaves a core idle. benchmarks/torch_pch.py
+# precompiles torch/extension.h (while pip installs the extra), which every one of their files
+# parses first, and drops -g (the debug info is stripped at link time anyway).
 PCH := $(VENV)/torch-pch
 BUILD := MAX_JOBS=2 $(PIP) --no-build-isolation --no-deps
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.torch_pch $(PCH) > $(PCH).flags & pch=$$!; \
 	$(PIP) -e '.[bench]' && wait $$pch
-	export CFLAGS="$$(cat $(PCH).flags)" CXXFLAGS="$$(cat $(PCH).flags)"; \
+	flags="$$(cat $(PCH).flags)"; export CFLAGS="$$flags" CXXFLAGS="$$flags"; \
 	$(BUILD) torch-scatter==2.1.2 & scatter=$$!; \
 	$(BUILD) torch-sparse==0.6.18 & sparse=$$!; \
 	wait $$scatter; a=$$?; wait $$sparse; b=$$?; rm -rf $(PCH) $(PCH).flags; test $$a -eq 0 && test $$b -eq 0

@@ -28,8 +28,9 @@ from pathlib import Path
 NO_DEBUG = "-g0"
 
 
-def python_cflags() -> list[str]:
-    return shlex.split(sysconfig.get_config_var("CFLAGS") or "")
+def base_flags() -> list[str]:
+    """Python's own CFLAGS (which setuptools drops once CFLAGS is set) and `-g0` after its `-g`."""
+    return [*shlex.split(sysconfig.get_config_var("CFLAGS") or ""), NO_DEBUG]
 
 
 def compile_flags() -> list[str]:
@@ -37,8 +38,7 @@ def compile_flags() -> list[str]:
     from torch.utils.cpp_extension import include_paths
 
     return [
-        *python_cflags(),
-        NO_DEBUG,
+        *base_flags(),
         "-fPIC",
         "-DWITH_PYTHON",
         *[f"-I{p}" for p in include_paths()],
@@ -54,7 +54,7 @@ def compile_flags() -> list[str]:
 
 def build(out_dir: Path) -> str:
     """Build DIR/torch_extension.h.gch; return the compile flags that use it."""
-    plain = shlex.join([*python_cflags(), NO_DEBUG])
+    plain = shlex.join(base_flags())
     cxx = os.environ.get("CXX") or (sysconfig.get_config_var("CXX") or "c++").split()[0]
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout

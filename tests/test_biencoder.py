@@ -9,11 +9,12 @@ import pytest
 import torch
 from hf_fixtures import build_checkpoint
 
-from star_jax.config import LLMTrainConfig, LoraConfig
+from star_jax.config import POOLINGS, LLMTrainConfig, LoraConfig
 from star_jax.llm import MistralModel, init_lora, load_mistral
 from star_jax.llm.biencoder import (
     JOB,
     MEMBER,
+    POOL_FNS,
     TOWERS,
     adapter_names,
     bce_loss,
@@ -175,7 +176,11 @@ def e5_batch():
     return ids, lengths.astype(np.int32)
 
 
-@pytest.mark.parametrize("pooling", ["last_token", "mean"])
+def test_every_configurable_pooling_has_a_function():
+    assert set(POOL_FNS) == set(POOLINGS)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
 def test_encode_pools_like_e5_and_sentence_transformers(tiny_base, pooling):
     cfg, params, torch_model = tiny_base
     ids, lengths = e5_batch()
