@@ -205,15 +205,17 @@ class StoreConfig:
 
 def _default_relation_fanouts() -> dict[str, list[int]]:
     # Members and jobs have one title, jobs one company, members about two: more draws repeat them.
+    # Skills are what a match turns on: a node draws up to 8 of them (with `distinct`, all of them
+    # where it has no more; members have about 3 tagged, jobs 5, at most 9 on the synthetic data).
     return {"member_title_rev": [1, 1], "member_company_rev": [2, 1], "job_title_rev": [1, 1],
-            "job_company_rev": [1, 1]}
+            "job_company_rev": [1, 1], "member_skill_rev": [8, 2], "job_skill_rev": [8, 2]}
 
 
 @dataclass
 class SamplerConfig:
     """Fixed-shape k-hop neighbour sampling (star_jax.graph.sampler); hops = len(fanouts).
 
-    With the defaults a batch has 9,765 node slots and 9,600 edge slots (about 61 per seed).
+    With the defaults a batch has 12,965 node slots and 12,800 edge slots (about 81 per seed).
     """
 
     fanouts: list[int] = field(default_factory=lambda: [4, 2])  # per hop, for every relation
@@ -226,6 +228,9 @@ class SamplerConfig:
     fanout_step: int = 1
     plateau_tolerance: float = 0.002
     neighbor_weighting: str = "uniform"  # uniform | degree (1/sqrt(neighbour degree)) | weight (edge weight)
+    # uniform only: a node with no more neighbours than its fan-out takes each one once (the rest of
+    # its slots stay empty) instead of drawing with replacement, so small neighbourhoods come whole.
+    distinct: bool = True
     target_relation: str = "member_applied"  # the predicted member -> job edges, kept out of neighbourhoods
     batch_size: int = 64  # positive pairs per step
     num_random_negatives: int = 32  # shared random jobs per step
@@ -248,18 +253,27 @@ class GNNConfig:
     # output (star_jax.gnn.model, "LLM skip", zero at the start), so the towers' own similarity
     # reaches the scores.
     llm_skip: bool = True
+    # Also add to a member's or job's output a map of the mean input vector of its sampled skill,
+    # title and company neighbours, one map per attribute type shared by both (star_jax.gnn.model).
+    attribute_skip: bool = True
     use_id: bool = True  # hashed learned ID embeddings
     # drop: a member or job with no training-period apply (cold start, real or simulated by
     # gnn_train.cold_start_rate) gets no ID embedding, as DropoutNet withholds preference input;
     # keep: it reads its hash bucket like any node (an untrained or colliding row).
     cold_start_ids: str = "drop"
     use_cat: bool = True  # categorical feature embeddings
+    # One embedding table per categorical column name, shared by the node types that have it
+    # (member and job `location` codes name the same city; graph.hetero.shared_codes).
+    shared_cat: bool = True
     id_buckets: int = 4096  # hashed ID embedding rows per node type
     cat_dim: int = 32  # embedding size of each categorical column
     cat_buckets: int = 1024  # rows per categorical column; code 0 is "missing", larger codes wrap
     normalize: bool = True  # L2-normalise the output embeddings (scores are then scaled cosines)
     init_logit_scale: float = 10.0  # decoder: logit = scale * <member, job> + bias, both learned
     init_logit_bias: float = -5.0
+    # Loss: BCE over the batch's labelled pairs (the diagonal) plus this weight times BCE over the
+    # in-batch and random negatives; None: one mean over every entry (star_jax.gnn.model.link_loss).
+    negatives_weight: float | None = None
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
 
@@ -267,9 +281,9 @@ class GNNConfig:
 class GNNTrainConfig:
     """Link-prediction training of the GNN (star_jax.gnn.train) and its export (star_jax.gnn.export)."""
 
-    # 100 x 64 applies: about 1.4 passes over the tiny train split; test AUC as with 150 steps and
-    # 64 random negatives, at 0.55x the compute (star_jax.gnn.train, 'Measured')
-    steps: int = 100
+    # 300 x 64 applies: about 4.4 passes over the tiny train split (docs/quality.md: the test AUC
+    # still rose from 100 to 300 steps; more random negatives per step did not help)
+    steps: int = 300
     lr: float = 3e-3
     warmup_steps: int = 20  # linear warm-up, then cosine decay to `final_lr_ratio` * lr
     final_lr_ratio: float = 0.1
@@ -281,10 +295,10 @@ class GNNTrainConfig:
     cold_start_rate: float = 0.5
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
-    eval_every: int = 50  # val AUC every this many steps and at the end (adaptive fan-outs grow here)
+    eval_every: int = 100  # val AUC every this many steps and at the end (adaptive fan-outs grow here)
     eval_pairs: int = 1024  # val pairs scored at each evaluation (a fixed random subset; 0: all)
     eval_batch_size: int = 256  # seeds per evaluation and gnn-embed batch (no negatives)
-    checkpoint_every: int = 50
+    checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0

@@ -141,7 +141,7 @@ def test_train_step_compiles_once(env, uninterrupted):
     # An epoch of varied batches in the last Layout: val pairs (a cold-start member, an isolated
     # member and job, unseen pairs), then every member and every job as pair seeds.
     features, _ = open_features(env.graph, env.features, "v1", CFG.store)
-    sampler = NeighborSampler(env.graph, CFG.sampler, features=features, hop_fanouts=(2, 2))
+    sampler = NeighborSampler(env.graph, CFG.sampler, features=features, hop_fanouts=tuple(result["fanouts"]))
     seeds = list(eval_seeds(env.data, env.graph, CFG.sampler, "val"))
     seeds += [*node_seeds(env.graph, "member", CFG.sampler), *node_seeds(env.graph, "job", CFG.sampler)]
     batches = [sampler.sample(s, batch_rng(0, i)) for i, s in enumerate(seeds)]
@@ -300,7 +300,7 @@ def test_gnn_embed_writes_every_node_equal_to_a_direct_encode(env, uninterrupted
     features, _ = open_features(env.graph, env.features, "v1", CFG.store)
     trained = load_run(ckpt, env.graph, features)
     sampler_cfg = dataclasses.replace(CFG.sampler, batch_size=8, num_random_negatives=0)
-    sampler = NeighborSampler(env.graph, sampler_cfg, features=features, hop_fanouts=(2, 2))
+    sampler = NeighborSampler(env.graph, sampler_cfg, features=features, hop_fanouts=trained.fanouts)
     encode = jax.jit(trained.gnn.encode, static_argnames="layout")
     direct = {}
     for t in ("member", "job"):

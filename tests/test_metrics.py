@@ -76,3 +76,43 @@ def test_subset_gap_interval_finds_where_a_model_gains(where):
         assert got["low"] > 0 and got["share_positive"] == 1.0
     else:
         assert got["high"] < 0 and got["share_positive"] == 0.0
+
+
+@pytest.mark.parametrize("low, high, threshold, word", [
+    (0.01, 0.03, 0.0, "holds"), (-0.03, -0.01, 0.0, "fails"), (-0.021, 0.020, 0.0, "unresolved"),
+    (0.0, 0.02, 0.0, "unresolved"), (0.06, 0.09, 0.05, "holds"), (0.02, 0.09, 0.05, "unresolved"),
+    (0.01, 0.04, 0.05, "fails"), (None, 0.1, 0.0, "n/a"), (float("nan"), 0.1, 0.0, "n/a"),
+])
+def test_verdict_words(low, high, threshold, word):
+    assert metrics.verdict(low, high, threshold) == word
+
+
+def test_subset_gap_interval_is_none_where_it_cannot_be_computed():
+    rng = np.random.default_rng(0)
+    n = 400
+    members, labels = rng.integers(0, 80, n), rng.integers(0, 2, n)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    one_class = (members < 20) & (labels == 1)  # the subset holds applies only
+    assert metrics.subset_gap_interval(labels, a, b, one_class, members, resamples=50) is None
+    assert metrics.subset_gap_interval(labels, a, b, np.zeros(n, bool), members, resamples=50) is None
+    # A finite point whose every resample is NaN (the old IndexError): no interval either.
+    everyone = np.arange(n)
+    stat = lambda idx: 0.0 if len(np.unique(idx)) == n else float("nan")  # noqa: E731
+    assert metrics.cluster_bootstrap(stat, everyone, resamples=20) is None
+
+
+def test_auc_gap_interval_is_paired_and_its_se_matches_the_spread_of_the_data():
+    rng = np.random.default_rng(1)
+    members = np.repeat(np.arange(400), 5)
+    labels = rng.integers(0, 2, members.size)
+    b = 0.5 * labels + rng.normal(size=members.size)
+    a = b + 0.5 * labels
+    got = metrics.auc_gap_interval(labels, a, b, members, resamples=300)
+    assert got["point"] == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b), abs=1e-12)
+    assert 0 < got["low"] < got["point"] < got["high"] and got["share_positive"] == 1.0
+    # The SE of a mean over clusters: the bootstrap's against the textbook sd / sqrt(clusters).
+    values = rng.normal(size=members.size) + np.repeat(rng.normal(size=400), 5)
+    boot = metrics.cluster_bootstrap(lambda idx: values[idx].mean(), members, resamples=2000)
+    by_member = values.reshape(400, 5).mean(1)
+    assert boot["se"] == pytest.approx(by_member.std(ddof=1) / np.sqrt(400), rel=0.1)
+    assert boot["point"] == pytest.approx(values.mean())

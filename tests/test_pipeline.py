@@ -344,4 +344,7 @@ def test_the_demo_shows_the_papers_orderings_and_a_rerun_skips_everything(tmp_pa
     assert "pipeline: 0 stage(s) ran" in logs[1]  # the rerun did nothing
     report = read_json(tmp_path / "demo" / "report.json")
     print(json.dumps({k: [v["auc"], v["auc_cold_start"]] for k, v in report["variants"].items()}))
-    assert all(c["holds"] for c in report["orderings"]), report["orderings"]
+    verdicts = {c["id"]: c["verdict"] for c in report["checks"]}
+    assert [verdicts[c] for c in ("finetune", "finetune_target", "llm_features")] == ["holds"] * 3, verdicts
+    assert verdicts["cold_start_gain"] != "fails", report["checks"]
+    assert all(0.5 < v["auc"] < 1 for v in report["variants"].values())

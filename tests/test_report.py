@@ -16,6 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from star_jax import cli
 from star_jax.config import Config, StoreConfig, to_yaml
+from star_jax.data.baselines import Data, run_baselines
+from star_jax.data.splits import cold_start
 from star_jax.data.tables import read_edges, read_labels, read_nodes
 from star_jax.eval import report
 from star_jax.eval.recommend import recommend
@@ -23,7 +25,7 @@ from star_jax.pipeline import CONFIG_FILE, VARIANTS, Runner, read_run, stage_nam
 from star_jax.store import EmbeddingSpec, EmbeddingWriter, text_hash
 
 DIM = 8
-COLD = [0, 1, 2, 3, 4, 5]  # members stripped of their apply edges: cold start
+COLD = [0, 1, 2, 3, 4, 5]  # members stripped of their training applies (edges and labelled): cold start
 
 
 def write_vectors(root, version: str, vectors: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -43,6 +45,9 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report_run")
     data = write_tiny_data(root / "data", members=60, jobs=40)
     edit_table(data, "edges/member_applied.parquet", lambda df: df[~df.src.isin(COLD)])
+    # Their labelled train applies go too; their train non-applies stay (cold start: no train apply).
+    edit_table(data, "labels/pairs.parquet",
+               lambda df: df[~(df.member_id.isin(COLD) & (df.split == "train") & (df.label == 1))])
     # Make sure cold-start members have both classes among the test pairs.
     labels = read_labels(data)
     extra = pd.DataFrame({"member_id": [0, 1, 2, 3], "job_id": [39, 38, 37, 36], "label": [1, 0, 1, 0],
@@ -86,10 +91,9 @@ def oracle(run, variant: str) -> dict:
     test = read_labels(data, "test")
     score = np.array([member[a] @ job[b] for a, b in zip(test.member_id, test.job_id)])
     edges = read_edges(data, "member_applied")
-    applies = edges.src.value_counts()
-    cold = np.array([applies.get(a, 0) == 0 for a in test.member_id])
-    known = set(zip(edges.src, edges.dst))
     labels = read_labels(data)
+    cold = ~test.member_id.isin(warm_members_by_hand(labels)).to_numpy()
+    known = set(zip(edges.src, edges.dst))
     known |= set(zip(labels.member_id[labels.label == 1], labels.job_id[labels.label == 1]))
     candidates = report.candidate_jobs(j_ids, cfg.eval.num_candidates, cfg.eval.seed)
     ranks = []
@@ -101,6 +105,11 @@ def oracle(run, variant: str) -> dict:
     return {"auc": roc_auc_score(test.label, score),
             "auc_cold_start": roc_auc_score(test.label[cold], score[cold]),
             "mrr": np.mean(1 / ranks), "recall": np.mean(ranks <= cfg.eval.k)}
+
+
+def warm_members_by_hand(labels: pd.DataFrame) -> set[int]:
+    """The complement, computed with pandas: members with a training-period apply."""
+    return set(labels.member_id[(labels.split == "train") & (labels.label == 1)])
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +134,7 @@ def test_gnn_pair_scores_are_the_export_scores(run):
 
     r = read_run(run["root"])
     store = EmbeddingStore.open(*r.store_version("gnn_id_cat"))
-    pairs = report.test_pairs(run["data"], "member_applied")
+    pairs = report.test_pairs(run["data"])
     positive = pairs.labels > 0
     candidates = report.candidate_jobs(pairs.job_ids, 10, 0)
     mask = np.ones((positive.sum(), len(candidates)), bool)
@@ -135,7 +144,7 @@ def test_gnn_pair_scores_are_the_export_scores(run):
 
 def test_report_files_and_schema(run, written):
     data, md = written
-    assert {"variants", "config", "data", "orderings", "stages"} <= set(data)
+    assert {"variants", "baselines", "checks", "config", "data", "stages"} <= set(data)
     assert set(data["variants"]) == set(VARIANTS)
     assert [s["stage"] for s in data["stages"]][:2] == ["embed-llm_frozen", "pretrain"]  # run order
     for name, v in data["variants"].items():
@@ -143,15 +152,125 @@ def test_report_files_and_schema(run, written):
         assert v["paper_auc"] == report.PAPER_AUC.get(name)
     assert data["variants"]["gnn_id_llm"]["train_seconds"] == 14.0
     assert data["config"]["eval"]["k"] == 5 and data["data"]["candidates"] == 25
-    cold_check = data["orderings"][2]
-    gap = {k: data["variants"]["gnn_id_cat_llm"][k] - data["variants"]["gnn_id_cat"][k]
-           for k in ("auc", "auc_cold_start")}
-    assert cold_check["interval"]["point"] == pytest.approx(gap["auc_cold_start"] - gap["auc"], abs=1e-9)
-    assert cold_check["interval"]["low"] <= cold_check["interval"]["point"] <= cold_check["interval"]["high"]
     for name in VARIANTS:
         assert f"| {name} | {data['variants'][name]['auc']:.4f} |" in md
     for png in ("loss_curves", "roc", "auc_by_activity"):
         assert (run["root"] / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baselines_block_is_run_baselines_on_the_runs_data(run, written):
+    data, md = written
+    direct = {report.BASELINE_KEYS[r["baseline"]]: r
+              for r in run_baselines(run["data"], names=("tags", "text", "both"))}
+    assert set(data["baselines"]) == {"tags", "text", "tags_text"}  # no latent/: no oracle
+    assert data["baselines_reason"] is None
+    for key, r in direct.items():
+        assert data["baselines"][key]["auc"] == pytest.approx(r["test_auc"], abs=1e-9)
+        assert data["baselines"][key]["auc_cold_start"] == pytest.approx(r["cold_start_auc"], abs=1e-9)
+        assert f"| {report.BASELINE_ROWS[key]} | {r['test_auc']:.4f} | {r['cold_start_auc']:.4f} |" in md
+    assert next(iter(direct.values()))["cold_test"] == data["data"]["test_pairs_cold_start"]
+
+
+def test_cold_start_is_one_definition(run):
+    data = run["data"]
+    labels = read_labels(data)
+    test = labels[labels.split == "test"]
+    by_hand = ~test.member_id.isin(warm_members_by_hand(labels)).to_numpy()
+    assert 0 < by_hand.sum() < len(by_hand)
+    cold_members = set(test.member_id[by_hand])
+    assert set(COLD) & set(test.member_id) <= cold_members
+    train = labels[labels.split == "train"]
+    assert cold_members & set(train.member_id)  # cold although they have train pairs (non-applies)
+    np.testing.assert_array_equal(report.test_pairs(data).cold, by_hand)
+    d = Data(data)
+    np.testing.assert_array_equal(d.pairs.cold[d.pairs.split == "test"], by_hand)
+    members = np.arange(60)
+    warm = list(warm_members_by_hand(labels))
+    np.testing.assert_array_equal(cold_start(data, members), ~np.isin(members, warm))
+
+
+def test_checks_of_the_run(run, written):
+    data, md = written
+    checks = {c["id"]: c for c in data["checks"]}
+    assert list(checks) == list(report.CHECKS)
+    v, b = data["variants"], data["baselines"]
+    gnn = {n: v[n]["auc"] for n in ("gnn_id_cat", "gnn_id_cat_llm", "gnn_id_llm")}
+    best = max(gnn, key=gnn.get)
+    want = {
+        "finetune": v["llm_finetuned"]["auc"] - v["llm_frozen"]["auc"],
+        "finetune_target": v["llm_finetuned"]["auc"] - v["llm_frozen"]["auc"],
+        "llm_features": v["gnn_id_cat_llm"]["auc"] - v["gnn_id_cat"]["auc"],
+        "cold_start_gain": (v["gnn_id_cat_llm"]["auc_cold_start"] - v["gnn_id_cat"]["auc_cold_start"])
+                           - (v["gnn_id_cat_llm"]["auc"] - v["gnn_id_cat"]["auc"]),
+        "gnn_vs_tags_text": gnn[best] - b["tags_text"]["auc"],
+        "gnn_vs_llm": gnn[best] - v["llm_finetuned"]["auc"],
+        "id_cat_vs_tags": v["gnn_id_cat"]["auc"] - b["tags"]["auc"],
+    }
+    for cid, c in checks.items():
+        assert c["point"] == pytest.approx(want[cid], abs=1e-6), cid
+        assert c["low"] <= c["point"] <= c["high"] and c["se"] > 0, cid
+        assert c["verdict"] in ("holds", "fails", "unresolved"), cid
+        interval = f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+        assert f"| {c['check']} | {c['point']:+.4f} | {interval} | **{c['verdict']}** |" in md
+    assert checks["gnn_vs_tags_text"]["a"] == best
+    assert f"best GNN ({best})" in checks["gnn_vs_tags_text"]["check"]
+    assert checks["finetune_target"]["threshold"] == report.FINETUNE_TARGET
+
+
+def test_baselines_degrade_to_a_reason(tmp_path):
+    """Member ids that are not 0..n-1: the baselines cannot run, the report says why."""
+    data = write_tiny_data(tmp_path / "data", members=20, jobs=15)
+    edit_table(data, "nodes/member.parquet", lambda df: df.assign(id=df.id + 1000))
+    for rel in ("member_skill", "member_title", "member_company", "member_applied"):
+        edit_table(data, f"edges/{rel}.parquet", lambda df: df.assign(src=df.src + 1000))
+    edit_table(data, "labels/pairs.parquet", lambda df: df.assign(member_id=df.member_id + 1000))
+    block, tables, reason = report.baselines(data, 0)
+    assert block == {} and tables == {} and "0..n-1" in reason
+    pairs = report.test_pairs(data)
+    scores = {"gnn_id_cat": pairs.labels + np.random.default_rng(0).normal(size=len(pairs.labels))}
+    got = report.checks(pairs, scores, {"gnn_id_cat": {"auc": 0.6}}, baseline_reason=reason, resamples=20)
+    c = {c["id"]: c for c in got}
+    assert c["id_cat_vs_tags"]["verdict"] == "n/a" and "0..n-1" in c["id_cat_vs_tags"]["reason"]
+    md = report.checks_markdown(list(c.values()))
+    assert "| gnn_id_cat - baseline tags > 0 | n/a | n/a | **n/a** (baseline tags: not computed (" in md
+
+
+def constructed_pairs(n_members: int = 300, per: int = 8, seed: int = 0):
+    """TestPairs of random labels; the first 40 members cold start, all their pairs negative."""
+    rng = np.random.default_rng(seed)
+    members = np.repeat(np.arange(n_members), per)
+    labels = rng.integers(0, 2, members.size).astype(np.int8)
+    cold = members < 40
+    labels[cold] = 0
+    bucket = np.where(cold, "cold_start", "1-2")
+    pairs = report.TestPairs(members, np.arange(members.size), labels, bucket, cold)
+    return pairs, rng
+
+
+def test_checks_give_verdict_words_and_reasons():
+    pairs, rng = constructed_pairs()
+    y, n = pairs.labels.astype(float), pairs.labels.size
+    noise = rng.normal(size=n)
+    scores = {"llm_frozen": 0.2 * y + rng.normal(size=n), "llm_finetuned": 2.0 * y + rng.normal(size=n),
+              "gnn_id_cat": 0.5 * y + noise, "gnn_id_cat_llm": 0.5 * y + noise + 1e-3 * rng.normal(size=n),
+              "baseline:tags": 3.0 * y + rng.normal(size=n)}
+    variants = {k: {"auc": roc_auc_score(y, s)} for k, s in scores.items() if not k.startswith("baseline")}
+    got = {c["id"]: c for c in report.checks(pairs, scores, variants, resamples=200)}
+    assert {k: c["verdict"] for k, c in got.items()} == {
+        "finetune": "holds", "finetune_target": "holds", "llm_features": "unresolved",
+        "cold_start_gain": "n/a", "gnn_vs_tags_text": "n/a", "gnn_vs_llm": "fails", "id_cat_vs_tags": "fails"}
+    assert got["cold_start_gain"]["reason"] == "the cold-start test pairs have a single class"
+    assert got["gnn_vs_tags_text"]["reason"] == "baseline tags_text: no score for some test pairs"
+    for cid in ("finetune", "gnn_vs_llm", "id_cat_vs_tags"):
+        a, b = got[cid]["a"], got[cid]["b"]
+        assert got[cid]["point"] == pytest.approx(roc_auc_score(y, scores[a]) - roc_auc_score(y, scores[b]))
+    assert got["gnn_vs_llm"]["a"] == max(("gnn_id_cat", "gnn_id_cat_llm"), key=lambda k: variants[k]["auc"])
+    no_cold = pairs._replace(cold=np.zeros(n, bool))
+    c = {c["id"]: c for c in report.checks(no_cold, scores, variants, resamples=20)}["cold_start_gain"]
+    assert c["verdict"] == "n/a" and c["reason"] == "no test pairs of cold-start members"
+    missing = {c["id"]: c for c in report.checks(pairs, {}, {}, resamples=20)}
+    assert missing["finetune"]["reason"] == "llm_finetuned: not in this run; llm_frozen: not in this run"
+    assert missing["gnn_vs_llm"]["reason"].startswith("no GNN variant in this run")
 
 
 def test_candidates_are_fixed_and_capped():
@@ -159,18 +278,6 @@ def test_candidates_are_fixed_and_capped():
     a, b = report.candidate_jobs(ids, 30, 7), report.candidate_jobs(ids[::-1], 30, 7)
     assert len(a) == 30 and len(set(a)) == 30 and (a == b).all()
     assert (report.candidate_jobs(ids, 1000, 0) == ids).all()
-
-
-def test_orderings_are_checked():
-    v = {"llm_frozen": {"auc": 0.6, "auc_cold_start": 0.55},
-         "llm_finetuned": {"auc": 0.7, "auc_cold_start": 0.6},
-         "gnn_id_cat": {"auc": 0.8, "auc_cold_start": 0.6},
-         "gnn_id_cat_llm": {"auc": 0.82, "auc_cold_start": 0.7}}
-    assert [c["holds"] for c in report.orderings(v)] == [True, True, True, True]
-    v["gnn_id_cat_llm"]["auc_cold_start"] = 0.61  # gap 0.01 on cold start < 0.02 overall
-    v["llm_frozen"]["auc"] = 0.5  # not strictly above chance
-    assert [c["holds"] for c in report.orderings(v)] == [True, True, False, False]
-    assert [c["holds"] for c in report.orderings({"gnn_id_cat": v["gnn_id_cat"]})][:3] == [None, None, None]
 
 
 @pytest.mark.parametrize("variant", ["gnn_id_cat_llm", "llm_finetuned"])
@@ -200,26 +307,3 @@ def test_recommend_cli_and_unknown_member(run, capsys):
     assert cli.main(["recommend", "--run", root, "--member", "999999"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--member 999999: unknown member id" in err[0]
-
-
-def test_seed_summary_tables_and_checks():
-    from star_jax.eval.seeds import checks, seeds_markdown
-
-    def fake(frozen: float, cold_gain: float) -> dict:
-        aucs = {"llm_frozen": (frozen, frozen), "llm_finetuned": (0.70, 0.65), "gnn_id_cat": (0.80, 0.60),
-                "gnn_id_cat_llm": (0.82, 0.60 + cold_gain)}
-        variants = {n: {"auc": a, "auc_cold_start": c} for n, (a, c) in aucs.items()}
-        return {"variants": variants, "orderings": report.orderings(variants),
-                "stages": [{"stage": "synth", "seconds": 1.0}, {"stage": "pretrain", "seconds": 99.0}]}
-
-    good, bad = fake(0.60, 0.05), fake(0.68, 0.01)  # bad: fine-tuning gains 0.02, cold-start gap < overall
-    assert all(checks(good).values())
-    assert [c for c, h in checks(bad).items() if not h] == [
-        "llm_finetuned > llm_frozen by >= 0.05", "LLM features gain more on cold-start members than overall"]
-    md = seeds_markdown({2: bad, 1: good}, "python -m star_jax.eval.seeds --out runs/seeds")
-    assert "| 1 | 0.6000 | 0.7000 | 0.8000 | 0.8200 |" in md  # seeds sorted, the paper's row order
-    assert "| 2 | +0.0200 | +0.0200 | +0.0100 | n/a | 100 |" in md
-    good["orderings"][2]["interval"] = {"point": 0.03, "low": -0.01, "high": 0.07, "share_positive": 0.9}
-    assert "| 1 | +0.1000 | +0.0200 | +0.0500 | [-0.0100, +0.0700] | 100 |" in seeds_markdown({1: good}, "")
-    assert "| llm_finetuned > llm_frozen by >= 0.05 | yes | **NO** |" in md
-    assert md.rstrip().endswith("seed 2: LLM features gain more on cold-start members than overall.")

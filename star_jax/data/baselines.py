@@ -2,7 +2,7 @@
 
 Four scikit-learn logistic regressions on pair features. Each trains on the train-split pairs of
 `labels/pairs.parquet`, picks C on the val split, and reports AUC on the test split, both overall
-and on cold-start members (`member.cold_start`):
+and on cold-start members (no training-period apply: `star_jax.data.splits.cold_start`):
 
   (a) tags: categorical columns and attribute edges only. Features: skill-tag overlap, coverage
       and Jaccard, tag counts; same title, company, location, industry; the member x job
@@ -50,7 +50,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from star_jax.data.schema import SPLITS, read_schema
-from star_jax.data.tables import open_table, read_edges, read_labels, read_nodes
+from star_jax.data.splits import cold_start
+from star_jax.data.tables import read_edges, read_labels, read_nodes
 from star_jax.data.validate import check_data
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_text
@@ -69,7 +70,7 @@ class Pairs:
     job: np.ndarray  # int64 [P]
     label: np.ndarray  # int8 [P]
     split: np.ndarray  # str [P]
-    cold: np.ndarray  # bool [P] the member is cold-start
+    cold: np.ndarray  # bool [P] the member is cold start (star_jax.data.splits.cold_start)
 
 
 def _latent(data_dir: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -125,12 +126,9 @@ class Data:
         for name, t in (("member", self.member), ("job", self.job)):
             if not np.array_equal(t.id.to_numpy(), np.arange(len(t))):
                 raise StarError(f"{self.dir}: {name} ids must be 0..n-1 in file order for the baselines")
-        member_table = open_table(self.dir, read_schema(self.dir).node_types["member"].table)
-        if "cold_start" not in member_table.schema.names:
-            raise StarError(f"{self.dir}: the member table has no cold_start column (synthetic data only)")
-        cold = member_table.to_table(columns=["cold_start"])["cold_start"].to_numpy()
         labels = read_labels(self.dir)
         m = labels.member_id.to_numpy()
+        cold = cold_start(self.dir, np.arange(len(self.member)))
         self.pairs = Pairs(
             m, labels.job_id.to_numpy(), labels.label.to_numpy(), labels.split.to_numpy().astype(str), cold[m]
         )
@@ -290,8 +288,11 @@ def oracle_features(d: Data, idx: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix
 
 def _fit_score(
     name: str, feats: tuple[np.ndarray, sp.csr_matrix], d: Data, idx: dict[str, np.ndarray]
-) -> dict[str, float]:
-    """Fit on the train rows of `feats` (rows: train, val, test pairs in that order), pick C on val."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """Fit on the train rows of `feats` (rows: train, val, test pairs in that order), pick C on val.
+
+    Returns the AUCs and the test pairs' scores (the decision function), in `idx["test"]` order.
+    """
     dense, sparse = feats
     ends = np.cumsum([len(idx[s]) for s in SPLITS])
     part = dict(zip(SPLITS, (slice(0, ends[0]), slice(ends[0], ends[1]), slice(ends[1], ends[2]))))
@@ -317,13 +318,17 @@ def _fit_score(
         "val_auc": val_auc,
         "test_auc": roc_auc_score(yt, score),
         "cold_start_auc": roc_auc_score(yt[cold], score[cold]) if both_labels else float("nan"),
-    }
+    }, score
 
 
 def run_baselines(
-    data_dir: str | os.PathLike, *, seed: int = 0, names: tuple[str, ...] = BASELINES
+    data_dir: str | os.PathLike, *, seed: int = 0, names: tuple[str, ...] = BASELINES, scores: bool = False
 ) -> list[dict]:
-    """Train each baseline on `data_dir`'s train pairs; return their val/test/cold-start AUCs."""
+    """Train each baseline on `data_dir`'s train pairs; return their val/test/cold-start AUCs.
+
+    `scores`: each result also holds `test_scores`, a DataFrame (member_id, job_id, score) of every
+    test pair in the labels table's order (a pair's score depends on its member and job only).
+    """
     d = Data(data_dir)
     rng = np.random.default_rng(seed)
     idx = {s: np.flatnonzero(d.pairs.split == s) for s in SPLITS}
@@ -347,12 +352,17 @@ def run_baselines(
         feats["oracle"] = oracle_features(d, order)
     results = []
     for name in progress(names, desc="baselines", unit="model"):
-        r = _fit_score(name, feats[name], d, idx)
+        r, score = _fit_score(name, feats[name], d, idx)
         r.update(
             pairs_train=len(idx["train"]),
             pairs_test=len(idx["test"]),
             cold_test=int(d.pairs.cold[idx["test"]].sum()),
         )
+        if scores:
+            test = idx["test"]
+            r["test_scores"] = pd.DataFrame(
+                {"member_id": d.pairs.member[test], "job_id": d.pairs.job[test], "score": score}
+            )
         results.append(r)
     return results
 
@@ -393,7 +403,8 @@ def baselines_section(rows: list[dict], seed: int) -> str:
         "### Signal baselines\n\n"
         "How much each input predicts applies on the synthetic data, before any model of ours: "
         "logistic regressions (scikit-learn) on pair features, trained on the train split with C picked "
-        "on the val split; AUC on the test split, and on its cold-start members (`cold_start = true`). "
+        "on the val split; AUC on the test split, and on its cold-start members (no training-period "
+        "apply: `star_jax.data.splits.cold_start`). "
         "None of them sees an interaction. (a) uses the categorical columns and attribute edges "
         "(skill-tag overlap, title/company/location/industry matches, seniority cross, hashed tag "
         "crosses); (b) the texts as bags of words (TF-IDF similarities over the whole texts, the skill "

@@ -1,5 +1,5 @@
 """Offline metrics of the paper's evaluation: AUC on labelled pairs, MRR and recall@k on a fixed
-candidate set (ARCHITECTURE decision 6).
+candidate set (ARCHITECTURE decision 6), and member-bootstrap intervals with their verdict words.
 
 All functions are plain numpy and take scores, never models, so every variant of the ablation
 table (LLM cosine, GNN dot product) is scored the same way. `tests/test_metrics.py` checks them
@@ -7,6 +7,8 @@ against scikit-learn.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import rankdata
@@ -77,16 +79,82 @@ def auc_by_group(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> 
     return out
 
 
+def verdict(low: float | None, high: float | None, threshold: float = 0.0) -> str:
+    """The word for the claim "effect > `threshold`" given the effect's interval [low, high].
+
+    holds: the interval lies above the threshold; fails: below it; unresolved: it contains the
+    threshold; n/a: no interval (None or NaN).
+    """
+    if low is None or high is None or np.isnan(low) or np.isnan(high):
+        return "n/a"
+    if low > threshold:
+        return "holds"
+    if high < threshold:
+        return "fails"
+    return "unresolved"
+
+
+def cluster_bootstrap(
+    stat: Callable[[np.ndarray], float], clusters: np.ndarray, *, resamples: int = 500,
+    level: float = 0.95, seed: int = 0,
+) -> dict[str, float] | None:
+    """A percentile interval for `stat(rows)` by resampling whole clusters with replacement.
+
+    `clusters` [n] names each row's cluster (the test member: a member's pairs share its embedding,
+    so they are not independent); `stat` takes the row indices of one resample (repeats included).
+    Returns {"point", "low", "high", "se" (the resamples' standard deviation), "share_positive"
+    (the share of resamples above zero), "resamples" (how many gave a number)}, or None when the
+    point or every resample is NaN (e.g. a slice with one class).
+    """
+    clusters = np.asarray(clusters)
+    point = stat(np.arange(clusters.size))
+    if np.isnan(point):
+        return None
+    _, index = np.unique(clusters, return_inverse=True)
+    order, sizes = np.argsort(index, kind="stable"), np.bincount(index)
+    starts = np.cumsum(sizes) - sizes  # cluster c's rows: order[starts[c] : starts[c] + sizes[c]]
+    rng = np.random.default_rng(seed)
+
+    def resample() -> np.ndarray:
+        pick = rng.integers(0, sizes.size, sizes.size)
+        n = sizes[pick]
+        return order[np.repeat(starts[pick] - (np.cumsum(n) - n), n) + np.arange(n.sum())]
+
+    boots = np.array([stat(resample()) for _ in range(resamples)])
+    boots = boots[~np.isnan(boots)]
+    if boots.size == 0:
+        return None
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(boots, [tail, 100 - tail])
+    return {"point": float(point), "low": float(low), "high": float(high),
+            "se": float(np.std(boots, ddof=1)) if boots.size > 1 else 0.0,
+            "share_positive": float(np.mean(boots > 0)), "resamples": int(boots.size)}
+
+
+def auc_gap_interval(
+    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, clusters: np.ndarray,
+    *, resamples: int = 500, level: float = 0.95, seed: int = 0,
+) -> dict[str, float] | None:
+    """`AUC_a - AUC_b` on the same pairs (paired), with a cluster-bootstrap interval (see
+    `cluster_bootstrap`; None when it cannot be computed)."""
+    labels = np.asarray(labels).astype(bool)
+    scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+
+    def stat(idx: np.ndarray) -> float:
+        y = labels[idx]
+        return auc(y, scores_a[idx]) - auc(y, scores_b[idx])
+
+    return cluster_bootstrap(stat, clusters, resamples=resamples, level=level, seed=seed)
+
+
 def subset_gap_interval(
     labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, subset: np.ndarray,
     clusters: np.ndarray, *, resamples: int = 500, level: float = 0.95, seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """How sure is "model a gains more over b on `subset` than overall"? A cluster bootstrap.
 
-    The statistic is `(AUC_a - AUC_b on subset) - (AUC_a - AUC_b on all pairs)`. Whole clusters
-    (members: a member's pairs share its embedding, so they are not independent) are resampled
-    with replacement `resamples` times; the interval is the percentile one at `level`.
-    Returns {"point", "low", "high", "share_positive"} (the share of resamples above zero).
+    The statistic is `(AUC_a - AUC_b on subset) - (AUC_a - AUC_b on all pairs)`, its interval
+    `cluster_bootstrap`'s; None when the subset is empty or has one class in every resample.
     """
     labels, subset = np.asarray(labels).astype(bool), np.asarray(subset).astype(bool)
     scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
@@ -95,13 +163,4 @@ def subset_gap_interval(
         y, a, b, s = labels[idx], scores_a[idx], scores_b[idx], subset[idx]
         return (auc(y[s], a[s]) - auc(y[s], b[s])) - (auc(y, a) - auc(y, b))
 
-    _, members = np.unique(np.asarray(clusters), return_inverse=True)
-    rows = np.split(np.argsort(members, kind="stable"), np.cumsum(np.bincount(members))[:-1])
-    rng = np.random.default_rng(seed)
-    boots = np.array([stat(np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))]))
-                      for _ in range(resamples)])
-    boots = boots[~np.isnan(boots)]
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(boots, [tail, 100 - tail])
-    return {"point": stat(np.arange(labels.size)), "low": float(low), "high": float(high),
-            "share_positive": float(np.mean(boots > 0))}
+    return cluster_bootstrap(stat, clusters, resamples=resamples, level=level, seed=seed)

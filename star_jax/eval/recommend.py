@@ -35,7 +35,8 @@ def recommend(run: Run, member_id: int, k: int = 10, variant: str = DEFAULT_VARI
               *, include_applied: bool = False) -> tuple[list[Recommendation], int]:
     """The top-`k` jobs for `member_id` and the member's number of training-period applies."""
     from star_jax.data.loader import NodeTexts
-    from star_jax.eval.report import train_applies, uses_cosine, variant_embeddings
+    from star_jax.data.tables import read_edges
+    from star_jax.eval.report import uses_cosine, variant_embeddings
     from star_jax.store import EmbeddingStore
 
     if variant not in VARIANTS:
@@ -56,12 +57,11 @@ def recommend(run: Run, member_id: int, k: int = 10, variant: str = DEFAULT_VARI
     m = variant_embeddings(store, "member", np.array([member_id], np.int64), cosine)[0]
     scores = variant_embeddings(store, "job", jobs, cosine) @ m
     data, relation = run.paths.data, run.cfg.sampler.target_relation
-    applies = int(train_applies(data, relation, np.array([member_id]))[0])
+    edges = read_edges(data, relation, ["src", "dst"])
+    applied = edges.loc[edges["src"] == member_id, "dst"].to_numpy()
+    applies = len(applied)
     if not include_applied and applies:
-        from star_jax.data.tables import read_edges
-
-        edges = read_edges(data, relation, ["src", "dst"])
-        scores[np.isin(jobs, edges.loc[edges["src"] == member_id, "dst"].to_numpy())] = -np.inf
+        scores[np.isin(jobs, applied)] = -np.inf
     top = np.argsort(-scores, kind="stable")[:k]
     top = top[np.isfinite(scores[top])]
     titles = NodeTexts(data, "job").lookup(jobs[top])

@@ -1,28 +1,19 @@
 """`star-jax evaluate --run RUN_DIR`: the paper's ablation table, scored on the test split.
 
-Rows mirror STAR's offline results (reference/papers.md §1.9): `llm_frozen` and `llm_finetuned`
-score a pair by the cosine of its member and job tower embeddings, the `gnn_*` variants by the dot
-product of their 200-d GNN embeddings (as `gnn.export.score_pairs` and the training decoder do).
-Every variant is read back from the EmbeddingStore version the pipeline wrote, so the report
-scores exactly what a downstream consumer would read.
-
-Columns (ARCHITECTURE decision 6):
-  - test AUC over the labelled test pairs, the paper's metric, and the same on cold-start members
-    (no training-period applies: `eval.metrics.activity_bucket`);
-  - MRR and recall@k of each positive test pair against a fixed candidate set of
-    `eval.num_candidates` random jobs (`eval.seed`), *filtered*: the member's other known positives
-    (labelled applies of any split and the apply edges) are not counted as competitors;
-  - training seconds of the stage that produced the variant (the demo's pretraining for
-    `llm_frozen`), and the paper's AUC where it publishes one.
-
-Outputs, written atomically: RUN_DIR/report.md, RUN_DIR/report.json (schema in docs/pipeline.md)
-and RUN_DIR/plots/{loss_curves,roc,auc_by_activity}.png.
+Each variant is read back from the EmbeddingStore version the pipeline wrote and scored on the
+labelled test pairs (LLM rows by cosine, GNN rows by dot product): test AUC, the same on cold-start
+members (`star_jax.data.splits.cold_start`), filtered MRR and recall@k against `eval.num_candidates`
+fixed jobs, training seconds. Beside them, the signal baselines of `star_jax.data.baselines` on the
+run's own data; below, each claim checked with a 95% member-bootstrap interval and one verdict word
+(holds / fails / unresolved, or n/a with a reason). Writes RUN_DIR/report.md, report.json (schema
+in docs/pipeline.md) and plots/{loss_curves,roc,auc_by_activity}.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,25 +22,40 @@ import numpy as np
 import pandas as pd
 
 from star_jax.config import to_dict
+from star_jax.data.splits import cold_start, train_applies
 from star_jax.errors import StarError
 from star_jax.eval.metrics import (
     ACTIVITY_BUCKETS,
     activity_bucket,
     auc,
     auc_by_group,
+    auc_gap_interval,
     mrr,
     positive_ranks,
     recall_at_k,
     subset_gap_interval,
+    verdict,
 )
 from star_jax.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from star_jax.pipeline import LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
+from star_jax.pipeline import GNN_VARIANTS, LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
 
 if TYPE_CHECKING:
     from star_jax.store import EmbeddingStore
 
-REPORT_FORMAT = 1  # bump when report.json's schema changes (the pipeline then rewrites reports)
+logger = logging.getLogger(__name__)
+
+REPORT_FORMAT = 2  # bump when report.json's schema changes (the pipeline then rewrites reports)
 REPORT_MD, REPORT_JSON, PLOTS = "report.md", "report.json", "plots"
+FINETUNE_TARGET = 0.05  # the demo's fine-tuned towers must beat the frozen ones by this much test AUC
+BOOTSTRAP_RESAMPLES = 500  # member resamples behind every interval (drawn with eval.seed)
+# star_jax.data.baselines' names -> report.json's keys, and each baseline's row in report.md.
+BASELINE_KEYS = {"tags": "tags", "text": "text", "both": "tags_text", "oracle": "oracle"}
+BASELINE_ROWS = {
+    "tags": "baseline: tags (logistic regression)",
+    "text": "baseline: text (logistic regression, TF-IDF)",
+    "tags_text": "baseline: tags + text (logistic regression)",
+    "oracle": "baseline: oracle (the generator's latent factors)",
+}
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -60,17 +66,11 @@ class TestPairs(NamedTuple):
     job_ids: np.ndarray  # int64 [n]
     labels: np.ndarray  # int8 [n]
     bucket: np.ndarray  # object [n]: the member's activity bucket (ACTIVITY_BUCKETS names)
+    cold: np.ndarray  # bool [n]: the member is cold start (star_jax.data.splits.cold_start)
 
 
-def train_applies(data_dir: str | os.PathLike, relation: str, member_ids: np.ndarray) -> np.ndarray:
-    """int64 [n]: each member's count of `relation` edges (the training-period applies)."""
-    from star_jax.data.tables import read_edges
-
-    counts = read_edges(data_dir, relation, ["src"])["src"].value_counts()
-    return counts.reindex(member_ids, fill_value=0).to_numpy(np.int64)
-
-
-def test_pairs(data_dir: str | os.PathLike, relation: str) -> TestPairs:
+def test_pairs(data_dir: str | os.PathLike) -> TestPairs:
+    """The labelled test pairs, with each member's activity bucket and cold-start flag."""
     from star_jax.data.tables import read_labels
 
     df = read_labels(data_dir, "test", ["member_id", "job_id", "label"])
@@ -78,7 +78,7 @@ def test_pairs(data_dir: str | os.PathLike, relation: str) -> TestPairs:
         raise StarError(f"{data_dir}: no labelled pairs with split == 'test' to evaluate on")
     m = df["member_id"].to_numpy(np.int64)
     return TestPairs(m, df["job_id"].to_numpy(np.int64), df["label"].to_numpy(np.int8),
-                     activity_bucket(train_applies(data_dir, relation, m)))
+                     activity_bucket(train_applies(data_dir, m)), cold_start(data_dir, m))
 
 
 def candidate_jobs(job_ids: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -149,11 +149,16 @@ def score_variant(store: EmbeddingStore, pairs: TestPairs, candidates: np.ndarra
     return Scores(scores, ranks)
 
 
+def _number(x: float | None) -> float | None:
+    """A JSON-able metric: None for a missing or NaN value."""
+    return None if x is None or np.isnan(x) else float(x)
+
+
 def variant_metrics(pairs: TestPairs, scores: Scores, k: int) -> dict[str, Any]:
     by_bucket = auc_by_group(pairs.labels, scores.pairs, pairs.bucket)
     return {
         "auc": auc(pairs.labels, scores.pairs),
-        "auc_cold_start": by_bucket.get("cold_start"),
+        "auc_cold_start": _number(auc(pairs.labels[pairs.cold], scores.pairs[pairs.cold])),
         "mrr": mrr(scores.ranks),
         f"recall_at_{k}": recall_at_k(scores.ranks, k),
         "auc_by_activity": {name: by_bucket.get(name) for name, _, _ in ACTIVITY_BUCKETS},
@@ -170,41 +175,130 @@ def train_seconds(run: Run, variant: str) -> float | None:
     return (run.result(training_stage(variant)) or {}).get("train_seconds")
 
 
-def orderings(variants: dict[str, dict], cold_interval: dict[str, float] | None = None) -> list[dict]:
-    """The paper's qualitative findings, checked on this run (None: a variant is missing).
+# -- baselines -----------------------------------------------------------------------------------
 
-    `cold_interval` (`metrics.subset_gap_interval` of gnn_id_cat_llm over gnn_id_cat on the
-    cold-start members) goes into the cold-start check as `interval`: whether one test set can
-    tell the two gaps apart at all.
+
+def baselines(data_dir: str | os.PathLike,
+              seed: int) -> tuple[dict[str, dict], dict[str, pd.DataFrame], str | None]:
+    """report.json's `baselines` block, each baseline's test-pair scores, and why there are none.
+
+    `star_jax.data.baselines` on the run's own data and split: tags, text and both, plus the
+    oracle where the data has `latent/`. A StarError there (e.g. member ids not 0..n-1) leaves the
+    block empty and returns its message as the reason.
     """
+    from star_jax.data.baselines import run_baselines
 
-    def get(v: str, key: str = "auc") -> float | None:
-        return (variants.get(v) or {}).get(key)
+    names = ("tags", "text", "both") + (("oracle",) if (Path(data_dir) / "latent").is_dir() else ())
+    try:
+        results = run_baselines(data_dir, seed=seed, names=names, scores=True)
+    except StarError as e:
+        logger.warning("evaluate: no baselines: %s", e)
+        return {}, {}, str(e)
+    block, tables = {}, {}
+    for r in results:
+        key = BASELINE_KEYS[r["baseline"]]
+        block[key] = {"auc": r["test_auc"], "auc_cold_start": _number(r["cold_start_auc"]),
+                      "val_auc": r["val_auc"], "C": r["C"]}
+        tables[key] = r["test_scores"]
+    return block, tables, None
 
-    def gap(key: str) -> float | None:
-        a, b = get("gnn_id_cat_llm", key), get("gnn_id_cat", key)
-        return None if a is None or b is None else a - b
 
-    checks = []
-    a, b = get("llm_finetuned"), get("llm_frozen")
-    checks.append({"check": "llm_finetuned > llm_frozen (test AUC)",
-                   "holds": None if a is None or b is None else a > b})
-    overall, cold = gap("auc"), gap("auc_cold_start")
-    checks.append({"check": "gnn_id_cat_llm > gnn_id_cat (test AUC)",
-                   "holds": None if overall is None else overall > 0})
-    detail = None
-    if overall is not None and cold is not None:
-        detail = f"cold-start gap {cold:+.4f} vs overall gap {overall:+.4f}"
-    if detail and cold_interval:
-        detail += (f"; difference {cold_interval['point']:+.4f}, 95% member-bootstrap interval "
-                   f"[{cold_interval['low']:+.4f}, {cold_interval['high']:+.4f}]")
-    checks.append({"check": "LLM features gain more on cold-start members than overall",
-                   "holds": None if overall is None or cold is None else cold > overall,
-                   "detail": detail, "interval": cold_interval})
-    aucs = [x for v in variants.values() for x in (v["auc"], v["auc_cold_start"]) if x is not None]
-    checks.append({"check": "every AUC strictly between 0.5 and 1",
-                   "holds": bool(aucs) and all(0.5 < x < 1 for x in aucs) if aucs else None})
-    return checks
+def aligned_scores(pairs: TestPairs, table: pd.DataFrame) -> np.ndarray | None:
+    """float64 [n]: the score `table` (member_id, job_id, score) gives each test pair; None if it
+    misses one."""
+    keys = pd.DataFrame({"member_id": pairs.member_ids, "job_id": pairs.job_ids})
+    table = table.drop_duplicates(["member_id", "job_id"])
+    got = keys.merge(table, on=["member_id", "job_id"], how="left")["score"].to_numpy(np.float64)
+    return None if np.isnan(got).any() else got
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+BEST_GNN = "best GNN"  # stands for the GNN variant with the highest test AUC
+# id -> (title, a, b, threshold, subset): the claim "effect > threshold", where the effect is
+# test AUC of a minus that of b on the same pairs or, with subset "cold_start", that gap on the
+# cold-start members minus the gap overall. Baselines are named "baseline:<key>".
+CHECKS: dict[str, tuple[str, str, str, float, str | None]] = {
+    "finetune": ("llm_finetuned - llm_frozen > 0", "llm_finetuned", "llm_frozen", 0.0, None),
+    "finetune_target": (f"llm_finetuned - llm_frozen > {FINETUNE_TARGET} (the demo's target)",
+                        "llm_finetuned", "llm_frozen", FINETUNE_TARGET, None),
+    "llm_features": ("gnn_id_cat_llm - gnn_id_cat > 0", "gnn_id_cat_llm", "gnn_id_cat", 0.0, None),
+    "cold_start_gain": ("gnn_id_cat_llm - gnn_id_cat: cold-start gap - overall gap > 0",
+                        "gnn_id_cat_llm", "gnn_id_cat", 0.0, "cold_start"),
+    "gnn_vs_tags_text": ("best GNN - baseline tags + text > 0", BEST_GNN, "baseline:tags_text", 0.0, None),
+    "gnn_vs_llm": ("best GNN - llm_finetuned > 0", BEST_GNN, "llm_finetuned", 0.0, None),
+    "id_cat_vs_tags": ("gnn_id_cat - baseline tags > 0", "gnn_id_cat", "baseline:tags", 0.0, None),
+}
+
+
+def best_gnn(variants: dict[str, dict]) -> str | None:
+    """The GNN variant with the highest test AUC (None: no GNN variant scored)."""
+    scored = [(v["auc"], name) for name, v in variants.items()
+              if name in GNN_VARIANTS and v.get("auc") is not None and not np.isnan(v["auc"])]
+    return max(scored)[1] if scored else None
+
+
+def checks(pairs: TestPairs, scores: dict[str, np.ndarray], variants: dict[str, dict], *,
+           baseline_reason: str | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+           seed: int = 0) -> list[dict]:
+    """Every claim of `CHECKS` on this run: effect, 95% member-bootstrap interval, verdict word.
+
+    `scores`: each variant's and baseline's ("baseline:<key>") score of every test pair. A claim
+    that cannot be computed gets verdict "n/a" and a `reason` (a missing variant or baseline, a
+    slice with no pairs or one class).
+    """
+    best = best_gnn(variants)
+    cache: dict[tuple, dict | None] = {}
+    out = []
+    for cid, (title, a, b, threshold, subset) in CHECKS.items():
+        if a == BEST_GNN and best is not None:
+            a = best
+            title = title.replace(BEST_GNN, f"best GNN ({best})")
+        row: dict[str, Any] = {"id": cid, "check": title, "a": a, "b": b, "threshold": threshold,
+                               "subset": subset, "point": None, "low": None, "high": None, "se": None,
+                               "share_positive": None, "verdict": "n/a", "reason": None}
+        out.append(row)
+        missing = [x for x in (a, b) if x not in scores]
+        if missing:
+            row["reason"] = "; ".join(_missing_reason(x, baseline_reason) for x in missing)
+            continue
+        labels = pairs.labels
+        if subset is not None:
+            if not pairs.cold.any():
+                row["reason"] = "no test pairs of cold-start members"
+                continue
+            if labels[pairs.cold].min() == labels[pairs.cold].max():
+                row["reason"] = "the cold-start test pairs have a single class"
+                continue
+        if labels.min() == labels.max():
+            row["reason"] = "the test pairs have a single class"
+            continue
+        key = (a, b, subset)
+        if key not in cache:
+            if subset is None:
+                cache[key] = auc_gap_interval(labels, scores[a], scores[b], pairs.member_ids,
+                                              resamples=resamples, seed=seed)
+            else:
+                cache[key] = subset_gap_interval(labels, scores[a], scores[b], pairs.cold, pairs.member_ids,
+                                                 resamples=resamples, seed=seed)
+        interval = cache[key]
+        if interval is None:
+            row["reason"] = "no bootstrap resample has both classes"
+            continue
+        row.update({k: interval[k] for k in ("point", "low", "high", "se", "share_positive")})
+        row["verdict"] = verdict(interval["low"], interval["high"], threshold)
+    return out
+
+
+def _missing_reason(name: str, baseline_reason: str | None) -> str:
+    if name == BEST_GNN:
+        return "no GNN variant in this run"
+    if name.startswith("baseline:"):
+        what = f"baseline {name.split(':', 1)[1]}"
+        if baseline_reason:
+            return f"{what}: not computed ({baseline_reason})"
+        return f"{what}: no score for some test pairs"
+    return f"{name}: not in this run"
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -212,14 +306,13 @@ def orderings(variants: dict[str, dict], cold_interval: dict[str, float] | None 
 
 def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
     """report.json's contents and, per variant, the test pair scores (for the ROC plot)."""
+    from star_jax.data.tables import read_nodes
     from star_jax.store import EmbeddingStore
 
     cfg = run.cfg
     data_dir = run.paths.data
     relation = cfg.sampler.target_relation
-    pairs = test_pairs(data_dir, relation)
-    from star_jax.data.tables import read_nodes
-
+    pairs = test_pairs(data_dir)
     all_jobs = read_nodes(data_dir, "job", ["id"])["id"].to_numpy(np.int64)
     candidates = candidate_jobs(all_jobs, cfg.eval.num_candidates, cfg.eval.seed)
     positive = pairs.labels > 0
@@ -238,16 +331,17 @@ def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
                              "store_version": where[1]}
     if not variants:
         raise StarError(f"--run {run.paths.root}: no variant embeddings yet; run `star-jax pipeline` first")
-    cold = pairs.bucket == "cold_start"
-    cold_interval = None
-    if {"gnn_id_cat", "gnn_id_cat_llm"} <= pair_scores.keys() and 0 < cold.sum() < cold.size:
-        cold_interval = subset_gap_interval(pairs.labels, pair_scores["gnn_id_cat_llm"],
-                                            pair_scores["gnn_id_cat"], cold, pairs.member_ids)
+    baseline_block, baseline_tables, baseline_reason = baselines(data_dir, cfg.eval.seed)
+    compared = dict(pair_scores)
+    for key, table in baseline_tables.items():
+        s = aligned_scores(pairs, table)
+        if s is not None:
+            compared[f"baseline:{key}"] = s
     data = {
         "dir": os.fspath(data_dir),
         "test_pairs": int(len(pairs.labels)),
         "test_positives": int(positive.sum()),
-        "test_pairs_cold_start": int(cold.sum()),
+        "test_pairs_cold_start": int(pairs.cold.sum()),
         "test_members": int(len(np.unique(pairs.member_ids))),
         "jobs": int(len(all_jobs)),
         "candidates": int(len(candidates)),
@@ -256,7 +350,9 @@ def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
     report = {
         "format": REPORT_FORMAT,
         "variants": variants,
-        "orderings": orderings(variants, cold_interval),
+        "baselines": baseline_block,
+        "baselines_reason": baseline_reason,
+        "checks": checks(pairs, compared, variants, baseline_reason=baseline_reason, seed=cfg.eval.seed),
         "stages": [{"stage": name, "seconds": stamp["seconds"], "cpu_seconds": stamp.get("cpu_seconds")}
                    for name, stamp in run.stamps.items() if name != "evaluate"],
         "data": data,
@@ -278,7 +374,7 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
 
 
 def table_markdown(report: dict) -> str:
-    """The ablation table of a report.json (what `make demo` prints)."""
+    """The ablation table of a report.json, baselines below the variants (what `make demo` prints)."""
     k = report["config"]["eval"]["k"]
     lines = [f"| variant | test AUC | cold-start AUC | MRR | recall@{k} | train s | paper AUC |",
              "|---|---|---|---|---|---|---|"]
@@ -286,11 +382,33 @@ def table_markdown(report: dict) -> str:
         lines.append(f"| {name} | {_fmt(v['auc'])} | {_fmt(v['auc_cold_start'])} | {_fmt(v['mrr'])} | "
                      f"{_fmt(v[f'recall_at_{k}'])} | {_fmt(v['train_seconds'], '.0f')} | "
                      f"{_fmt(v['paper_auc'])} |")
+    for key, b in report.get("baselines", {}).items():
+        lines.append(f"| {BASELINE_ROWS[key]} | {_fmt(b['auc'])} | {_fmt(b['auc_cold_start'])} | "
+                     "n/a | n/a | n/a | n/a |")
     return "\n".join(lines)
 
 
-def _mark(holds: bool | None) -> str:
-    return {True: "holds", False: "FAILS", None: "n/a"}[holds]
+def _signed(x: float | None) -> str:
+    return _fmt(x, "+.4f")
+
+
+def checks_markdown(checks_: list[dict]) -> str:
+    """The checks table: effect, 95% interval and verdict word of each claim."""
+    lines = ["| check | effect | 95% interval | verdict |", "|---|---|---|---|"]
+    for c in checks_:
+        interval = "n/a" if c["low"] is None else f"[{_signed(c['low'])}, {_signed(c['high'])}]"
+        word = f"**{c['verdict']}**" + (f" ({c['reason']})" if c.get("reason") else "")
+        lines.append(f"| {c['check']} | {_signed(c['point'])} | {interval} | {word} |")
+    return "\n".join(lines)
+
+
+VERDICTS_NOTE = (
+    "Each effect is a difference of test AUC on the same test pairs (the cold-start check: the gap "
+    "on cold-start members minus the gap overall). Intervals: 95% percentile intervals of a bootstrap "
+    f"over test members ({BOOTSTRAP_RESAMPLES} resamples of whole members, paired). Verdicts: **holds** "
+    "when the interval lies above the claimed threshold, **fails** when it lies below, **unresolved** "
+    "when it contains it; **n/a** with the reason when it cannot be computed."
+)
 
 
 def report_markdown(report: dict) -> str:
@@ -300,19 +418,22 @@ def report_markdown(report: dict) -> str:
         "# STAR ablation report",
         "",
         f"Test split of `{d['dir']}`: {d['test_pairs']:,} labelled pairs ({d['test_positives']:,} applies), "
-        f"{d['test_members']:,} members, {d['test_pairs_cold_start']:,} pairs of cold-start members. "
-        f"LLM rows score by cosine of the tower embeddings, GNN rows by the dot product of the "
-        f"{cfg['gnn']['out_dim']}-d GNN embeddings. MRR and recall@{cfg['eval']['k']} rank each apply "
-        f"among {d['candidates']:,} fixed candidate jobs, the member's other applies filtered out.",
+        f"{d['test_members']:,} members, {d['test_pairs_cold_start']:,} pairs of cold-start members (no "
+        f"training-period apply). LLM rows score by cosine of the tower embeddings, GNN rows by the dot "
+        f"product of the {cfg['gnn']['out_dim']}-d GNN embeddings. MRR and recall@{cfg['eval']['k']} rank "
+        f"each apply among {d['candidates']:,} fixed candidate jobs, the member's other applies filtered "
+        "out.",
         "",
         table_markdown(report),
         "",
-        "## The paper's findings on this run",
-        "",
     ]
-    for c in report["orderings"]:
-        detail = f" ({c['detail']})" if c.get("detail") else ""
-        out.append(f"- {c['check']}: **{_mark(c['holds'])}**{detail}")
+    if report.get("baselines"):
+        out.append("Baseline rows: logistic regressions (`star_jax.data.baselines`) trained on this run's "
+                   "train pairs and scored on the same test pairs, from the members' and jobs' inputs alone "
+                   "(no interaction): how much of the signal each input holds. They rank no candidates.")
+    else:
+        out.append(f"Baselines: not computed ({report.get('baselines_reason') or 'unknown reason'}).")
+    out += ["", "## Checks", "", VERDICTS_NOTE, "", checks_markdown(report["checks"])]
     out += ["", "## AUC by member activity (training-period applies)", "",
             "| variant | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
     for name, v in _ordered(report["variants"]):

@@ -7,7 +7,7 @@ Each seed S is one `star-jax pipeline` run in `OUT/seed<S>` with `--set data.see
 and so everything trained on it, changes; model seeds stay as configured). The runs go through
 `run_pipeline`, so an interrupted sweep resumes where it stopped and a finished seed is skipped.
 The summary (`--doc`, default `OUT/seeds.md`) tabulates every seed's test and cold-start AUC and
-checks, per seed, the orderings the demo must show (`report.orderings` plus the margin below).
+each seed's verdict on every check of the report (`report.CHECKS`). `star_jax.eval.repro` pools them.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from star_jax.config import Config
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_text, read_json
 from star_jax.pipeline import VARIANTS
-
-# The demo's fine-tuning must beat the frozen towers by a clear margin, not by noise.
-FINETUNE_MARGIN = 0.05
 
 
 def seed_config(cfg: Config, seed: int) -> Config:
@@ -47,28 +44,23 @@ def run_seeds(cfg: Config, out: str | Path, seeds: Sequence[int]) -> dict[int, d
     return reports
 
 
-def checks(report: dict) -> dict[str, bool | None]:
-    """The demo's required orderings on one report (None: a variant it needs is missing)."""
-    v = report["variants"]
-    ordered = {c["check"]: c["holds"] for c in report["orderings"]}
-    fine, frozen = (v.get(n, {}).get("auc") for n in ("llm_finetuned", "llm_frozen"))
-    return {
-        f"llm_finetuned > llm_frozen by >= {FINETUNE_MARGIN}":
-            None if fine is None or frozen is None else fine - frozen >= FINETUNE_MARGIN,
-        **ordered,
-    }
+def checks(report: dict) -> dict[str, str]:
+    """Each check id of one report -> its verdict word (holds, fails, unresolved or n/a)."""
+    return {c["id"]: c["verdict"] for c in report["checks"]}
 
 
 def _auc(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _mark(holds: bool | None) -> str:
-    return {True: "yes", False: "**NO**", None: "n/a"}[holds]
+def _mark(word: str | None) -> str:
+    return "n/a" if word is None else "**fails**" if word == "fails" else word
 
 
 def seeds_markdown(reports: dict[int, dict], command: str) -> str:
-    """docs/seeds.md: AUC tables over seeds and the orderings checked on each."""
+    """docs/seeds.md: AUC tables over seeds and the checks' verdicts on each."""
+    from star_jax.eval.report import CHECKS
+
     seeds = sorted(reports)
     names = [n for n in VARIANTS if any(n in reports[s]["variants"] for s in seeds)]
     out = ["# The demo over several data seeds", "",
@@ -89,7 +81,7 @@ def seeds_markdown(reports: dict[int, dict], command: str) -> str:
         return "n/a" if x is None or y is None else f"{x - y:+.4f}"
 
     def interval(s: int) -> str:
-        found = [c.get("interval") for c in reports[s]["orderings"] if c.get("interval")]
+        found = [c for c in reports[s]["checks"] if c["id"] == "cold_start_gain" and c["low"] is not None]
         return "n/a" if not found else "[{low:+.4f}, {high:+.4f}]".format(**found[0])
 
     out += ["## Gaps", "",
@@ -106,13 +98,12 @@ def seeds_markdown(reports: dict[int, dict], command: str) -> str:
                    f"{gap(s, 'auc_cold_start', 'gnn_id_cat_llm', 'gnn_id_cat')} | {interval(s)} | "
                    f"{wall:.0f} |")
     per_seed = {s: checks(reports[s]) for s in seeds}
-    names_checks = list(per_seed[seeds[0]])
-    out += ["", "## Orderings", "", "| check | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-            "|---|" + "---|" * len(seeds)]
-    for c in names_checks:
-        out.append(f"| {c} | " + " | ".join(_mark(per_seed[s].get(c)) for s in seeds) + " |")
-    failed = [(s, c) for s in seeds for c, h in per_seed[s].items() if h is False]
-    out += ["", "Every ordering holds on every seed." if not failed else
+    out += ["", "## Checks (verdicts on each seed's 95% member-bootstrap interval)", "",
+            "| check | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for c, (title, *_) in CHECKS.items():
+        out.append(f"| {title} | " + " | ".join(_mark(per_seed[s].get(c)) for s in seeds) + " |")
+    failed = [(s, CHECKS[c][0]) for s in seeds for c, word in per_seed[s].items() if word == "fails"]
+    out += ["", "No check fails on any seed." if not failed else
             "Failed: " + "; ".join(f"seed {s}: {c}" for s, c in failed) + ".", ""]
     return "\n".join(out)
 

@@ -120,6 +120,39 @@ def check_batch(batch: HeteroBatch, layout: Layout, cfg: GNNConfig) -> None:
                 raise StarError(f"batch.llm[{t!r}]: missing, but gnn.use_llm is true")
 
 
+def column_names(layout: Layout, node_type: str, n: int) -> tuple[str, ...]:
+    """The categorical column names of `node_type` (positions when the layout carries none)."""
+    if layout.cat_columns:
+        names = layout.cat_columns[layout.node_types.index(node_type)]
+        if len(names) == n:
+            return names
+    return tuple(f"{node_type}_{c}" for c in range(n))
+
+
+def attribute_bags(
+    h: dict[str, jax.Array], batch: HeteroBatch, layout: Layout
+) -> dict[str, dict[str, jax.Array]]:
+    """{member/job type: {attribute type: f32[cap, hidden]}}: the mean input vector of each node's
+    sampled neighbours of that attribute type (skill, title, company), zero where it has none."""
+    flat = jnp.concatenate([h[t] for t in layout.node_types])
+    g = batch.graph
+    n = layout.num_nodes
+    out: dict[str, dict[str, jax.Array]] = {}
+    for name, src, dst in layout.relations:
+        if dst not in LLM_TYPES or src in LLM_TYPES:
+            continue
+        es = layout.edge_slice(name)
+        mask = g.edges["mask"][es]
+        senders, receivers = g.senders[es], g.receivers[es]
+        total = jax.ops.segment_sum(jnp.where(mask[:, None], flat[senders], 0.0), receivers, n)
+        count = jax.ops.segment_sum(mask.astype(jnp.float32), receivers, n)
+        block = layout.node_slice(dst)
+        mean = total[block] / jnp.maximum(count[block], 1.0)[:, None]
+        prev = out.setdefault(dst, {}).get(src)
+        out[dst][src] = mean if prev is None else prev + mean
+    return out
+
+
 class GNNEncoder(nn.Module):
     """Node inputs -> `layers` HGT layers -> per-type projection to `out_dim` (module docstring)."""
 
@@ -133,6 +166,8 @@ class GNNEncoder(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         node_mask = batch.graph.nodes["mask"]
         h = {}
+        tables: dict[str, nn.Module] = {}  # with shared_cat: one table per column name
+        columns: dict[str, dict[str, jax.Array]] = {}  # type -> column name -> f32[cap, cat_dim]
         for t, cap in zip(layout.node_types, layout.node_capacity):
             parts = []
             if cfg.use_llm and t in batch.llm:
@@ -146,16 +181,16 @@ class GNNEncoder(nn.Module):
                 parts.append(ids)
             if cfg.use_cat and t in batch.cat and batch.cat[t].shape[-1] > 0:
                 codes = batch.cat[t]
-                cols = [
-                    jnp.where(
-                        codes[:, c, None] > 0,
-                        nn.Embed(cfg.cat_buckets, cfg.cat_dim, name=f"cat_{t}_{c}")(
-                            cat_rows(codes[:, c], cfg.cat_buckets)
-                        ),
-                        0.0,
-                    )
-                    for c in range(codes.shape[-1])
-                ]
+                names = column_names(layout, t, codes.shape[-1])
+                cols = []
+                for c, name in enumerate(names):
+                    if cfg.shared_cat and name not in tables:
+                        tables[name] = nn.Embed(cfg.cat_buckets, cfg.cat_dim, name=f"cat_{name}")
+                    table = tables[name] if cfg.shared_cat else nn.Embed(
+                        cfg.cat_buckets, cfg.cat_dim, name=f"cat_{t}_{c}")
+                    rows = cat_rows(codes[:, c], cfg.cat_buckets)
+                    cols.append(jnp.where(codes[:, c, None] > 0, table(rows), 0.0))
+                    columns.setdefault(t, {})[name] = cols[-1]
                 parts.append(
                     nn.Dense(cfg.hidden_dim, dtype=dtype, name=f"cat_proj_{t}")(jnp.concatenate(cols, -1))
                 )
@@ -164,6 +199,8 @@ class GNNEncoder(nn.Module):
                 parts.append(jnp.broadcast_to(embedding, (cap, cfg.hidden_dim)))
             x = sum(p.astype(jnp.float32) for p in parts)
             h[t] = jnp.where(node_mask[layout.node_slice(t), None], x, 0.0)
+
+        bags = attribute_bags(h, batch, layout) if cfg.attribute_skip else {}
 
         for layer in range(cfg.layers):
             h = HGTConv(cfg.hidden_dim, cfg.heads, cfg.dropout, dtype, name=f"hgt_{layer}")(
@@ -177,10 +214,29 @@ class GNNEncoder(nn.Module):
         llm_out = None
         if cfg.use_llm and cfg.llm_skip:
             llm_out = nn.Dense(cfg.out_dim, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
+        shared_columns = sorted(set.intersection(*(set(columns.get(t, {})) for t in LLM_TYPES)))
+        if cfg.attribute_skip and cfg.shared_cat and shared_columns:
+            # The member's and job's embeddings of the columns both have (seniority, location,
+            # industry), through one map: the score sees "same city", "one level up" directly.
+            cat_out = nn.Dense(cfg.out_dim, dtype=dtype, use_bias=False, name="attribute_out_cat")
+            cat_skip = {t: cat_out(jnp.concatenate([columns[t][c] for c in shared_columns], -1))
+                        for t in LLM_TYPES if t in layout.node_types}
+        else:
+            cat_skip = {}
+        attribute_out = {
+            s: nn.Dense(cfg.out_dim, dtype=dtype, use_bias=False, name=f"attribute_out_{s}")
+            for s in sorted({s for per_type in bags.values() for s in per_type})
+        }
         for t in layout.node_types:
             z = nn.Dense(cfg.out_dim, dtype=dtype, name=f"proj_{t}")(h[t]).astype(jnp.float32)
             if llm_out is not None and t in batch.llm:
                 z = z + llm_out(jnp.asarray(batch.llm[t], jnp.float32)).astype(jnp.float32)
+            if t in cat_skip:
+                z = z + cat_skip[t].astype(jnp.float32)
+            for s, bag in bags.get(t, {}).items():
+                # One map per attribute type, shared by members and jobs: <W a, W b> tracks <a, b>, so
+                # the score sees the overlap of the two nodes' skills, titles and companies directly.
+                z = z + attribute_out[s](bag).astype(jnp.float32)
             if cfg.normalize:
                 z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-12))
             out[t] = z
@@ -222,11 +278,25 @@ def link_targets(batch: HeteroBatch, layout: Layout) -> tuple[jax.Array, jax.Arr
     return targets, mask
 
 
-def link_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
-    """Sigmoid BCE averaged over the valid entries, with ranking diagnostics."""
+def link_loss(
+    logits: jax.Array, targets: jax.Array, mask: jax.Array, negatives_weight: float | None = None
+) -> tuple[jax.Array, Metrics]:
+    """Sigmoid BCE with ranking diagnostics.
+
+    `negatives_weight` None: the mean over every valid entry. A number w: the mean over the valid
+    diagonal entries (the batch's labelled pairs) plus w times the mean over the valid off-diagonal
+    ones (in-batch and shared random negatives), so the B labelled pairs are not outweighed
+    B + K - 1 to 1 by the easy negatives (docs/quality.md).
+    """
     bce = optax.sigmoid_binary_cross_entropy(logits, targets)
-    count = jnp.maximum(mask.sum(), 1)
-    loss = jnp.where(mask, bce, 0.0).sum() / count
+    if negatives_weight is None:
+        loss = jnp.where(mask, bce, 0.0).sum() / jnp.maximum(mask.sum(), 1)
+    else:
+        diagonal = jnp.eye(*mask.shape, dtype=bool)
+        pairs, others = mask & diagonal, mask & ~diagonal
+        loss = jnp.where(pairs, bce, 0.0).sum() / jnp.maximum(pairs.sum(), 1) + negatives_weight * (
+            jnp.where(others, bce, 0.0).sum() / jnp.maximum(others.sum(), 1)
+        )
 
     positive = mask & (targets > 0)
     negative = mask & (targets <= 0)
@@ -305,7 +375,7 @@ def build_gnn(cfg: GNNConfig) -> GNN:
         member, jobs = seed_embeddings(params, batch, layout, rng if cfg.dropout > 0 else None)
         logits = link_logits(member, jobs, params["decoder"])
         targets, mask = link_targets(batch, layout)
-        loss, metrics = link_loss(logits, targets, mask)
+        loss, metrics = link_loss(logits, targets, mask, cfg.negatives_weight)
         metrics["logit_scale"] = jnp.exp(params["decoder"]["log_scale"])
         return loss, metrics
 

@@ -71,6 +71,7 @@ import optax
 
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, StoreConfig, fingerprint, load_config, to_yaml
+from star_jax.data.splits import train_applies
 from star_jax.errors import StarError
 from star_jax.eval.metrics import activity_bucket, auc, auc_by_group
 from star_jax.fileio import atomic_write_json, atomic_write_text, content_digest, finished_result, read_json
@@ -296,12 +297,12 @@ class Evaluator:
     """Val AUC of the current parameters: pairs embedded through the sampler, scored by dot product."""
 
     def __init__(self, gnn: GNN, graph: HeteroGraph, cfg: Config, features: FeatureSource | None,
-                 pairs: PairSeeds):
+                 pairs: PairSeeds, data_dir: str | os.PathLike):
         self.gnn, self.graph, self.cfg, self.features, self.pairs = gnn, graph, cfg, features, pairs
         self.embed = make_embed_fn(gnn)
         self.sampler_cfg = export_sampler_config(cfg.sampler, cfg.gnn_train.eval_batch_size)
-        train_applies = graph.csr[cfg.sampler.target_relation].degrees()
-        self.groups = activity_bucket(train_applies[pairs.member_rows])
+        # The report's definition of a cold-start member (star_jax.data.splits), not the graph's degree.
+        self.groups = activity_bucket(train_applies(data_dir, graph.ids["member"][pairs.member_rows]))
         self._samplers: dict[tuple[int, ...], NeighborSampler] = {}
 
     def __call__(self, params: Any, hop_fanouts: tuple[int, ...]) -> dict[str, float]:
@@ -537,7 +538,7 @@ class _Session:
             self.state, _ = ckpt.restore(target, data_iter=self.stage.batches)
             print(f"train-gnn: resumed {variant} from the step-{self.start} checkpoint in {ckpt.directory}")
         self.train_step = make_train_step(self.gnn, optimizer)
-        self.evaluate = Evaluator(self.gnn, graph, cfg, features, val_pairs(data_dir, graph, cfg))
+        self.evaluate = Evaluator(self.gnn, graph, cfg, features, val_pairs(data_dir, graph, cfg), data_dir)
         self.layouts = [layout]  # this session's
         self.totals = {k: int(before.get(k, 0)) for k in ("compiles", "layouts")}
         self.seconds = {k: float(before.get(k, 0.0)) for k in ("train_seconds", "eval_seconds")}

@@ -31,6 +31,9 @@ class Layout:
     edge_capacity: tuple[int, ...]  # slots per relation
     num_pairs: int  # B: positive (member, job) pairs per batch
     num_negatives: int  # K: shared random negative jobs per batch
+    # Per node type (node_types order), the names of its categorical columns (batch.cat's last
+    # axis); a name's codes mean the same value in every type (graph.hetero.shared_codes).
+    cat_columns: tuple[tuple[str, ...], ...] = ()
 
     @property
     def num_nodes(self) -> int:

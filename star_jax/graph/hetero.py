@@ -56,7 +56,7 @@ from star_jax.fileio import atomic_dir, atomic_write_json, content_digest, read_
 from star_jax.metrics import progress
 
 GRAPH_FILE = "graph.json"
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2  # 2: one vocabulary per categorical column name, shared by the node types
 REV = "_rev"
 
 
@@ -250,6 +250,28 @@ def _encode_categorical(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]
     return lut[index], vocab
 
 
+def shared_codes(
+    cats: dict[str, np.ndarray], vocab: dict[str, dict[str, list[str]]]
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, list[str]]]]:
+    """Re-code every categorical column over one sorted vocabulary per column name, the union over
+    the node types that have it: a member's and a job's `location` codes then name the same city,
+    so the GNN can share one embedding table between them (star_jax.gnn.model)."""
+    union: dict[str, set[str]] = {}
+    for columns in vocab.values():
+        for c, values in columns.items():
+            union.setdefault(c, set()).update(values)
+    joint = {c: sorted(v) for c, v in union.items()}
+    out_cats, out_vocab = {}, {}
+    for t, columns in vocab.items():
+        codes = cats[t].copy()
+        for i, (c, values) in enumerate(columns.items()):
+            code_of = {v: k + 1 for k, v in enumerate(joint[c])}
+            lut = np.array([0] + [code_of[v] for v in values], np.int32)
+            codes[:, i] = lut[cats[t][:, i]]
+        out_cats[t], out_vocab[t] = codes, {c: joint[c] for c in columns}
+    return out_cats, out_vocab
+
+
 def _read_nodes(data_dir: str, spec: NodeTypeSpec) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     table = arrow_table(data_dir, spec.table, node_columns(spec), ["id", *spec.categorical])
     if table["id"].null_count:
@@ -340,12 +362,15 @@ def ensure_graph(
 
     ids, index, id_order, vocab = {}, {}, {}, {}
     with atomic_dir(out_dir) as tmp:
+        cats = {}
         for t, spec in schema.node_types.items():
-            ids[t], cat, vocabs = _read_nodes(data_dir, spec)
+            ids[t], cats[t], vocabs = _read_nodes(data_dir, spec)
+            vocab[t] = dict(zip(spec.categorical, vocabs))
+        cats, vocab = shared_codes(cats, vocab)
+        for t, spec in schema.node_types.items():
             id_sorted, id_order[t] = _sorted_ids(ids[t], spec.table)
             index[t] = IdIndex(id_sorted)
-            vocab[t] = dict(zip(spec.categorical, vocabs))
-            _save_node_arrays(tmp, t, ids[t], id_sorted, id_order[t], cat)
+            _save_node_arrays(tmp, t, ids[t], id_sorted, id_order[t], cats[t])
         tables = {name: _open_edges(data_dir, spec.table, edge_columns(spec))
                   for name, spec in schema.relations.items()}
         edges: dict[str, tuple[int, bool, bool]] = {}

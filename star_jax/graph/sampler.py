@@ -157,7 +157,8 @@ def _plan(
         for t in types:
             nodes[t] += grown[t]
         frontier = grown
-    layout = Layout(types, tuple(nodes[t] + 1 for t in types), relations, tuple(edges), B, K)
+    layout = Layout(types, tuple(nodes[t] + 1 for t in types), relations, tuple(edges), B, K,
+                    tuple(tuple(schema.node_types[t].categorical) for t in types))
     return layout, steps
 
 
@@ -231,8 +232,12 @@ def sample_neighbors(
     *,
     cum: np.ndarray | None = None,
     exclude: np.ndarray | None = None,
+    distinct: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `fanout` neighbours of each row, with replacement.
+
+    distinct (uniform draws only): a row with at most `fanout` eligible neighbours takes each of
+    them once instead, and its remaining slots stay empty.
 
     rows: int [n], -1 for an invalid parent. cum: float64 [edges + 1] prefix sum of edge masses
     (None: uniform). exclude: int [n], a neighbour row whose every copy row i must not draw (-1:
@@ -260,9 +265,14 @@ def sample_neighbors(
     if cum is None:
         # min(): u * left can round up to left when u is within an ulp of 1.
         offset = np.minimum(np.floor(u * left[:, None]).astype(np.int64), left[:, None] - 1)
+        if distinct:  # every eligible neighbour once where they fit in the slots
+            every = np.minimum(np.arange(fanout)[None, :], np.maximum(left - 1, 0)[:, None])
+            offset = np.where((left <= fanout)[:, None], every, offset)
         pos = start[:, None] + offset
         pos += np.where(pos >= ex_lo[:, None], copies[:, None], 0)
         ok = left > 0
+        if distinct:
+            ok = ok[:, None] & ((left > fanout)[:, None] | (np.arange(fanout)[None, :] < left[:, None]))
     else:
         base, ex_base = cum[start], cum[ex_lo]
         ex_mass = cum[ex_hi] - ex_base
@@ -275,7 +285,7 @@ def sample_neighbors(
         inside = (pos >= ex_lo[:, None]) & (pos < ex_hi[:, None])
         pos = np.where(inside, np.where(ex_hi < end, ex_hi, ex_lo - 1)[:, None], pos)
         ok = (left > 0) & (mass > 0)
-    ok = np.broadcast_to(ok[:, None], (n, fanout))
+    ok = np.broadcast_to(ok if ok.ndim == 2 else ok[:, None], (n, fanout))
     pos = np.where(ok, pos, -1)
     return np.where(ok, np.asarray(csr.indices)[np.maximum(pos, 0)], -1).astype(np.int64), pos
 
@@ -541,7 +551,8 @@ class NeighborSampler:
             v, v_slot, v_root = frontier[receiver]
             csr_name = reverse_name(name)  # receiver -> sender adjacency
             nbr, pos = sample_neighbors(g.csr[csr_name], v, step.fanout, rng, cum=self._mass(csr_name),
-                                        exclude=self._exclusion(name, v, v_root, m, j))
+                                        exclude=self._exclusion(name, v, v_root, m, j),
+                                        distinct=self.cfg.distinct)
             nbr, pos = nbr.ravel(), pos.ravel()
             ok, n = nbr >= 0, nbr.shape[0]
             slot = start[sender] + filled[sender] + np.arange(n)
