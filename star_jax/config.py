@@ -295,7 +295,10 @@ class GNNTrainConfig:
     cold_start_rate: float = 0.5
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
-    eval_every: int = 100  # val AUC every this many steps and at the end (adaptive fan-outs grow here)
+    eval_every: int = 50  # val AUC every this many steps and at the end (adaptive fan-outs grow here)
+    # Early stopping: gnn-embed exports the parameters of the evaluation with the best val AUC, not
+    # the last step's (the LLM-feature variants peak early on the tiny data: docs/quality.md).
+    keep_best: bool = True
     eval_pairs: int = 1024  # val pairs scored at each evaluation (a fixed random subset; 0: all)
     eval_batch_size: int = 256  # seeds per evaluation and gnn-embed batch (no negatives)
     checkpoint_every: int = 100

@@ -171,7 +171,10 @@ def test_train_step_compiles_once(env, uninterrupted):
     assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
     assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6]
     assert os.listdir(os.path.join(out, "tb"))
-    assert result["val_auc"] == records[-1]["auc"] and 0.0 <= result["val_auc"] <= 1.0
+    val = [r for r in records if r["split"] == "val"]
+    best = max(val, key=lambda r: r["auc"])  # keep_best: the evaluation whose parameters are exported
+    assert result["val_auc"] == best["auc"] and result["exported_step"] == best["step"]
+    assert 0.0 <= result["val_auc"] <= 1.0
     assert result["train_seconds"] > 0 and json.load(open(os.path.join(out, "result.json"))) == result
 
 
@@ -294,7 +297,9 @@ def test_gnn_embed_writes_every_node_equal_to_a_direct_encode(env, uninterrupted
             "--version", "gnn", "--set", "store.dtype=float32", "--set", "gnn_train.eval_batch_size=8"]
     assert cli.main(args) == 0
     store = EmbeddingStore.open(out_store, "gnn")
-    assert store.manifest["model"] == f"star-gnn/{VARIANT}" and store.manifest["adapter"].endswith("@6")
+    exported = json.load(open(os.path.join(ckpt, "result.json")))["exported_step"]
+    assert store.manifest["model"] == f"star-gnn/{VARIANT}"
+    assert store.manifest["adapter"].endswith(f"@{exported}")
     assert store.manifest["extra"]["variant"] == VARIANT and store.dim == CFG.gnn.out_dim
 
     features, _ = open_features(env.graph, env.features, "v1", CFG.store)

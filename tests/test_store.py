@@ -425,7 +425,8 @@ def test_bad_reads_and_vectors_fail_in_one_line(one_version, tmp_path, capsys):
     EmbeddingWriter.open(root, "v3", spec(), inputs, SMALL)
     cases += [
         (lambda: w.write("member", rows, np.ones((4, 8))), "dim 8, but version v1 has dim 16"),
-        (lambda: w.write("member", rows, np.full((4, 16), np.nan)), "contains NaN or inf"),
+        (lambda: w.write("member", rows, np.full((4, 16), np.nan)),
+         "4 of 4 rows are NaN or inf once cast to bfloat16"),
         (lambda: w.write("job", rows, np.ones((4, 16))), "'job' has nothing to write"),
         # v3 has an unfinished first generation, staged with tokenizer bpe-1.
         (lambda: EmbeddingWriter.open(root, "v3", spec(tokenizer="x"), inputs, SMALL), "unfinished write"),

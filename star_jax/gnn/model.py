@@ -15,8 +15,9 @@ Node input, per type, the sum of the enabled parts (`GNNConfig.use_llm/use_id/us
     false): its row was never trained, or belongs to the node it collides with. Training seeds made
     cold by `gnn_train.cold_start_rate` lose theirs too, so the encoder learns to embed a node from
     its content and attributes alone (DropoutNet, Volkovs et al. 2017);
-  - categorical: one `cat_<type>_<column>` table per column (code 0 = missing, embedded as zeros),
-    concatenated and projected by `cat_proj_<type>`;
+  - categorical: one table per column (code 0 = missing, embedded as zeros), concatenated and
+    projected by `cat_proj_<type>`. With `shared_cat` the table is `cat_<column>`, one per column
+    name and shared by the types that have it (their codes share a vocabulary); else `cat_<type>_<i>`;
   - a type with no enabled part gets a learned type embedding `type_<type>`.
   Padding slots are zeroed.
 
@@ -28,6 +29,11 @@ score can draw on the towers' similarity directly instead of rediscovering it th
 projections and attention. `llm_out` starts at zero (ReZero-style) and grows as far as the towers'
 similarity helps the loss: started as a random projection, it outweighed the untrained graph part
 and pulled the score towards the towers' own, weaker one (docs/architecture.md, decision 6).
+
+Attribute skip (`GNNConfig.attribute_skip`, docs/architecture.md decision 14): a member's or job's
+output also receives `attribute_out_<type>` of the mean input vector of its sampled skill, title
+and company neighbours, and `attribute_out_cat` of the categorical embeddings both types have; each
+map is shared by members and jobs, so the score holds the overlap of the two nodes' attributes.
 
 Encoder: `layers` x [`HGTConv` (star_jax.gnn.hgt) -> LayerNorm per type]. The residual is HGT's
 own gated skip, sigma(skip) * update + (1 - sigma(skip)) * input, followed by a layer norm as in

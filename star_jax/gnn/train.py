@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -430,11 +431,18 @@ def abstract_state(gnn: GNN, optimizer: optax.GradientTransformation, batch: Any
     """Shapes, dtypes and placement (`state_sharding`) of the checkpointed state, traced without
     compiling anything."""
     shapes = jax.eval_shape(
-        lambda: {"train": init_train_state(gnn.init(init_key(seed), batch, layout), optimizer),
-                 "rng": jax.random.key_data(jax.random.key(seed))}
+        lambda: initial_state(gnn.init(init_key(seed), batch, layout), optimizer, seed)
     )
     sharding = state_sharding()
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def initial_state(params: Any, optimizer: optax.GradientTransformation, seed: int) -> dict:
+    """What a run checkpoints: the train state, the dropout key, and the parameters of the best
+    evaluation so far (`gnn_train.keep_best`) with its val AUC (-1 before the first)."""
+    return {"train": init_train_state(params, optimizer), "rng": jax.random.key_data(jax.random.key(seed)),
+            "best": {"params": jax.tree.map(jnp.array, params), "auc": jnp.asarray(-1.0, jnp.float32),
+                     "step": jnp.zeros((), jnp.int32)}}
 
 
 def state_sharding() -> jax.sharding.Sharding:
@@ -483,6 +491,8 @@ def train_gnn(
     finally:
         ckpt.close()
     last = session.history[-1] if session.history else {}
+    if cfg.gnn_train.keep_best and session.history:  # the evaluation whose parameters are exported
+        last = max(session.history, key=lambda h: h["auc"])
     result = {
         "variant": variant,
         "fingerprint": fp,
@@ -492,6 +502,7 @@ def train_gnn(
         "val_auc": last.get("auc"),
         "val_auc_cold_start": last.get("auc_cold_start"),
         "val_history": session.history,
+        "exported_step": last.get("step", cfg.gnn_train.steps),
         "train_step_compiles": session.counts()["compiles"],
         "layouts": session.counts()["layouts"],
         "fanouts": list(session.schedule.fanouts),
@@ -530,9 +541,7 @@ class _Session:
                                           batch_rng(cfg.sampler.seed, self.stage.start))
         if meta is None:
             params = self.gnn.init(init_key(t.seed), first, layout)
-            state = {"train": init_train_state(params, optimizer),
-                     "rng": jax.random.key_data(jax.random.key(t.seed))}
-            self.state = jax.device_put(state, state_sharding())
+            self.state = jax.device_put(initial_state(params, optimizer, t.seed), state_sharding())
         else:
             target = abstract_state(self.gnn, optimizer, first, layout, t.seed)
             self.state, _ = ckpt.restore(target, data_iter=self.stage.batches)
@@ -603,6 +612,10 @@ class _Session:
         e0 = time.perf_counter()
         val = self.evaluate(self.state["train"].params, self.schedule.fanouts)
         self.seconds["eval_seconds"] += time.perf_counter() - e0
+        if val["auc"] > float(self.state["best"]["auc"]):  # a copy: the train step donates its state
+            self.state["best"] = {"params": jax.tree.map(jnp.copy, self.state["train"].params),
+                                  "auc": jnp.asarray(val["auc"], jnp.float32),
+                                  "step": jnp.asarray(step, jnp.int32)}
         self.history.append({"step": step, **val, "fanouts": list(self.schedule.fanouts)})
         logger.log(step, "val", **val)
         return val
@@ -659,8 +672,12 @@ def load_run(out_dir: str | os.PathLike, graph: HeteroGraph, features: FeatureSo
     finally:
         ckpt.close()
     train: TrainState = state["train"]
+    # Early stopping (gnn_train.keep_best): the parameters of the evaluation with the best val AUC.
+    best = state["best"]
+    use_best = cfg.gnn_train.keep_best and float(best["auc"]) >= 0
+    params, step = (best["params"], int(best["step"])) if use_best else (train.params, int(meta["step"]))
     return TrainedRun(cfg, run["variant"], run["fingerprint"], run.get("features"), fanouts,
-                      int(meta["step"]), (out / RESULT).is_file(), gnn, train.params)
+                      step, (out / RESULT).is_file(), gnn, params)
 
 
 # -- CLI -----------------------------------------------------------------------------------------

@@ -18,6 +18,14 @@ runs on local disk and on object stores::
         ids                               zarr3 int64 [rows]: node ids, ascending; row r holds ids[r]
     data/<version>/maps/<target>/<fit>/   the map's weight and bias arrays
 
+Who can read a store. TensorStore opens every version (this module reads through it). The arrays
+are plain zarr v3, but `bfloat16` is not a zarr v3 core data type: zarr-python 3 refuses a bf16
+`emb` array ("No Zarr data type found that matches 'bfloat16'"), so versions written with
+`store.dtype=float32` are the ones other zarr readers can read (zarr-python 3.1 reads their `emb`,
+`ids` and `hash` arrays); bf16 versions need TensorStore. A reader of its own must take the current
+generation of each node type from `manifests/<version>.json`, never from the newest `g*` folder,
+which may be an unfinished write.
+
 Versions and generations. A *version* is one embedding function: an `EmbeddingSpec` (model,
 adapter checkpoint, tokenizer, max length, pooling, dim) plus the storage dtype. Writing into an
 existing version with a different spec or dtype is refused. The texts behind a version change
@@ -333,6 +341,51 @@ def _all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def _nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """bool [n]: the rows of x [n, d] that hold a NaN or an inf."""
+    if x.dtype == ml_dtypes.bfloat16:
+        return ((np.ascontiguousarray(x).view(np.uint16) & 0x7F80) == 0x7F80).any(axis=1)
+    return ~np.isfinite(x).all(axis=1)
+
+
+def _as_ids(what: str, values: Any) -> np.ndarray:
+    """int64 [n]: `values` flattened; anything but integers in the int64 range is a `StarError`.
+
+    Strict on purpose: casting would truncate id 99532.5 to 99532, read True as id 1 or wrap a
+    uint64 past 2**63 to a negative id, and serve or store another node's row. Whole-valued floats
+    (3.0) are refused too, since a float column usually means the ids went through a lossy path
+    (NaN-filled joins, float32 above 2**24); cast them with `astype(np.int64)` when they are fine.
+    """
+    try:
+        arr = np.asarray(values)
+    except ValueError:
+        raise StarError(f"{what} must be a flat sequence of integers; got a ragged "
+                        f"{type(values).__name__}") from None
+    flat = arr.reshape(-1)
+    is_seq = isinstance(values, list | tuple)
+    if flat.dtype.kind in "iu":
+        if is_seq:  # numpy reads bools mixed into a list of ints as 0 and 1
+            objs = np.array(values, dtype=object).reshape(-1)
+            pos = next((i for i, x in enumerate(objs) if isinstance(x, bool | np.bool_)), None)
+            if pos is not None:
+                raise StarError(f"{what} must be integers; got {objs[pos]!r} (bool) at position {pos}")
+        if flat.dtype == np.uint64 and len(flat) and flat.max() > np.iinfo(np.int64).max:
+            pos = int(np.argmax(flat > np.iinfo(np.int64).max))
+            raise StarError(f"{what} must fit in int64; got {int(flat[pos])} at position {pos}")
+        return flat.astype(np.int64, copy=False)
+    if flat.size == 0:  # `[]` reads as float64: no id at all is fine
+        return np.zeros(0, np.int64)
+    typed = hasattr(values, "dtype")  # numpy, JAX, pandas: name the array's dtype, else each value's type
+    objs = np.array(arr if typed else values, dtype=object).reshape(-1)  # the values as given
+    for pos, x in enumerate(objs):
+        if isinstance(x, bool | np.bool_) or not isinstance(x, int | np.integer):
+            given = f"{arr.dtype} array" if typed else type(x).__name__
+            raise StarError(f"{what} must be integers; got {x!r} ({given}) at position {pos}")
+        if not np.iinfo(np.int64).min <= x <= np.iinfo(np.int64).max:
+            raise StarError(f"{what} must fit in int64; got {int(x)} at position {pos}")
+    return objs.astype(np.int64)
+
+
 # ------------------------------------------------------------------------------------------ reader
 
 
@@ -484,8 +537,8 @@ class EmbeddingStore:
 
     def rows(self, node_type: str, ids: np.ndarray) -> np.ndarray:
         """int64 [n]: the row of each id; an id that is not stored is a `StarError`."""
+        ids = _as_ids(f"store {self.root} version {self.version}: {node_type} ids", ids)
         stored = self.ids(node_type)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         rows = np.searchsorted(stored, ids).clip(max=max(len(stored) - 1, 0))
         missing = stored[rows] != ids if len(stored) else np.ones(len(ids), bool)
         if missing.any():
@@ -606,17 +659,17 @@ class EmbeddingWriter:
         return staged
 
     def _add_type(self, node_type: str, ids: Any, hashes: Any) -> None:
-        ids = np.asarray(ids).reshape(-1)
-        hashes = np.asarray(hashes).reshape(-1)
         where = f"store {self._root.name} version {self.version}: {node_type}"
-        if not np.issubdtype(ids.dtype, np.integer) or hashes.dtype != np.uint64:
-            raise StarError(f"{where}: ids must be integers and text hashes uint64 (from text_hash)")
+        ids = _as_ids(f"{where} ids", ids)
+        hashes = np.asarray(hashes).reshape(-1)
+        if hashes.dtype != np.uint64:
+            raise StarError(f"{where}: text hashes must be uint64 (from text_hash); got {hashes.dtype}")
         if len(ids) != len(hashes):
             raise StarError(f"{where}: {len(ids)} ids but {len(hashes)} text hashes")
         if len(ids) == 0:
             raise StarError(f"{where}: no ids to store")
         order = np.argsort(ids, kind="stable")
-        ids, hashes = ids[order].astype(np.int64), hashes[order]
+        ids, hashes = ids[order], hashes[order]
         dup = np.flatnonzero(ids[1:] == ids[:-1])
         if len(dup):
             raise StarError(f"{where}: duplicate id {int(ids[dup[0]])}")
@@ -726,7 +779,7 @@ class EmbeddingWriter:
             raise StarError(f"store {self._root.name} version {self.version}: {node_type!r} has nothing to "
                             f"write (not passed to the writer, or unchanged); writing: "
                             f"{', '.join(self.types) or 'none'}")
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        rows = _as_ids(f"write({node_type!r}) rows", rows)
         given, vectors = vectors, np.asarray(vectors)
         tensor = f"write({node_type!r}) vectors"
         if vectors.ndim != 2 or vectors.shape[0] != len(rows):
@@ -734,12 +787,21 @@ class EmbeddingWriter:
         if vectors.shape[1] != self.spec.dim:
             raise StarError(f"{tensor}: dim {vectors.shape[1]}, but version {self.version} has "
                             f"dim {self.spec.dim}")
-        if not _all_finite(vectors):
-            raise StarError(f"{tensor}: contains NaN or inf")
         if len(rows) == 0:
             return
         if rows.min() < 0 or rows.max() >= len(s.ids):
             raise ValueError(f"write({node_type!r}): rows outside [0, {len(s.ids)})")
+        dtype = DTYPES[self.cfg.dtype]
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, per row
+            vectors = vectors.astype(dtype, copy=False)  # to bf16: round to nearest even
+        # Checked after the cast: a finite float32 beyond the store dtype's range (3.4e38 in bf16)
+        # would otherwise be stored, and served, as inf.
+        if not _all_finite(vectors):
+            bad = _nonfinite_rows(vectors)
+            limit = float(ml_dtypes.finfo(dtype).max)
+            raise StarError(f"{tensor}: {int(bad.sum())} of {len(rows)} rows are NaN or inf once cast to "
+                            f"{self.cfg.dtype} (values beyond ±{limit:.4g} overflow); first id "
+                            f"{int(s.ids[rows[bad.argmax()]])}")
         shard = rows // self.cfg.shard_rows
         bad = (s.base_rows[rows] >= 0) | s.buffered[rows] | s.done[shard]
         if bad.any():
@@ -747,7 +809,6 @@ class EmbeddingWriter:
         if len(np.unique(rows)) != len(rows):
             raise ValueError(f"write({node_type!r}): a row appears twice")
         s.buffered[rows] = True
-        vectors = vectors.astype(DTYPES[self.cfg.dtype], copy=False)  # to bf16: round to nearest even
         if (np.diff(rows) < 0).any():
             order = np.argsort(rows, kind="stable")
             rows, vectors, shard = rows[order], vectors[order], shard[order]
