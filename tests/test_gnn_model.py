@@ -244,3 +244,32 @@ def test_cold_start_node_gets_no_id_embedding(batches, policy):
 def test_unknown_cold_start_policy_is_a_star_error():
     with pytest.raises(StarError, match="gnn.cold_start_ids"):
         build_gnn(dataclasses.replace(CFG, cold_start_ids="zero"))
+
+
+def test_attribute_bags_are_the_mean_of_each_nodes_attribute_neighbours(batches):
+    from star_jax.gnn.model import LLM_TYPES, attribute_bags
+
+    batch = batches[0]
+    rng = np.random.default_rng(0)
+    caps = zip(LAYOUT.node_types, LAYOUT.node_capacity)
+    h = {t: rng.normal(size=(cap, 5)).astype(np.float32) for t, cap in caps}
+    bags = attribute_bags(h, batch, LAYOUT)
+    flat = np.concatenate([h[t] for t in LAYOUT.node_types])
+    g = batch.graph
+    expected: dict = {}
+    for name, src, dst in LAYOUT.relations:  # a loop over edges, as a reader would write it
+        if dst not in LLM_TYPES or src in LLM_TYPES:
+            continue
+        block = LAYOUT.node_slice(dst)
+        total, count = np.zeros((block.stop - block.start, 5)), np.zeros(block.stop - block.start)
+        for e in range(LAYOUT.edge_slice(name).start, LAYOUT.edge_slice(name).stop):
+            if g.edges["mask"][e]:
+                total[g.receivers[e] - block.start] += flat[g.senders[e]]
+                count[g.receivers[e] - block.start] += 1
+        mean = total / np.maximum(count, 1)[:, None]
+        expected.setdefault(dst, {})[src] = expected.get(dst, {}).get(src, 0) + mean
+    assert expected and {t: set(v) for t, v in bags.items()} == {t: set(v) for t, v in expected.items()}
+    assert any(np.abs(v).sum() > 0 for per in expected.values() for v in per.values())  # not all empty
+    for t, per in expected.items():
+        for s, want in per.items():
+            np.testing.assert_allclose(np.asarray(bags[t][s]), want, rtol=1e-5, atol=1e-6)

@@ -146,3 +146,23 @@ def test_cli_builds_skips_and_reports_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("star-jax: error: edges/member_applied.parquet: column 'src'")
     assert "12345" in err and "nodes/member.parquet" in err
+
+
+def test_a_column_name_has_one_vocabulary_across_node_types(built):
+    import pandas as pd
+
+    data, _, g = built
+    schema = read_schema(data)
+    for t, spec in schema.node_types.items():
+        table = pd.read_parquet(os.path.join(data, spec.table))
+        for i, c in enumerate(spec.categorical):
+            # The same value has the same code in every type that has the column (graph format 2).
+            owners = [u for u, s in schema.node_types.items() if c in s.categorical]
+            union = sorted(set().union(*(
+                set(pd.read_parquet(os.path.join(data, schema.node_types[u].table))[c].dropna()) - {""}
+                for u in owners)))
+            assert g.vocab[t][c] == union
+            codes = g.cat[t][:, i]
+            values = table[c].fillna("").to_numpy()
+            decoded = np.array([union[k - 1] if k else "" for k in codes], dtype=object)
+            np.testing.assert_array_equal(decoded, values)

@@ -347,3 +347,20 @@ def test_grain_same_batches_for_any_worker_count_and_state_restores(graph_and_da
     again = iter(make_dataset(sampler, seeds, workers=0))
     again.set_state(state0)
     assert all_equal(next(again), inline[1])
+
+
+def test_distinct_draws_take_a_small_neighbourhood_whole():
+    from star_jax.graph.hetero import CSR
+
+    # Row 0 has 3 neighbours, row 1 one, row 2 none, row 3 six (more than the fan-out of 4).
+    csr = CSR(np.array([0, 3, 4, 4, 10]), np.array([5, 6, 7, 1, 0, 1, 2, 3, 4, 5]), None, None)
+    rows = np.array([0, 1, 2, 3, -1, 0])
+    exclude = np.array([-1, -1, -1, -1, -1, 6])  # row 5 is row 0 with neighbour 6 excluded
+    nbr, pos = sample_neighbors(csr, rows, 4, np.random.default_rng(0), exclude=exclude, distinct=True)
+    assert sorted(nbr[0][nbr[0] >= 0].tolist()) == [5, 6, 7] and (nbr[0] == -1).sum() == 1
+    assert nbr[1].tolist() == [1, -1, -1, -1]
+    assert (nbr[2] == -1).all() and (nbr[4] == -1).all()
+    assert set(nbr[3].tolist()) <= {0, 1, 2, 3, 4, 5} and (nbr[3] >= 0).all()  # with replacement
+    assert sorted(nbr[5][nbr[5] >= 0].tolist()) == [5, 7]
+    ok = pos >= 0
+    np.testing.assert_array_equal(csr.indices[pos[ok]], nbr[ok])  # positions point at the neighbours
