@@ -345,6 +345,9 @@ def test_the_demo_shows_the_papers_orderings_and_a_rerun_skips_everything(tmp_pa
     report = read_json(tmp_path / "demo" / "report.json")
     print(json.dumps({k: [v["auc"], v["auc_cold_start"]] for k, v in report["variants"].items()}))
     verdicts = {c["id"]: c["verdict"] for c in report["checks"]}
-    assert [verdicts[c] for c in ("finetune", "finetune_target", "llm_features")] == ["holds"] * 3, verdicts
-    assert verdicts["cold_start_gain"] != "fails", report["checks"]
+    # Only what docs/repro.md settles: fine-tuning held on every seed there; the best GNN beat the
+    # towers pooled (not on every seed), and the LLM-feature gains were unresolved, never reversed.
+    assert [verdicts[c] for c in ("finetune", "finetune_target")] == ["holds"] * 2, verdicts
+    for c in ("gnn_vs_llm", "llm_features", "cold_start_gain"):
+        assert verdicts[c] != "fails", report["checks"]
     assert all(0.5 < v["auc"] < 1 for v in report["variants"].values())

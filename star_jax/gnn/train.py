@@ -45,7 +45,9 @@ OUT holds:
     checkpoints/            orbax: params, optimizer state, step, RNG, the sampler's grain
                             iterator and the fan-out schedule, so a killed run resumes exactly
     metrics.jsonl, tb/      train loss terms every `log_every` steps, val AUC at each evaluation
-    result.json             written last: val AUC, train seconds, compilations, final fan-outs
+    result.json             written last: val AUC of the exported parameters (with
+                            gnn_train.keep_best, the best evaluation: `exported_step`), train
+                            seconds, compilations, final fan-outs
 
 A rerun whose result.json carries the same fingerprint (config, inputs, features) is skipped;
 resuming a checkpoint written under another fingerprint is refused in one line.
