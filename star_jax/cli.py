@@ -63,14 +63,14 @@ def flag_or_config(flag: str, given: str | None, configured: str | None, field: 
     return value
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's default prints the usage block too
         raise StarError(f"{self.prog}: {message}")
 
 
 def _top_parser() -> argparse.ArgumentParser:
     epilog = "commands:\n" + "\n".join(f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items())
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="star-jax",
         description="STAR job matching in JAX (see README.md).",
         epilog=epilog + "\n\nrun `star-jax COMMAND --help` for a command's flags",
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise StarError(f"unknown command {name!r}; expected one of: {', '.join(COMMANDS)}")
         module_name, help_ = COMMANDS[name]
         module = importlib.import_module(module_name)
-        parser = _OneLineParser(prog=f"star-jax {name}", description=help_)
+        parser = OneLineParser(prog=f"star-jax {name}", description=help_)
         module.add_arguments(parser)
         args = parser.parse_args(argv[1:])
         return int(module.main(args) or 0)

@@ -11,23 +11,15 @@ member-bootstrap interval and the pooled effect (`pool`), with one verdict word 
 
 from __future__ import annotations
 
-import argparse
-import logging
-import shlex
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import norm
 
-from star_jax.errors import StarError
 from star_jax.eval.metrics import verdict
 from star_jax.eval.report import BASELINE_KEYS, BEST_GNN, CHECKS
-from star_jax.fileio import atomic_write_text
-from star_jax.pipeline import VARIANTS
-
-logger = logging.getLogger(__name__)
+from star_jax.eval.seeds import auc_table, sweep_main
 
 DEFAULT_SEEDS = (100, 101, 102, 103)  # used nowhere else; each is one ~10-minute tiny run on 2 cores
 POOLING = (
@@ -77,20 +69,6 @@ def _seed_cell(c: dict | None) -> str:
     return f"{c['point']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] {c['verdict']}{who}"
 
 
-def _auc_table(reports: dict[int, dict], key: str) -> list[str]:
-    seeds = sorted(reports)
-    names = [n for n in VARIANTS if any(n in reports[s]["variants"] for s in seeds)]
-    bases = [b for b in BASELINE_KEYS.values() if any(b in reports[s].get("baselines", {}) for s in seeds)]
-    out = ["| seed | " + " | ".join(names + [f"baseline {b}" for b in bases]) + " |",
-           "|---|" + "---|" * (len(names) + len(bases))]
-    for s in seeds:
-        v, b = reports[s]["variants"], reports[s].get("baselines", {})
-        cells = [_num(v.get(n, {}).get(key), ".4f") for n in names]
-        cells += [_num(b.get(x, {}).get(key), ".4f") for x in bases]
-        out.append(f"| {s} | " + " | ".join(cells) + " |")
-    return out
-
-
 def repro_markdown(reports: dict[int, dict], command: str) -> str:
     """docs/repro.md: per check, each seed's effect and interval and the pooled effect; AUC tables."""
     seeds = sorted(reports)
@@ -113,40 +91,18 @@ def repro_markdown(reports: dict[int, dict], command: str) -> str:
     for cid, (title, *_) in CHECKS.items():
         found = {s: next((c for c in reports[s]["checks"] if c["id"] == cid), None) for s in seeds}
         out.append(f"| {title} | " + " | ".join(_seed_cell(found[s]) for s in seeds) + " |")
-    out += ["", "## Test AUC per seed (variants, then the baselines)", "", *_auc_table(reports, "auc"),
+    bases = list(BASELINE_KEYS.values())
+    out += ["", "## Test AUC per seed (variants, then the baselines)", "", *auc_table(reports, "auc", bases),
             "", "## Cold-start test AUC per seed (members with no training-period apply)", "",
-            *_auc_table(reports, "auc_cold_start"), "", "## Pipeline wall seconds per seed", "",
+            *auc_table(reports, "auc_cold_start", bases), "", "## Pipeline wall seconds per seed", "",
             "| seed | wall s |", "|---|---|"]
     out += [f"| {s} | {sum(st['seconds'] for st in reports[s]['stages']):.0f} |" for s in seeds]
     return "\n".join(out) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from star_jax.cli import add_config_args, config_from_args
-    from star_jax.eval.seeds import run_seeds
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m star_jax.eval.repro",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/repro", help="parent of the runs OUT/seed<S> (runs/repro)")
-    seeds = " ".join(map(str, DEFAULT_SEEDS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
-                        help=f"data seeds, run one after another (default {seeds})")
-    parser.add_argument("--doc", default="docs/repro.md", help="where to write the summary (docs/repro.md)")
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if len(set(args.seeds)) != len(args.seeds):
-            raise StarError(f"--seeds: repeated seed in {' '.join(map(str, args.seeds))}")
-        reports = run_seeds(config_from_args(args), args.out, args.seeds)
-    except StarError as e:
-        print(f"repro: error: {e}", file=sys.stderr)
-        return e.exit_code
-    command = shlex.join(["python", "-m", "star_jax.eval.repro", *argv])
-    atomic_write_text(Path(args.doc), repro_markdown(reports, command))
-    logger.info("repro: summary in %s", args.doc)
-    return 0
+    return sweep_main(argv, name="repro", default_out="runs/repro", default_seeds=DEFAULT_SEEDS,
+                      default_doc="docs/repro.md", markdown=repro_markdown)
 
 
 if __name__ == "__main__":

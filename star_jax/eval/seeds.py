@@ -12,11 +12,10 @@ each seed's verdict on every check of the report (`report.CHECKS`). `star_jax.ev
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from star_jax.config import Config
@@ -57,23 +56,33 @@ def _mark(word: str | None) -> str:
     return "n/a" if word is None else "**fails**" if word == "fails" else word
 
 
+def auc_table(reports: dict[int, dict], key: str, baselines: Sequence[str] = ()) -> list[str]:
+    """Markdown rows: one per seed, the `key` AUC of every variant any seed has, then of each of
+    `baselines` (report.json's baseline keys) that any seed has."""
+    seeds = sorted(reports)
+    names = [n for n in VARIANTS if any(n in reports[s]["variants"] for s in seeds)]
+    bases = [b for b in baselines if any(b in reports[s].get("baselines", {}) for s in seeds)]
+    out = ["| seed | " + " | ".join(names + [f"baseline {b}" for b in bases]) + " |",
+           "|---|" + "---|" * (len(names) + len(bases))]
+    for s in seeds:
+        v, b = reports[s]["variants"], reports[s].get("baselines", {})
+        cells = [_auc(v.get(n, {}).get(key)) for n in names] + [_auc(b.get(x, {}).get(key)) for x in bases]
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    return out
+
+
 def seeds_markdown(reports: dict[int, dict], command: str) -> str:
     """docs/seeds.md: AUC tables over seeds and the checks' verdicts on each."""
     from star_jax.eval.report import CHECKS
 
     seeds = sorted(reports)
-    names = [n for n in VARIANTS if any(n in reports[s]["variants"] for s in seeds)]
     out = ["# The demo over several data seeds", "",
            "Each row is one full run of the demo pipeline on synthetic data drawn with another "
            "`data.seed`; every other setting is `configs/tiny.yaml`'s. Produced by:", "",
            "```", command, "```", ""]
     for title, key in (("Test AUC", "auc"), ("Cold-start test AUC (members with no training applies)",
                                               "auc_cold_start")):
-        out += [f"## {title}", "", "| seed | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for s in seeds:
-            v = reports[s]["variants"]
-            out.append(f"| {s} | " + " | ".join(_auc(v.get(n, {}).get(key)) for n in names) + " |")
-        out.append("")
+        out += [f"## {title}", "", *auc_table(reports, key), ""]
 
     def gap(s: int, key: str, a: str, b: str) -> str:
         v = reports[s]["variants"]
@@ -108,33 +117,43 @@ def seeds_markdown(reports: dict[int, dict], command: str) -> str:
     return "\n".join(out)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from star_jax.cli import add_config_args
+def sweep_main(argv: Sequence[str] | None, *, name: str, default_out: str | None,
+               default_seeds: Sequence[int], default_doc: str | None,
+               markdown: Callable[[dict[int, dict], str], str]) -> int:
+    """The command line of a seed sweep (`seeds`, `repro`): run the seeds, write `markdown` of them.
 
-    parser.add_argument("--out", required=True, help="parent of the per-seed run directories OUT/seed<S>")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
-                        help="data seeds (default 0 1 2 3)")
-    parser.add_argument("--doc", default=None, help="where to write the summary (default OUT/seeds.md)")
+    `default_out` None makes --out required; `default_doc` None writes OUT/<name>.md.
+    """
+    from star_jax.cli import OneLineParser, add_config_args, config_from_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module = f"star_jax.eval.{name}"
+    about = sys.modules[module].__doc__.splitlines()[0]
+    parser = OneLineParser(prog=f"python -m {module}", description=about)
+    parser.add_argument("--out", required=default_out is None, default=default_out,
+                        help="parent of the per-seed run directories OUT/seed<S>")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds),
+                        help=f"data seeds, one after another (default {shlex.join(map(str, default_seeds))})")
+    parser.add_argument("--doc", default=default_doc,
+                        help=f"where to write the summary (default {default_doc or f'OUT/{name}.md'})")
     add_config_args(parser)
+    try:
+        args = parser.parse_args(argv)
+        if len(set(args.seeds)) != len(args.seeds):
+            raise StarError(f"--seeds: repeated seed in {' '.join(map(str, args.seeds))}")
+        reports = run_seeds(config_from_args(args), args.out, args.seeds)
+    except StarError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    doc = Path(args.doc) if args.doc else Path(args.out) / f"{name}.md"
+    atomic_write_text(doc, markdown(reports, shlex.join(["python", "-m", module, *argv])))
+    print(f"{name}: summary in {doc}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from star_jax.cli import _OneLineParser, config_from_args
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _OneLineParser(prog="python -m star_jax.eval.seeds", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-        reports = run_seeds(config_from_args(args), args.out, args.seeds)
-    except StarError as e:
-        print(f"seeds: error: {e}", file=sys.stderr)
-        return e.exit_code
-    doc = Path(args.doc) if args.doc else Path(args.out) / "seeds.md"
-    command = shlex.join(["python", "-m", "star_jax.eval.seeds", *argv])
-    atomic_write_text(doc, seeds_markdown(reports, command))
-    print(f"seeds: summary in {doc}")
-    return 0
+    return sweep_main(argv, name="seeds", default_out=None, default_seeds=(0, 1, 2, 3), default_doc=None,
+                      markdown=seeds_markdown)
 
 
 if __name__ == "__main__":

@@ -142,18 +142,17 @@ def attribute_bags(
     sampled neighbours of that attribute type (skill, title, company), zero where it has none."""
     flat = jnp.concatenate([h[t] for t in layout.node_types])
     g = batch.graph
-    n = layout.num_nodes
     out: dict[str, dict[str, jax.Array]] = {}
     for name, src, dst in layout.relations:
         if dst not in LLM_TYPES or src in LLM_TYPES:
             continue
-        es = layout.edge_slice(name)
+        es, block = layout.edge_slice(name), layout.node_slice(dst)
         mask = g.edges["mask"][es]
-        senders, receivers = g.senders[es], g.receivers[es]
-        total = jax.ops.segment_sum(jnp.where(mask[:, None], flat[senders], 0.0), receivers, n)
-        count = jax.ops.segment_sum(mask.astype(jnp.float32), receivers, n)
-        block = layout.node_slice(dst)
-        mean = total[block] / jnp.maximum(count[block], 1.0)[:, None]
+        # A relation's edges, padded ones included, all end in its receiver type's block.
+        receivers, size = g.receivers[es] - block.start, block.stop - block.start
+        total = jax.ops.segment_sum(jnp.where(mask[:, None], flat[g.senders[es]], 0.0), receivers, size)
+        count = jax.ops.segment_sum(mask.astype(jnp.float32), receivers, size)
+        mean = total / jnp.maximum(count, 1.0)[:, None]
         prev = out.setdefault(dst, {}).get(src)
         out[dst][src] = mean if prev is None else prev + mean
     return out
@@ -172,7 +171,7 @@ class GNNEncoder(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         node_mask = batch.graph.nodes["mask"]
         h = {}
-        tables: dict[str, nn.Module] = {}  # with shared_cat: one table per column name
+        tables: dict[str, nn.Module] = {}  # categorical tables (with shared_cat, one per column name)
         columns: dict[str, dict[str, jax.Array]] = {}  # type -> column name -> f32[cap, cat_dim]
         for t, cap in zip(layout.node_types, layout.node_capacity):
             parts = []
@@ -190,12 +189,11 @@ class GNNEncoder(nn.Module):
                 names = column_names(layout, t, codes.shape[-1])
                 cols = []
                 for c, name in enumerate(names):
-                    if cfg.shared_cat and name not in tables:
-                        tables[name] = nn.Embed(cfg.cat_buckets, cfg.cat_dim, name=f"cat_{name}")
-                    table = tables[name] if cfg.shared_cat else nn.Embed(
-                        cfg.cat_buckets, cfg.cat_dim, name=f"cat_{t}_{c}")
+                    key = name if cfg.shared_cat else f"{t}_{c}"  # the table's name after `cat_`
+                    if key not in tables:
+                        tables[key] = nn.Embed(cfg.cat_buckets, cfg.cat_dim, name=f"cat_{key}")
                     rows = cat_rows(codes[:, c], cfg.cat_buckets)
-                    cols.append(jnp.where(codes[:, c, None] > 0, table(rows), 0.0))
+                    cols.append(jnp.where(codes[:, c, None] > 0, tables[key](rows), 0.0))
                     columns.setdefault(t, {})[name] = cols[-1]
                 parts.append(
                     nn.Dense(cfg.hidden_dim, dtype=dtype, name=f"cat_proj_{t}")(jnp.concatenate(cols, -1))

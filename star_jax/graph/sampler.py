@@ -265,14 +265,13 @@ def sample_neighbors(
     if cum is None:
         # min(): u * left can round up to left when u is within an ulp of 1.
         offset = np.minimum(np.floor(u * left[:, None]).astype(np.int64), left[:, None] - 1)
-        if distinct:  # every eligible neighbour once where they fit in the slots
-            every = np.minimum(np.arange(fanout)[None, :], np.maximum(left - 1, 0)[:, None])
-            offset = np.where((left <= fanout)[:, None], every, offset)
+        ok = (left > 0)[:, None]
+        if distinct:  # every eligible neighbour once where they fit in the slots, the rest empty
+            k, whole = np.arange(fanout)[None, :], (left <= fanout)[:, None]
+            offset = np.where(whole, np.minimum(k, np.maximum(left - 1, 0)[:, None]), offset)
+            ok = ok & (~whole | (k < left[:, None]))
         pos = start[:, None] + offset
         pos += np.where(pos >= ex_lo[:, None], copies[:, None], 0)
-        ok = left > 0
-        if distinct:
-            ok = ok[:, None] & ((left > fanout)[:, None] | (np.arange(fanout)[None, :] < left[:, None]))
     else:
         base, ex_base = cum[start], cum[ex_lo]
         ex_mass = cum[ex_hi] - ex_base
@@ -284,8 +283,8 @@ def sample_neighbors(
         # Float rounding at a range boundary must never hand back an excluded copy.
         inside = (pos >= ex_lo[:, None]) & (pos < ex_hi[:, None])
         pos = np.where(inside, np.where(ex_hi < end, ex_hi, ex_lo - 1)[:, None], pos)
-        ok = (left > 0) & (mass > 0)
-    ok = np.broadcast_to(ok if ok.ndim == 2 else ok[:, None], (n, fanout))
+        ok = ((left > 0) & (mass > 0))[:, None]
+    ok = np.broadcast_to(ok, (n, fanout))
     pos = np.where(ok, pos, -1)
     return np.where(ok, np.asarray(csr.indices)[np.maximum(pos, 0)], -1).astype(np.int64), pos
 
