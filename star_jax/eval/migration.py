@@ -1,7 +1,8 @@
 """The version-migration experiment: does a linear map keep a V1-trained downstream model working on V2?
 
 STAR keeps downstream consumers working across LLM embedding versions with a linear transform
-from the new version onto the old one (arXiv 2507.09797, abstract; `reference/papers.md` §1.7).
+from the new version onto the old one (arXiv 2507.09797, abstract;
+docs/architecture.md, "Version management").
 The paper gives no numbers for it, so this experiment measures it on our own versions: V1 and V2
 are two embedding versions in one store (in the pipeline, two adapters fine-tuned with different
 seeds), and

@@ -3,7 +3,7 @@
     star-jax gnn-embed --graph GRAPH_DIR [--store ROOT --store-version V] --ckpt OUT \
         --out-store ROOT --version NAME [--config --set]
 
-STAR exports only the encoder's embeddings (reference/papers.md §1.5, LiGNN §3: "only the
+STAR exports only the encoder's embeddings (arXiv 2507.09797; LiGNN, arXiv 2402.11139, §3: "only the
 encoder's embeddings are exported as features"). Each member and job node is a seed of the
 sampler's all-nodes mode (`graph.sampler.NodeSeeds`: no target edge excluded, no negatives), at
 the fan-outs the run last trained with, in fixed-shape batches of `gnn_train.eval_batch_size`

@@ -1,9 +1,9 @@
 """STAR's GNN: a heterogeneous attention encoder with an in-batch link-prediction decoder.
 
-STAR (arXiv 2507.09797; `reference/papers.md` section 1.5) feeds the stored LLM embeddings of
+STAR (arXiv 2507.09797; docs/architecture.md, "The paper") feeds the stored LLM embeddings of
 members and jobs, learned ID embeddings and categorical features into a multi-head attention GNN
 over the member/job/company/skill/title graph and exports 200-d embeddings. The paper gives no
-layer-level detail, so this module makes these choices (ARCHITECTURE decisions 5 and 6):
+layer-level detail, so this module makes these choices (docs/architecture.md decisions 5 and 6):
 
 Node input, per type, the sum of the enabled parts (`GNNConfig.use_llm/use_id/use_cat`):
   - LLM: `llm_<type>`, a Dense of the layer-normalised stored embedding (member and job). The
@@ -43,7 +43,7 @@ to `out_dim` (200), L2-normalised when `GNNConfig.normalize` (the default): down
 nearest-neighbour retrieval then see cosine geometry, and the loss cannot be lowered by inflating
 norms.
 
-Decoder (LinkSAGE's in-batch decoder, papers.md section 2.4, plus shared random negatives): the
+Decoder (LinkSAGE's in-batch decoder, arXiv 2402.13430, plus shared random negatives): the
 logits are `scale * <member_i, job_j> + bias` for the B member seeds against the B job seeds and
 the K shared negative jobs, [B, B + K]; the target is the pair's label on the diagonal and 0
 elsewhere; the loss is sigmoid BCE averaged over the valid entries. `scale` (stored as its log)

@@ -3,10 +3,10 @@
     star-jax train-gnn --data DATA_DIR --graph GRAPH_DIR [--store ROOT --store-version V] \
         --variant NAME --out OUT [--config --set]
 
-The task is LinkSAGE's (reference/papers.md §2.4), as STAR inherits it: predict the train
+The task is LinkSAGE's (arXiv 2402.13430), as STAR inherits it: predict the train
 period's member -> job applies (`sampler.target_relation`, the `split == 'train'`, `label == 1`
 pairs) from sampled neighbourhoods, with the pair's own edge and its reverse removed from them
-(ARCHITECTURE decision 6; star_jax/graph/sampler.py). Each step scores B pairs against the B
+(docs/architecture.md decision 7; star_jax/graph/sampler.py). Each step scores B pairs against the B
 in-batch jobs and K shared random jobs with sigmoid BCE (star_jax/gnn/model.py), under AdamW with
 global-norm clipping, a linear warm-up and a cosine decay.
 
@@ -15,7 +15,7 @@ Two additions to the paper's recipe, both in the config:
     (`ColdStartSampler`, after DropoutNet). Held-out pairs are mostly with nodes that have no
     training apply, while every training seed has some (below).
   - `gnn_train.labelled_negatives` (default off): also train on the train split's labelled
-    non-applies, as LinkSAGE's (member, job, label) tuples (papers.md §2.3).
+    non-applies, as LinkSAGE's (member, job, label) tuples (arXiv 2402.13430).
 
 Why `cold_start_rate`: on the tiny data 72% of the test pairs' jobs and 46% of their members have
 no training apply. Trained on warm neighbourhoods only, the encoder leans on apply edges the
@@ -32,7 +32,7 @@ Variants (the paper's ablation, `VARIANTS` is the one place that maps them):
 Static shapes: every batch of a fan-out stage has the same `Layout`, so the train step compiles
 once per stage; `CompileCounter` counts XLA compilations from JAX's monitoring events and the run
 logs and records the count. With `sampler.adaptive` (LiGNN's adaptive neighbour sampling,
-papers.md §3.4) the fan-outs start at `sampler.start_fanouts` and grow whenever the validation
+arXiv 2402.11139) the fan-outs start at `sampler.start_fanouts` and grow whenever the validation
 AUC plateaus, one new Layout (and one compilation) per growth.
 
 Validation: every `eval_every` steps and at the end, `eval_pairs` val pairs (a fixed subset) are
@@ -332,7 +332,7 @@ class Evaluator:
 def training_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, cfg: Config) -> PairSeeds:
     """The train split's applies, plus its labelled non-applies with `gnn_train.labelled_negatives`.
 
-    LinkSAGE trains on labelled (member, job, label) tuples (papers.md §2.3): a shown-but-not-applied
+    LinkSAGE trains on labelled (member, job, label) tuples (arXiv 2402.13430): a shown-but-not-applied
     job is a negative of its member on the diagonal of the in-batch decoder, next to the in-batch
     and random negatives. These are the hard negatives: mostly the member's own occupation and city.
     """
