@@ -2,7 +2,7 @@
 
     star-jax pipeline --config configs/tiny.yaml --out RUN_DIR [--set k=v ...]
 
-The data flow of ARCHITECTURE.md ("The pipeline"), one stage function per step, called in
+The data flow of docs/architecture.md ("The pipeline"), one stage function per step, called in
 process (no subprocesses):
 
     synth | data.dir -> validate -> tokenizer | tokenizer.dir -> pretrain | llm.base_dir
@@ -62,8 +62,9 @@ DIGESTS = "digests.json"
 LLM_VARIANTS = ("llm_frozen", "llm_finetuned")
 GNN_VARIANTS = ("gnn_id_cat", "gnn_id_cat_llm", "gnn_id_llm")  # star_jax.gnn.train.VARIANTS (no JAX here)
 VARIANTS = LLM_VARIANTS + GNN_VARIANTS
-# The paper's offline AUC for each row of the ablation (reference/papers.md §1.9); gnn_id_llm has
-# no published figure (only "removing 22 categorical features costs little").
+# The paper's offline AUC for each row of the ablation (arXiv 2507.09797; docs/architecture.md,
+# "The paper"); gnn_id_llm has no published figure (only "removing 22 categorical features costs
+# little").
 PAPER_AUC = {"llm_frozen": 0.6886, "llm_finetuned": 0.7385, "gnn_id_cat": 0.8447, "gnn_id_cat_llm": 0.8489}
 
 

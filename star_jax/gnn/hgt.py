@@ -1,8 +1,8 @@
 """HGT-style heterogeneous multi-head attention over a fixed-shape `HeteroBatch` graph.
 
-The layer is the Heterogeneous Graph Transformer convolution (Hu et al., WWW 2020, section 3;
-`reference/gnn_anchors.md` section 3.1) with PyG's `HGTConv` (torch_geometric 2.8) as the
-numerical reference. For a receiver t of type τ(t), a sender s of type τ(s), an edge e of relation
+The layer is the Heterogeneous Graph Transformer convolution (Hu et al., WWW 2020, section 3)
+with PyG's `HGTConv` (torch_geometric 2.8) as the numerical reference. For a receiver t of type
+τ(t), a sender s of type τ(s), an edge e of relation
 φ(e) and head i (F = heads · D channels):
 
     K_i(s), Q_i(t), V_i(s) = heads of kqv_{τ}(H[s or t])             one Dense(3F) per node type

@@ -14,7 +14,7 @@
       csr/<relation>/timestamp.npy    int64 [edges]    when the edge table has `timestamp`
 
 Every stored relation `r: A -> B` also gets `r_rev: B -> A`, so a node can reach its neighbours
-in both directions (LinkSAGE makes attribute edges bidirectional; see reference/papers.md).
+in both directions (LinkSAGE, arXiv 2402.13430, makes attribute edges bidirectional).
 Within a CSR row the neighbours are sorted by row, repeated edges kept, which lets the sampler
 find (and exclude) every copy of an edge with one binary search. After the build every array is
 memory-mapped (`np.load(mmap_mode='r')`), so sampler worker processes share the page cache
@@ -23,7 +23,7 @@ instead of copying the graph; a pickled `HeteroGraph` travels as its directory p
 Scale: the build is vectorised numpy (`tables.IdIndex` for ids, one argsort per relation), streamed
 per Parquet batch: the medium synthetic scale (1M members, 30M edges) builds in about 20 s with a
 peak of about 1 GiB on a 2-core machine (`python -m star_jax.graph.bench`). At the paper's 12.3B
-edges the same arrays would move into TensorStore (ARCHITECTURE.md, "Scale plan").
+edges the same arrays would move into TensorStore (docs/architecture.md, "Scale plan").
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ to 1/sqrt(degree of the neighbour in that relation), which damps hub skills and 
 modes pick by `searchsorted` in a per-relation float64 prefix sum of the edge masses, built once
 per process (8 bytes per edge of each sampled relation).
 
-Adaptive sampling (LiGNN, arXiv 2402.11139, "adaptive neighbor sampling"; reference/papers.md
-3.4): `FanoutSchedule` starts from small fan-outs and grows them by `fanout_step` whenever the
+Adaptive sampling (LiGNN, arXiv 2402.11139, "adaptive neighbor sampling",
+section 3.4): `FanoutSchedule` starts from small fan-outs and grows them by `fanout_step` whenever the
 validation AUC fails to improve on the previous one by `plateau_tolerance`. A new fan-out means
 a new `Layout`, hence one recompile of the train step per stage. LiGNN also decays the
 tolerance; we keep it fixed.

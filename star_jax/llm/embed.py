@@ -5,7 +5,7 @@
 
 STAR stores the LLM embeddings once and lets the GNN and the rankers read them (arXiv 2507.09797,
 "decoupling"); a text is re-embedded only when its hash changed, as in JUDE's nearline pipeline
-(`reference/papers.md` §1.8). Members go through the request (member) tower with the E5
+(docs/architecture.md decision 8). Members go through the request (member) tower with the E5
 instruction prefix, jobs through the document (job) tower without it (`data.loader.tower`), both
 pooled by `llm.pooling` (E5's last real token, or the mean) and L2-normalised
 (`biencoder.encode`). `--adapters` takes a `train-llm` output (`OUT/adapters/shared`, or `member`

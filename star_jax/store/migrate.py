@@ -1,7 +1,7 @@
 """Version migration: a linear map from a new embedding version onto an older one.
 
 STAR keeps downstream models working across LLM embedding versions with a linear transform from
-the new version onto the old (arXiv 2507.09797, abstract; `reference/papers.md` §1.7). How STAR
+the new version onto the old (arXiv 2507.09797, abstract; docs/architecture.md decision 8). How STAR
 fits it is not published, so this module offers the two standard fits, both with a bias, on the
 rows (ids) the two versions share:
 

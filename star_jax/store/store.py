@@ -1,7 +1,7 @@
 """The EmbeddingStore: versioned, text-hash keyed LLM embeddings on TensorStore zarr3.
 
-Follows ARCHITECTURE.md decision 7, STAR's version management (arXiv 2507.09797, abstract; see
-`reference/papers.md` §1.7) and JUDE's hash-based change detection (§1.8): a row is re-embedded only
+Follows docs/architecture.md decision 8, STAR's version management (arXiv 2507.09797, abstract)
+and JUDE's hash-based change detection: a row is re-embedded only
 when the hash of its text changed.
 
 Layout under ROOT, a local path or any TensorStore kvstore URL or spec (`file://`, `gs://`,
