@@ -54,13 +54,13 @@ test-slow: $(VENV)/.installed-test
 
 # The demo's table for data seeds 0-3 (docs/seeds.md); each seed is a full tiny pipeline run.
 seeds: $(VENV)/.installed-base
-	$(BIN)/python -m star_jax.eval.seeds --config $(CONFIG) --out runs/seeds --seeds 0 1 2 3 --doc docs/seeds.md
+	$(BIN)/python -m star_jax.pipeline.seeds --config $(CONFIG) --out runs/seeds --seeds 0 1 2 3 --doc docs/seeds.md
 
 # Every check of the report pooled over data seeds 100-103 (docs/repro.md): four tiny pipeline runs,
 # one after another (about 40 minutes on 2 cores); rerun to resume, finished runs are skipped.
 SEEDS ?= 100 101 102 103
 repro: $(VENV)/.installed-base
-	$(BIN)/python -m star_jax.eval.repro --config $(CONFIG) --out runs/repro --seeds $(SEEDS) --doc docs/repro.md
+	$(BIN)/python -m star_jax.pipeline.repro --config $(CONFIG) --out runs/repro --seeds $(SEEDS) --doc docs/repro.md
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run

@@ -59,22 +59,24 @@ def sample_batches(data: GraphData, n: int) -> tuple[list[HeteroBatch], Layout]:
 def _ours(batches: list[HeteroBatch], layout: Layout, steps: int) -> dict:
     import jax
 
-    from star_jax.gnn.model import build_gnn, init_train_state, make_optimizer, make_train_step
+    from star_jax.gnn.model import build_gnn
+    from star_jax.gnn.run import make_gnn_optimizer
+    from star_jax.gnn.train import gnn_loss
+    from star_jax.train_loop import Static, init_state, make_train_step
 
     gnn = build_gnn(GNNConfig())
-    opt = make_optimizer(GNNTrainConfig())
-    state = init_train_state(gnn.init(jax.random.key(0), batches[0], layout), opt)
-    step = make_train_step(gnn, opt)
-    rng = jax.random.key(1)
+    opt, schedule = make_gnn_optimizer(GNNTrainConfig())
+    state = init_state(gnn.init(jax.random.key(0), batches[0], layout), opt, 1)
+    step = make_train_step(gnn_loss(gnn), opt, schedule, fold_in_step=True)
     times = []
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        state, metrics = step(state, batches[0], layout, rng)
+        state, metrics = step(state, Static(layout), batches[0])
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - t0
         for i in range(steps):
             t0 = time.perf_counter()
-            state, metrics = step(state, batches[1 + i % (len(batches) - 1)], layout, rng)
+            state, metrics = step(state, Static(layout), batches[1 + i % (len(batches) - 1)])
             loss = float(metrics["loss"])
             times.append(time.perf_counter() - t0)
     return {"step_s": float(np.median(times)), "steps_s": times, "compile_s": compile_s, "loss": loss,

@@ -93,12 +93,11 @@ def jax_worker(config: str, mode: str, remat: str, steps: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
+    from star_jax import train_loop as loop
     from star_jax.config import Config, LLMConfig, LLMTrainConfig, LoraConfig, MeshConfig, MistralConfig
-    from star_jax.llm import loop
-    from star_jax.llm.biencoder import MEMBER, encode, init_head
-    from star_jax.llm.lora import init_lora
-    from star_jax.llm.mistral import MistralModel
-    from star_jax.llm.train import make_loss
+    from star_jax.llm.biencoder import MEMBER, build_biencoder, encode
+    from star_jax.llm.losses import init_head
+    from star_jax.llm.mistral import MistralModel, init_lora
     from star_jax.parallel import make_mesh
 
     spec = CONFIGS[config]
@@ -117,7 +116,8 @@ def jax_worker(config: str, mode: str, remat: str, steps: int) -> dict:
         params = {"adapters": adapters, "head": loop.gather(init_head(cfg.llm_train), mesh)}
         tx, schedule = loop.make_optimizer(lr=LR, warmup_steps=0, steps=100, weight_decay=0.0, clip_norm=CLIP)
         state = loop.init_state(params, tx, 0, mesh)
-        step = loop.make_train_step(make_loss(model, cfg), tx, schedule, 1, mesh, state)
+        loss = build_biencoder(cfg.llm, cfg.lora, cfg.llm_train, arch=model.config).loss
+        step = loop.make_train_step(loss, tx, schedule, 1, mesh, state)
         batch = loop.put_batch(batch, mesh, (0, 1))
         t0 = time.perf_counter()
         compiled = step.lower(state, base, batch).compile()

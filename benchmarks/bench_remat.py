@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_remat [--layers 8] [--hidden 256] [--seq 1024] [--pairs 4] [--steps 2]
 
-Builds the `train-llm` step (star_jax/llm/loop.py + the bi-encoder loss, shared LoRA adapter, fp32
+Builds the `train-llm` step (star_jax/train_loop.py + the bi-encoder loss, shared LoRA adapter, fp32
 on one device) for a Mistral shape where activations dominate (long sequences, several layers),
 compiles it under `llm.arch.remat` = none, full and save_projections, and reads the memory the
 compiled step needs from `memory_analysis()` (arguments + outputs + temporaries - donated
@@ -24,12 +24,11 @@ import jax
 import numpy as np
 
 from benchmarks.common import machine_info, write_section
+from star_jax import train_loop as loop
 from star_jax.config import Config, LLMConfig, LLMTrainConfig, LoraConfig, MeshConfig, MistralConfig
-from star_jax.llm import loop
-from star_jax.llm.biencoder import init_head
-from star_jax.llm.lora import init_lora
-from star_jax.llm.mistral import REMAT_POLICIES, MistralModel, abstract_variables
-from star_jax.llm.train import make_loss
+from star_jax.llm.biencoder import build_biencoder
+from star_jax.llm.losses import init_head
+from star_jax.llm.mistral import REMAT_POLICIES, MistralModel, abstract_variables, init_lora
 from star_jax.parallel import make_mesh
 
 SECTION = "remat"
@@ -64,7 +63,8 @@ def run(layers: int = 8, hidden: int = 256, seq: int = 1024, pairs: int = 4, ste
             lr=1e-3, warmup_steps=1, steps=100, weight_decay=0.0, clip_norm=1.0
         )
         state = loop.init_state(params, tx, 0, mesh)
-        step = loop.make_train_step(make_loss(model, cfg), tx, schedule, 1, mesh, state)
+        loss = build_biencoder(cfg.llm, cfg.lora, cfg.llm_train, arch=model.config).loss
+        step = loop.make_train_step(loss, tx, schedule, 1, mesh, state)
         t0 = time.perf_counter()
         compiled = step.lower(state, base, batch).compile()
         compile_s = time.perf_counter() - t0

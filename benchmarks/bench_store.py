@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.common import DOCS, machine_info, write_section
 from star_jax.config import StoreConfig
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter
-from star_jax.store.store import inner_chunk_rows
+from star_jax.store.layout import inner_chunk_rows
 
 SECTION = "store"
 _POOL_ROWS = 8192  # distinct random rows; blocks are permutations of them (generating 400M normals is slow)

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from star_jax.data import synth
 from star_jax.data.schema import default_schema
-from star_jax.graph.hetero import CSR, REV, HeteroGraph, _encode_categorical, csr_from_edges
+from star_jax.graph.hetero import CSR, REV, HeteroGraph, csr_from_edges, encode_categorical
 
 _NODE_COLUMNS = {"member": ("seniority", "location", "industry")}
 
@@ -80,7 +80,7 @@ def marketplace_graph(scale: str = "medium", seed: int = 0, workers: int | None 
     for t, spec in schema.node_types.items():
         columns = {c: pa.chunked_array(member_cols[c]) for c in spec.categorical} if t == "member" else \
             {c: world_tabs[f"nodes/{t}"][c] for c in spec.categorical}
-        coded = {c: _encode_categorical(pa.chunked_array(col)) for c, col in columns.items()}
+        coded = {c: encode_categorical(pa.chunked_array(col)) for c, col in columns.items()}
         cat[t] = np.stack([coded[c][0] for c in spec.categorical], 1) if coded else \
             np.zeros((sizes[t], 0), np.int32)
         vocab[t] = {c: coded[c][1] for c in spec.categorical}

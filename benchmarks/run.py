@@ -21,7 +21,7 @@ import time
 
 from benchmarks import bench_gnn, bench_llm, bench_sampler, bench_store
 from benchmarks.common import RESULTS, machine_info, write_json, write_section
-from star_jax.metrics import progress
+from star_jax.tracking import progress
 
 PARTS = ("llm", "gnn", "sampler", "store")
 PACKAGES = ("numpy", "jax", "jaxlib", "flax", "optax", "jraph", "tensorstore", "torch", "transformers",

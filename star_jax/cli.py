@@ -16,8 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from star_jax.config import Config, load_config
-from star_jax.errors import StarError
+from star_jax.errors import OneLineParser, StarError
+from star_jax.tracking import log_to_stderr
 
 # name -> (module, one-line help). The order is the pipeline's.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,36 +38,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """`--config FILE` and repeatable `--set a.b=c` overrides."""
-    parser.add_argument("--config", default=None, help="YAML config (default: built-in tiny defaults)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config field, e.g. --set gnn.heads=8 (repeatable)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.overrides)
-
-
-def flag_or_config(flag: str, given: str | None, configured: str | None, field: str) -> str:
-    """A path from its flag, else from the config field; one line naming both when neither is set."""
-    value = given or configured
-    if value is None:
-        raise StarError(f"{flag}: required (or set {field} in the config)")
-    return value
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's default prints the usage block too
-        raise StarError(f"{self.prog}: {message}")
-
-
 def _top_parser() -> argparse.ArgumentParser:
     epilog = "commands:\n" + "\n".join(f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items())
     p = OneLineParser(
@@ -84,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    log_to_stderr()
     try:
         if not argv or argv[0] in ("-h", "--help"):
             _top_parser().print_help()

@@ -11,6 +11,7 @@ store -> graph/sampler -> gnn (+ gnn_train) -> eval, with `mesh` shared by the J
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -22,6 +23,45 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from star_jax.errors import StarError
+
+# Names the model code maps to functions; listed here so a config is checked when it loads
+# (tests/test_pipeline.py checks each list against the code that uses it).
+LLM_DTYPES = ("float32", "bfloat16", "float16")
+REMAT_NAMES = ("none", "full", "save_projections")  # star_jax.llm.mistral.REMAT_POLICIES
+ATTENTION_NAMES = (None, "xla", "cudnn", "chunked")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # star_jax.llm.lora.TARGET_MODULES
+STORE_DTYPES = ("bfloat16", "float32")  # star_jax.store.layout.DTYPES
+COMPRESSIONS = ("zstd", "blosc", "none")
+WEIGHTINGS = ("uniform", "degree", "weight")  # sampler.neighbor_weighting
+
+
+class Checked:
+    """A config section that checks itself when built (YAML, `--set`, or code) and on `check()`."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+
+def _at_least(section: str, obj: Any, low: float, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) < low:
+            raise StarError(f"{section}.{name}: must be >= {low:g}, got {getattr(obj, name)}")
+
+
+def _within(section: str, obj: Any, low: float, high: float, *names: str, open_high: bool = False) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not (low <= v < high if open_high else low <= v <= high):
+            bracket = ")" if open_high else "]"
+            raise StarError(f"{section}.{name}: expected a value in [{low:g}, {high:g}{bracket}, got {v}")
+
+
+def _one_of(field_name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise StarError(f"{field_name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 @dataclass
@@ -39,7 +79,7 @@ class TokenizerConfig:
 
 
 @dataclass
-class MistralConfig:
+class MistralConfig(Checked):
     """Mistral architecture (HF `config.json` names) plus the numerics we choose at run time.
 
     `star_jax.llm.load_mistral` fills the architecture from a checkpoint's config.json; the runtime
@@ -73,12 +113,30 @@ class MistralConfig:
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
+    def check(self) -> None:
+        """One line naming the `llm.arch` field the model cannot honour."""
+        _one_of("llm.arch.dtype", self.dtype, LLM_DTYPES)
+        _one_of("llm.arch.param_dtype", self.param_dtype, LLM_DTYPES)
+        _one_of("llm.arch.remat", self.remat, REMAT_NAMES)
+        _one_of("llm.arch.attention", self.attention, ATTENTION_NAMES)
+        if self.attention == "cudnn" and self.dtype == "float32":
+            raise StarError("llm.arch.attention: 'cudnn' needs llm.arch.dtype bfloat16 or float16")
+        _at_least("llm.arch", self, 1, "num_attention_heads", "num_key_value_heads", "hidden_size",
+                  "num_hidden_layers", "vocab_size")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise StarError(f"llm.arch.num_attention_heads: {self.num_attention_heads} is not a multiple of "
+                            f"num_key_value_heads={self.num_key_value_heads}")
+        if self.resolved_head_dim % 2:
+            raise StarError(f"llm.arch.head_dim: {self.resolved_head_dim} must be even for rotary embeddings")
+
 
 POOLINGS = ("mean", "last_token")  # `llm.pooling`; star_jax.llm.biencoder has the functions
+# `llm.projection`: "none", or a head registered in star_jax.llm.biencoder.PROJECTIONS (CONTRIBUTING.md).
+PROJECTIONS = ("none",)
 
 
 @dataclass
-class LLMConfig:
+class LLMConfig(Checked):
     base_dir: str | None = None  # local HF Mistral dir (e.g. e5-mistral-7b-instruct); None: pretrain one
     arch: MistralConfig = field(default_factory=MistralConfig)
     # E5 puts a task instruction on the query side only; in STAR the query is the member profile.
@@ -91,15 +149,20 @@ class LLMConfig:
     # last_token: E5's, the hidden state of the last real token (star_jax/llm/biencoder.py, Pooling).
     pooling: str = "mean"
     buckets: list[int] = field(default_factory=lambda: [64, 128, 192, 256])  # padded lengths, jit once each
+    projection: str = "none"  # a head after pooling, trained and exported with the adapters
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         # Checked here, not at the first trace: a typo should fail before the minutes of pretraining.
+        self.arch.check()
         if self.pooling not in POOLINGS:
             raise StarError(f"llm.pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.projection not in PROJECTIONS:
+            raise StarError(f"llm.projection: unknown head {self.projection!r}; expected one of "
+                            f"{', '.join(PROJECTIONS)}")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Checked):
     """Causal-LM pretraining of the tiny demo base (there is no hub to download E5-Mistral from).
 
     The defaults fit the demo's budget of about 2.5 minutes on 2 CPU cores: 200 steps of 16 x 128
@@ -119,9 +182,14 @@ class PretrainConfig:
     workers: int = 0  # grain worker processes
     seed: int = 0
 
+    def check(self) -> None:
+        _at_least("pretrain", self, 1, "steps", "batch_size", "seq_len", "log_every", "checkpoint_every",
+                  "keep_checkpoints")
+        _at_least("pretrain", self, 0, "warmup_steps", "workers")
+
 
 @dataclass
-class LoraConfig:
+class LoraConfig(Checked):
     """LoRA with PEFT's semantics: delta = (alpha / rank) * B(A(dropout(x))), A ~ U(+-1/sqrt(in)), B = 0."""
 
     rank: int = 8
@@ -130,9 +198,17 @@ class LoraConfig:
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
     shared: bool = True  # one adapter for both towers; False: a member adapter and a job adapter
 
+    def check(self) -> None:
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad:
+            raise StarError(f"lora.targets: unknown target {bad[0]!r}; expected some of "
+                            f"{', '.join(LORA_TARGETS)}")
+        _at_least("lora", self, 1, "rank")
+        _within("lora", self, 0.0, 1.0, "dropout", open_high=True)
+
 
 @dataclass
-class LLMTrainConfig:
+class LLMTrainConfig(Checked):
     """Bi-encoder fine-tuning (star_jax/llm/train.py); losses in star_jax/llm/biencoder.py.
 
     The defaults fit the demo's budget of about 2.5 minutes on 2 CPU cores at the tiny scale
@@ -171,9 +247,18 @@ class LLMTrainConfig:
     workers: int = 0  # grain worker processes
     seed: int = 0
 
+    def check(self) -> None:
+        _at_least("llm_train", self, 1, "steps", "batch_size", "grad_accum", "eval_batch_size",
+                  "checkpoint_every", "keep_checkpoints", "log_every")
+        _at_least("llm_train", self, 0, "warmup_steps", "eval_every", "calibration_pairs", "workers",
+                  "bce_weight", "triplet_weight", "infonce_weight")
+        if self.batch_size % self.grad_accum:
+            raise StarError(f"llm_train.batch_size: {self.batch_size} does not split into "
+                            f"llm_train.grad_accum={self.grad_accum} equal micro-batches")
+
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(Checked):
     """`star-jax embed` (star_jax/llm/embed.py): member and job texts through the towers into the store.
 
     Texts are tokenized and written a block at a time; inside a block they are sorted by length
@@ -187,9 +272,12 @@ class EmbedConfig:
     # resumes, but the resumed rows may then differ from an uninterrupted run in the last bits.
     block_rows: int = 1024
 
+    def check(self) -> None:
+        _at_least("embed", self, 1, "batch_size", "block_rows")
+
 
 @dataclass
-class StoreConfig:
+class StoreConfig(Checked):
     root: str | None = None  # local path or kvstore URL (file://, gs://, s3://, memory://); None: RUN/store
     kvstore: str = "file"  # kvstore driver for a root given as a bare path: file | gcs | s3 | memory
     dtype: str = "bfloat16"  # bfloat16 | float32
@@ -202,6 +290,16 @@ class StoreConfig:
     compression_level: int = 3
     cache_mb: int = 0  # readers' cache of decoded chunks (repeated random reads, e.g. GNN features)
 
+    def check(self) -> None:
+        """One line for a store dtype, layout or compression the writer cannot use."""
+        _one_of("store.dtype", self.dtype, STORE_DTYPES)
+        _one_of("store.compression", self.compression, COMPRESSIONS)
+        rows, chunk = self.shard_rows, self.chunk_rows
+        if chunk < 0 or rows < 1 or (chunk and rows % chunk):
+            raise StarError(f"store.shard_rows={self.shard_rows}: must be a positive multiple of "
+                            f"store.chunk_rows={self.chunk_rows} (0: automatic)")
+        _at_least("store", self, 0, "cache_mb")
+
 
 def _default_relation_fanouts() -> dict[str, list[int]]:
     # Members and jobs have one title, jobs one company, members about two: more draws repeat them.
@@ -212,7 +310,7 @@ def _default_relation_fanouts() -> dict[str, list[int]]:
 
 
 @dataclass
-class SamplerConfig:
+class SamplerConfig(Checked):
     """Fixed-shape k-hop neighbour sampling (star_jax.graph.sampler); hops = len(fanouts).
 
     With the defaults a batch has 12,965 node slots and 12,800 edge slots (about 81 per seed).
@@ -238,9 +336,34 @@ class SamplerConfig:
     prefetch: int = 2  # batches buffered ahead (per worker)
     seed: int = 0
 
+    def check(self) -> None:
+        """The checks that need no graph (star_jax.graph.sampler checks relation names against one)."""
+        hops = len(self.fanouts)
+        if hops == 0:
+            raise StarError("sampler.fanouts: at least one hop is needed")
+
+        def counts(name: str, values: list[int]) -> None:
+            if len(values) != hops:
+                raise StarError(f"sampler.{name}: expected {hops} values (one per hop, like "
+                                f"sampler.fanouts), got {list(values)}")
+            if any(int(v) < 0 for v in values):
+                raise StarError(f"sampler.{name}: fan-outs must be >= 0, got {list(values)}")
+
+        counts("fanouts", self.fanouts)
+        for name, values in self.relation_fanouts.items():
+            counts(f"relation_fanouts.{name}", values)
+        if self.adaptive:
+            counts("start_fanouts", self.start_fanouts)
+            if self.fanout_step < 1:
+                raise StarError(f"sampler.fanout_step: must be >= 1 with sampler.adaptive, "
+                                f"got {self.fanout_step}")
+        _one_of("sampler.neighbor_weighting", self.neighbor_weighting, WEIGHTINGS)
+        _at_least("sampler", self, 1, "batch_size", "prefetch")
+        _at_least("sampler", self, 0, "num_random_negatives", "workers")
+
 
 @dataclass
-class GNNConfig:
+class GNNConfig(Checked):
     """The heterogeneous attention encoder and its link-prediction decoder (star_jax.gnn.model)."""
 
     hidden_dim: int = 128  # divisible by heads
@@ -276,9 +399,18 @@ class GNNConfig:
     negatives_weight: float | None = None
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
+    def check(self) -> None:
+        if self.hidden_dim % self.heads:
+            raise StarError(f"gnn.hidden_dim: {self.hidden_dim} is not divisible by gnn.heads={self.heads}")
+        _one_of("gnn.dtype", self.dtype, ("float32", "bfloat16"))
+        _one_of("gnn.cold_start_ids", self.cold_start_ids, ("drop", "keep"))
+        _at_least("gnn", self, 1, "hidden_dim", "out_dim", "heads", "layers", "id_buckets", "cat_dim",
+                  "cat_buckets")
+        _within("gnn", self, 0.0, 1.0, "dropout", open_high=True)
+
 
 @dataclass
-class GNNTrainConfig:
+class GNNTrainConfig(Checked):
     """Link-prediction training of the GNN (star_jax.gnn.train) and its export (star_jax.gnn.export)."""
 
     # 300 x 64 applies: about 4.4 passes over the tiny train split (docs/quality.md: the test AUC
@@ -306,9 +438,34 @@ class GNNTrainConfig:
     log_every: int = 10
     seed: int = 0
 
+    def check(self) -> None:
+        _at_least("gnn_train", self, 1, "steps", "checkpoint_every", "log_every", "eval_batch_size",
+                  "keep_checkpoints")
+        _at_least("gnn_train", self, 0, "eval_every", "eval_pairs", "warmup_steps")
+        _within("gnn_train", self, 0.0, 1.0, "cold_start_rate", "final_lr_ratio")
+
+
+# The paper's ablation rows: the two LLM towers, and the GNN with the inputs each variant turns on
+# (gnn.use_id / use_cat / use_llm).
+LLM_VARIANTS = ("llm_frozen", "llm_finetuned")
+GNN_VARIANTS: dict[str, dict[str, bool]] = {
+    "gnn_id_cat": {"use_id": True, "use_cat": True, "use_llm": False},
+    "gnn_id_cat_llm": {"use_id": True, "use_cat": True, "use_llm": True},
+    "gnn_id_llm": {"use_id": True, "use_cat": False, "use_llm": True},
+}
+VARIANTS = LLM_VARIANTS + tuple(GNN_VARIANTS)
+
+
+def check_variants(variants: list[str]) -> None:
+    for v in variants:
+        if v not in VARIANTS:
+            raise StarError(f"eval.variants: unknown variant {v!r}; expected some of {', '.join(VARIANTS)}")
+    if not variants:
+        raise StarError("eval.variants: empty; name at least one of " + ", ".join(VARIANTS))
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """The ablation report (star_jax.eval.report) and which variants the pipeline builds for it."""
 
     num_candidates: int = 1000  # fixed random candidate jobs for MRR / recall@k (all jobs when fewer)
@@ -322,6 +479,12 @@ class EvalConfig:
     # a new store version, map it onto the first and report fidelity and downstream AUC.
     migration: bool = False
     migration_seed: int = 1
+
+    def check(self) -> None:
+        check_variants(self.variants)
+        if self.migration and not ({"llm_finetuned", "gnn_id_cat_llm", "gnn_id_llm"} & set(self.variants)):
+            raise StarError("eval.migration: needs llm_finetuned or a gnn_*_llm variant in eval.variants")
+        _at_least("eval", self, 1, "num_candidates", "k")
 
 
 def _default_rules() -> dict[str, list[str]]:
@@ -348,7 +511,7 @@ def _default_rules() -> dict[str, list[str]]:
 
 
 @dataclass
-class MeshConfig:
+class MeshConfig(Checked):
     data: int = 1
     fsdp: int = -1  # -1: all remaining devices
     tensor: int = 1
@@ -357,6 +520,21 @@ class MeshConfig:
     coordinator_address: str | None = None
     num_processes: int = 1
     process_id: int | None = None
+
+    def check(self) -> None:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for k, v in sizes.items():
+            if v == 0 or v < -1:
+                raise StarError(f"mesh.{k}: must be a positive size or -1, got {v}")
+        if sum(v == -1 for v in sizes.values()) > 1:
+            raise StarError("mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+        for name, axes in self.rules.items():
+            bad = [a for a in axes if a not in sizes]
+            if bad:
+                raise StarError(f"mesh.rules.{name}: unknown mesh axis {bad[0]!r}; expected one of "
+                                f"{', '.join(sizes)}")
+        if self.num_processes > 1 and (not self.coordinator_address or self.process_id is None):
+            raise StarError("mesh.coordinator_address, mesh.process_id: required when mesh.num_processes > 1")
 
 
 @dataclass
@@ -375,6 +553,13 @@ class Config:
     gnn_train: GNNTrainConfig = field(default_factory=GNNTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def check(self) -> None:
+        """Re-check every section after a change made in code (building a section checks it)."""
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if isinstance(section, Checked):
+                section.check()
 
 
 def _one_line(err: OmegaConfBaseException, source: str) -> str:
@@ -437,3 +622,28 @@ def fingerprint(*parts: Any) -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` and repeatable `--set a.b=c` overrides."""
+    parser.add_argument("--config", default=None, help="YAML config (default: built-in tiny defaults)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config field, e.g. --set gnn.heads=8 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def flag_or_config(flag: str, given: str | None, configured: str | None, field: str) -> str:
+    """A path from its flag, else from the config field; one line naming both when neither is set."""
+    value = given or configured
+    if value is None:
+        raise StarError(f"{flag}: required (or set {field} in the config)")
+    return value

@@ -7,8 +7,17 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
+
 
 class StarError(Exception):
     """A user-caused error: bad config, missing file, invalid data, mismatched store version, ..."""
 
     exit_code = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one-line `StarError`s."""
+
+    def error(self, message: str):  # argparse's default prints the usage block too
+        raise StarError(f"{self.prog}: {message}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from star_jax.config import LLMTrainConfig
-from star_jax.llm.biencoder import biencoder_losses
+from star_jax.llm.losses import biencoder_losses
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not an installed package
 from benchmarks.bench_llm import CONFIGS, flops_per_token, torch_loss  # noqa: E402

@@ -1,4 +1,5 @@
-"""The bi-encoder: losses against NumPy references, E5 pooling against transformers, the towers."""
+"""The bi-encoder: losses against NumPy references, E5 pooling against transformers, the towers,
+the `BiEncoder` bundle against its parts, and a projection head added from outside the module."""
 
 from __future__ import annotations
 
@@ -9,23 +10,30 @@ import pytest
 import torch
 from hf_fixtures import build_checkpoint
 
-from star_jax.config import POOLINGS, LLMTrainConfig, LoraConfig
+from star_jax.config import POOLINGS, LLMConfig, LLMTrainConfig, LoraConfig
+from star_jax.errors import StarError
 from star_jax.llm import MistralModel, init_lora, load_mistral
 from star_jax.llm.biencoder import (
     JOB,
     MEMBER,
     POOL_FNS,
+    PROJECTION_FILE,
+    PROJECTIONS,
     TOWERS,
+    Projection,
     adapter_names,
-    bce_loss,
-    biencoder_losses,
+    build_biencoder,
     encode,
     encode_towers,
+    tower_adapters,
+)
+from star_jax.llm.losses import (
+    bce_loss,
+    biencoder_losses,
     id_keys,
     infonce_loss,
     init_head,
     semihard_triplet_loss,
-    tower_adapters,
 )
 
 # -- NumPy references, written from the definitions (not from the JAX code) ----------------------
@@ -255,3 +263,148 @@ def test_separate_adapters_train_only_their_tower(tiny_base):
     assert touched == {"job"}
     bare = adapters["member"]  # a single LoRA tree (e.g. from import_peft) serves any tower
     assert tower_adapters(bare, JOB) is bare and tower_adapters(None, JOB) is None
+
+
+# -- the BiEncoder bundle -------------------------------------------------------------------------
+
+
+def randomized(params, seed=1, scale=0.3):
+    """Every adapter (and head) leaf moved off its init, as after training."""
+    leaves, tree = jax.tree.flatten(params["adapters"])
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved = [x + scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    return {**params, "adapters": jax.tree.unflatten(tree, moved)}
+
+
+def pair_batch():
+    ids, lengths = e5_batch()
+    member_id, job_id = np.array([1, 1, 2, 3]), np.array([10, 11, 12, 13])
+    return {"member_ids": ids, "member_len": lengths, "job_ids": ids[::-1], "job_len": lengths[::-1],
+            "label": np.array([1, 0, 1, 1], np.int32), "valid": np.ones(4, bool),
+            "member_key": id_keys(member_id), "job_key": id_keys(job_id)}
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_biencoder_is_its_parts(tiny_base, shared):
+    """init, encode and loss of the bundle are the free functions (same rngs, same numbers)."""
+    cfg, base, _ = tiny_base
+    lora = LoraConfig(rank=4, shared=shared, targets=["q", "v"])
+    train = LLMTrainConfig(infonce_weight=0.5)
+    bienc = build_biencoder(LLMConfig(pooling=POOL), lora, train, arch=cfg)
+    assert bienc.dim == cfg.hidden_size and bienc.projection is None
+    params = bienc.init(jax.random.key(7))
+    assert set(params) == {"adapters", "head"}  # no projection entry: checkpoints keep their tree
+    keys = jax.random.split(jax.random.key(7), len(adapter_names(lora)))
+    for name, k in zip(adapter_names(lora), keys):
+        want = init_lora(k, cfg, lora)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params["adapters"][name], want)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params["head"], init_head(train))
+
+    params, batch, model = randomized(params), pair_batch(), MistralModel(cfg, lora)
+    loss, aux = jax.jit(bienc.loss)(params, base, batch, jax.random.key(0))
+    member, job = encode_towers(model, base, params["adapters"], batch, pooling=POOL)
+    terms = biencoder_losses(member, job, params["head"], batch, train)
+    np.testing.assert_allclose(float(loss), float(terms["loss"]), rtol=1e-6)
+    assert set(aux) == {"bce", "triplet", "infonce", "logit_scale", "logit_bias"}
+    ids, lengths = e5_batch()
+    for tower in TOWERS:
+        got = bienc.encode(params, base, tower, ids, lengths)
+        np.testing.assert_allclose(got, encode(model, base, params["adapters"], tower, ids, lengths,
+                                               pooling=POOL), atol=1e-6)
+        # What one tower runs with encodes alike under any tower name (one jitted function serves both).
+        one = bienc.tower_params(params, tower)
+        np.testing.assert_allclose(bienc.encode(one, base, MEMBER, ids, lengths), got, atol=1e-6)
+    zeros = bienc.frozen(params)  # adapters at zero: the base model's own embedding
+    frozen = encode(MistralModel(cfg), base, None, JOB, ids, lengths, pooling=POOL)
+    np.testing.assert_allclose(bienc.encode(zeros, base, JOB, ids, lengths), frozen, atol=1e-5)
+
+
+def test_default_export_is_peft_adapters_and_reloads(tiny_base, tmp_path):
+    cfg, base, _ = tiny_base
+    lora = LoraConfig(rank=4, targets=["q", "v"])
+    bienc = build_biencoder(LLMConfig(pooling=POOL), lora, LLMTrainConfig(), arch=cfg)
+    params = randomized(bienc.init(jax.random.key(0)))
+    bienc.export(params, tmp_path / "adapters")
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["adapters/shared/adapter_config.json", "adapters/shared/adapter_model.safetensors"]
+    loaded = bienc.load(tmp_path / "adapters")
+    assert set(loaded) == {"adapters"}  # the BCE head belongs to the loss: result.json records it
+    jax.tree.map(np.testing.assert_array_equal, loaded["adapters"], params["adapters"])
+    other = build_biencoder(LLMConfig(pooling=POOL), LoraConfig(rank=2, targets=["q", "v"]),
+                            LLMTrainConfig(), arch=cfg)
+    with pytest.raises(StarError, match="adapters of"):
+        other.load(tmp_path / "adapters")
+
+
+# A projection head written outside star_jax: a linear map of the pooled vector to 8 dimensions.
+def _toy_init(rng, hidden):
+    return {"kernel": jax.random.normal(rng, (hidden, 8)) / np.sqrt(hidden), "bias": jnp.zeros(8)}
+
+
+TOY = Projection("toy", _toy_init, lambda p, x: x @ p["kernel"] + p["bias"])
+
+
+def test_a_projection_head_is_trained_exported_and_reloaded(tiny_base, tmp_path):
+    cfg, base, _ = tiny_base
+    lora = LoraConfig(rank=4, shared=False, targets=["q", "v"])
+    bienc = build_biencoder(LLMConfig(pooling=POOL), lora, LLMTrainConfig(), arch=cfg, projection=TOY)
+    assert bienc.dim == 8
+    plain = build_biencoder(LLMConfig(pooling=POOL), lora, LLMTrainConfig(), arch=cfg)
+    params = bienc.init(jax.random.key(3))
+    # Initialised beside the adapters, which draw exactly as without a head.
+    assert params["projection"]["kernel"].shape == (cfg.hidden_size, 8)
+    jax.tree.map(np.testing.assert_array_equal, params["adapters"], plain.init(jax.random.key(3))["adapters"])
+    params = randomized(params)
+
+    # Used by encode: unit vectors of the head's width, the pooled vector mapped before the norm.
+    ids, lengths = e5_batch()
+    vectors = np.asarray(bienc.encode(params, base, MEMBER, ids, lengths))
+    assert vectors.shape == (4, 8)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
+    model = MistralModel(cfg, lora)
+    head = lambda x: TOY.apply(params["projection"], x)
+    np.testing.assert_allclose(vectors, encode(model, base, params["adapters"], MEMBER, ids, lengths,
+                                               pooling=POOL, head=head), atol=1e-6)
+    # ... and trained: the loss reaches it.
+    grads = jax.grad(lambda p: bienc.loss(p, base, pair_batch(), jax.random.key(0))[0])(params)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["projection"]))
+
+    # Exported in its own file beside the PEFT adapters, reloaded equal, encoding the same.
+    bienc.export(params, tmp_path / "adapters")
+    assert (tmp_path / "adapters" / PROJECTION_FILE).is_file()
+    assert {p.name for p in (tmp_path / "adapters").iterdir()} == {"member", "job", PROJECTION_FILE}
+    loaded = bienc.load(tmp_path / "adapters")
+    jax.tree.map(np.testing.assert_array_equal, loaded["projection"], params["projection"])
+    jax.tree.map(np.testing.assert_array_equal, loaded["adapters"], params["adapters"])
+    for tower in TOWERS:
+        np.testing.assert_array_equal(bienc.encode(loaded, base, tower, ids, lengths),
+                                      bienc.encode(params, base, tower, ids, lengths))
+    # An export and a bi-encoder that disagree about the head fail in one line.
+    with pytest.raises(StarError, match="llm.projection is none"):
+        plain.load(tmp_path / "adapters")
+    plain.export(plain.init(jax.random.key(0)), tmp_path / "plain")
+    with pytest.raises(StarError, match=f"{PROJECTION_FILE}: not found"):
+        bienc.load(tmp_path / "plain")
+
+
+def test_a_registered_projection_head_is_chosen_by_the_config(tiny_base, monkeypatch):
+    cfg, _, _ = tiny_base
+    monkeypatch.setitem(PROJECTIONS, "toy", TOY)
+    llm = LLMConfig(pooling=POOL)
+    llm.projection = "toy"  # the config field (`llm.projection`, default "none") names the head
+    bienc = build_biencoder(llm, LoraConfig(rank=4), LLMTrainConfig(), arch=cfg)
+    assert bienc.projection is TOY and bienc.dim == 8
+    assert "projection" in bienc.init(jax.random.key(0))
+    assert build_biencoder(llm, None, LLMTrainConfig(), arch=cfg).projection is None  # the frozen base
+    llm.projection = "nope"
+    with pytest.raises(StarError, match="llm.projection: unknown head 'nope'"):
+        build_biencoder(llm, LoraConfig(rank=4), LLMTrainConfig(), arch=cfg)
+
+
+def test_the_configs_head_names_are_the_registered_heads():
+    from star_jax import config
+    from star_jax.llm import biencoder
+
+    assert set(config.PROJECTIONS) == {"none", *biencoder.PROJECTIONS}
+    with pytest.raises(StarError, match="llm.projection: unknown head 'nope'"):
+        config.load_config(None, ["llm.projection=nope"])

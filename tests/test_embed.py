@@ -10,6 +10,7 @@ The migration experiment is checked on a planted rotation and on two random adap
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -40,11 +41,12 @@ from star_jax.llm import embed
 from star_jax.llm.biencoder import JOB, MEMBER, encode, load_adapters, tower_adapters
 from star_jax.llm.embed import embed_store
 from star_jax.llm.hf_io import load_mistral, read_config
-from star_jax.llm.lora import export_peft
 from star_jax.llm.mistral import MistralModel, abstract_variables
-from star_jax.metrics import read_metrics
+from star_jax.llm.peft_io import export_peft
+from star_jax.llm.towers import clear_tower_cache, tower_fns
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, list_versions, text_hash
-from star_jax.store.store import _Root
+from star_jax.store.kv import StoreRoot
+from star_jax.tracking import read_metrics
 
 WORKER = Path(__file__).with_name("embed_worker.py")
 SIZES = {MEMBER: 200, JOB: 100}
@@ -79,6 +81,14 @@ def random_adapters(arch, lora: LoraConfig, seed: int) -> dict:
     draw = lambda k, shape: (rng.normal(0, 0.02, shape) if k[-1] == "lora_B"
                              else rng.uniform(-1, 1, shape) / np.sqrt(shape[-2]))
     return traverse_util.unflatten_dict({k: draw(k, a.shape).astype(np.float32) for k, a in flat.items()})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_tower_cache():
+    """The jitted towers are process-wide: count only those this module's runs create."""
+    clear_tower_cache()
+    yield
+    clear_tower_cache()
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +201,11 @@ def test_fp32_storage_matches_to_fp32_precision_and_compiles_once_per_bucket(env
     assert result.truncated[MEMBER] > 0 and result.truncated[JOB] > 0  # max lengths do cut
     # One jitted function per model (frozen base, base + LoRA), one compile per padded width: both
     # towers, the bf16 and fp32 runs and every later run in this process reuse them.
-    assert 1 <= len(embed._TOWER_FNS) <= 2
-    assert all(fn._cache_size() == 2 for fn in embed._TOWER_FNS.values())
+    assert 1 <= len(tower_fns()) <= 2
+    assert all(fn._cache_size() == 2 for fn in tower_fns())
 
 
-def test_refresh_reembeds_exactly_the_changed_texts(env, stores, tmp_path, capsys):
+def test_refresh_reembeds_exactly_the_changed_texts(env, stores, tmp_path, caplog):
     stores("frozen")
     data, root = shutil.copytree(env.data, tmp_path / "data"), shutil.copytree(env.store, tmp_path / "store")
     changed = {MEMBER: [5, 150], JOB: [42]}  # 1% of the texts
@@ -204,11 +214,12 @@ def test_refresh_reembeds_exactly_the_changed_texts(env, stores, tmp_path, capsy
                    lambda df, ids=ids: df.assign(text=[t + " now fully remote" if i in ids else t
                                                        for i, t in zip(df["id"], df["text"])]))
     before = EmbeddingStore.open(root, "frozen")
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="star_jax")
+    caplog.clear()
     result = embed_store(embed_config(), data, env.tok, env.base, root, "frozen", log_dir=tmp_path / "log")
     assert result.changed == result.embedded == {MEMBER: 2, JOB: 1}
     assert result.copied == {MEMBER: 198, JOB: 99} and result.generation == before.manifest["generation"] + 1
-    assert "member 2 new or changed, 198 unchanged" in capsys.readouterr().out
+    assert "member 2 new or changed, 198 unchanged" in caplog.text
     assert read_metrics(tmp_path / "log" / "metrics.jsonl")[-1]["member_changed"] == 2
     after = EmbeddingStore.open(root, "frozen")
     for node_type, ids in changed.items():
@@ -236,7 +247,7 @@ def test_sigkilled_embed_resumes_to_the_bytes_of_an_uninterrupted_run(env, store
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     # Killed mid-write: the staged generation exists, and readers see only the published versions.
-    assert _Root(root).read_json("staging/again.json") is not None
+    assert StoreRoot(root).read_json("staging/again.json") is not None
     assert "again" not in list_versions(root) and "frozen" in list_versions(root)
     with pytest.raises(StarError, match="unknown version 'again'"):
         EmbeddingStore.open(root, "again")
@@ -288,7 +299,7 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(env, stores, tmp_path, ca
         line = err.strip().splitlines()[-1]
         assert code == 2 and line.startswith("star-jax: error: ") and message in line, (override, err[-2000:])
         assert "Traceback" not in err
-    assert list_versions(env.store) == versions and _Root(env.store).list("staging/") == []
+    assert list_versions(env.store) == versions and StoreRoot(env.store).list("staging/") == []
 
 
 # ----------------------------------------------------------------------------------------- migration

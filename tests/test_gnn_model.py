@@ -3,22 +3,17 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from gnn_fixtures import Piece, full_batch, make_batch, make_layout, merge
 
-from star_jax.config import GNNConfig, GNNTrainConfig
+from star_jax.config import GNNConfig
 from star_jax.errors import StarError
-from star_jax.gnn.model import (
-    build_gnn,
-    init_train_state,
-    link_logits,
-    link_loss,
-    link_targets,
-    make_optimizer,
-    make_train_step,
-)
+from star_jax.gnn.model import build_gnn, decay_mask, link_logits, link_loss, link_targets
+from star_jax.gnn.train import gnn_loss
 from star_jax.graph.batch import Layout
+from star_jax.train_loop import Static, init_state, make_optimizer, make_train_step
 
 CFG = GNNConfig(
     hidden_dim=16, out_dim=8, heads=2, layers=2, dropout=0.1, id_buckets=64, cat_dim=4, cat_buckets=8
@@ -129,25 +124,30 @@ def test_link_loss_matches_hand_computation():
 
 @pytest.fixture(scope="module")
 def train(gnn):
-    optimizer = make_optimizer(GNNTrainConfig(lr=1e-2, weight_decay=1e-4, clip_norm=1.0))
-    return optimizer, make_train_step(gnn, optimizer)
+    # No warm-up and a cosine over many more steps than run here: lr stays ~1e-2.
+    optimizer, schedule = make_optimizer(lr=1e-2, warmup_steps=0, steps=10_000, weight_decay=1e-4,
+                                         clip_norm=1.0, decay_mask=decay_mask)
+    return optimizer, make_train_step(gnn_loss(gnn), optimizer, schedule, fold_in_step=True)
+
+
+def fresh_state(params, optimizer, seed: int):
+    return init_state(jax.tree.map(jnp.copy, params), optimizer, seed)  # a copy: the step donates it
 
 
 def test_train_steps_reduce_loss(gnn, params, batches, train):
     optimizer, step = train
     full = batches[0]
-    state = init_train_state(params, optimizer)
-    key = jax.random.key(1)
+    state = fresh_state(params, optimizer, 1)
     losses = []
     for _ in range(25):
-        state, metrics = step(state, full, LAYOUT, key)
+        state, metrics = step(state, Static(LAYOUT), full)
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 25
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.5 * losses[0], losses
     # One compilation serves every batch of this Layout.
     other, _ = full_batch(LAYOUT, seed=1)
-    state, _ = step(state, other, LAYOUT, key)
+    state, _ = step(state, Static(LAYOUT), other)
     assert step._cache_size() == 1
 
 
@@ -165,7 +165,7 @@ def test_no_nan_gradients_with_empty_neighbourhoods(gnn, params, batches, train)
     ]  # a relation with no valid edge
     # One real pair; every other pair, node and edge slot is padding.
     batch = make_batch(LAYOUT, merge([dataclasses.replace(piece, edges=edges)]))
-    state, metrics = step(init_train_state(params, optimizer), batch, LAYOUT, jax.random.key(3))
+    state, metrics = step(fresh_state(params, optimizer, 3), Static(LAYOUT), batch)
     # The global gradient norm is finite iff every gradient entry is.
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
     assert float(metrics["grad_norm"]) > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import graph_fixtures as gf
@@ -20,22 +21,18 @@ import pytest
 from star_jax import cli
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import StoreConfig, load_config
-from star_jax.eval.metrics import auc
 from star_jax.gnn import train as train_module
+from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.export import gnn_embed, split_scores
-from star_jax.gnn.model import init_train_state, make_optimizer, make_train_step
-from star_jax.gnn.train import (
-    ColdStartSampler,
-    load_run,
-    lr_schedule,
-    open_features,
-    state_sharding,
-    train_gnn,
-)
+from star_jax.gnn.features import open_features
+from star_jax.gnn.run import load_run, make_gnn_optimizer
+from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import build_graph
 from star_jax.graph.sampler import NeighborSampler, batch_rng, eval_seeds, node_seeds
-from star_jax.metrics import read_metrics
+from star_jax.metrics import auc
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
+from star_jax.tracking import read_metrics
+from star_jax.train_loop import Static, first_device, init_state, make_train_step
 
 VARIANT = "gnn_id_cat_llm"
 LLM_DIM = 8
@@ -118,8 +115,8 @@ def run_capturing_step(env: Env, out: str, cfg=CFG) -> tuple[dict, object]:
     """A run, and its jitted train step."""
     captured = []
 
-    def capture(gnn, optimizer):
-        captured.append(make_train_step(gnn, optimizer))
+    def capture(*args, **kwargs):
+        captured.append(make_train_step(*args, **kwargs))
         return captured[-1]
 
     with pytest.MonkeyPatch.context() as mp:
@@ -148,9 +145,9 @@ def test_train_step_compiles_once(env, uninterrupted):
     degrees = env.graph.csr["member_applied"].degrees()
     member_ids = np.concatenate([b.node_ids["member"][: CFG.sampler.batch_size] for b in batches])
     assert 777 in member_ids and 3 in member_ids and degrees[env.graph.rows("member", [777, 3])].sum() == 0
-    optimizer = make_optimizer(CFG.gnn_train, lr_schedule(CFG.gnn_train))
+    optimizer, _ = make_gnn_optimizer(CFG.gnn_train)
     params = load_run(os.path.join(env.root, "a"), env.graph, features).params
-    state = jax.device_put(init_train_state(params, optimizer), state_sharding())  # as the run places it
+    state = init_state(jax.device_put(params, first_device()), optimizer, 0)  # as the run places it
     compiled = []
 
     def listen(event: str, duration: float, **kwargs) -> None:
@@ -160,7 +157,7 @@ def test_train_step_compiles_once(env, uninterrupted):
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         for b in batches:
-            state, metrics = step(state, b, sampler.layout, jax.random.key(0))
+            state, metrics = step(state, Static(sampler.layout), b)
             assert np.isfinite(float(metrics["loss"]))
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
@@ -182,8 +179,8 @@ def crash_and_resume(env: Env, out: str, cfg, monkeypatch) -> dict:
     """Run `cfg` into OUT, crash at the 5th train step, check what survived, then resume."""
     calls = []
 
-    def crashing(gnn, optimizer):
-        step = make_train_step(gnn, optimizer)
+    def crashing(*args, **kwargs):
+        step = make_train_step(*args, **kwargs)
 
         def crash_at_step_5(*args):
             calls.append(1)
@@ -276,9 +273,11 @@ def _train_args(env, out: str, *extra: str) -> list[str]:
             "--store-version", "v1", "--out", os.path.join(env.root, out), *sets, *extra]
 
 
-def test_rerun_is_skipped_and_a_changed_config_is_refused(env, uninterrupted, capsys):
+def test_rerun_is_skipped_and_a_changed_config_is_refused(env, uninterrupted, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="star_jax")
     assert cli.main(_train_args(env, "a", "--variant", VARIANT)) == 0
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped" in caplog.text
+    capsys.readouterr()
     assert cli.main(_train_args(env, "a", "--variant", VARIANT, "--set", "gnn_train.lr=0.5")) == 2
     err = capsys.readouterr().err.strip()
     assert "different config" in err and len(err.splitlines()) == 1
@@ -342,7 +341,7 @@ def ablation(tmp_path_factory) -> dict[str, tuple[float, float]]:
     from tfidf_features import write_tfidf_store
 
     from star_jax.data.synth import synthesize
-    from star_jax.eval.metrics import activity_bucket, auc_by_group
+    from star_jax.metrics import activity_bucket, auc_by_group
 
     root = tmp_path_factory.mktemp("ablation")
     data = synthesize(root / "data", "tiny", 0)

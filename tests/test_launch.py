@@ -103,7 +103,7 @@ MICRO = ["llm.member_max_len=48", "llm.job_max_len=48", "llm.buckets=[]", "lora.
 def test_two_local_processes_train_together(inputs, tmp_path):
     """`train-llm` through gpu_pod.sh as processes 0 and 1 of one job: one global mesh of their two
     CPU devices, the same batches and steps on both, so both finish with the same numbers."""
-    from star_jax.metrics import read_metrics
+    from star_jax.tracking import read_metrics
 
     with socket.socket() as s:
         s.bind(("localhost", 0))

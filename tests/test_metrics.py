@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score, roc_auc_score, top_k_accuracy_score
 
-from star_jax.eval import metrics
+from star_jax import metrics
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -201,10 +201,10 @@ def test_remat_policies_give_identical_finite_gradients():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("remat", "some", "llm.arch.remat: 'some'"),
-        ("attention", "flash", "llm.arch.attention: 'flash'"),
+        ("remat", "some", "llm.arch.remat: expected one of none, full, save_projections, got 'some'"),
+        ("attention", "flash", "llm.arch.attention: expected one of None, xla, cudnn, chunked, got 'flash'"),
         ("attention", "cudnn", "'cudnn' needs llm.arch.dtype bfloat16"),
-        ("dtype", "float64", "llm.arch.dtype: unknown dtype 'float64'"),
+        ("dtype", "float64", "llm.arch.dtype: expected one of float32, bfloat16, float16, got 'float64'"),
         ("num_key_value_heads", 3, "not a multiple of num_key_value_heads=3"),
     ],
 )

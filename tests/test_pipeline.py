@@ -75,7 +75,7 @@ def test_a_killed_stage_reruns_and_finished_ones_stay_skipped(tmp_path):
 
 
 def test_digests_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
-    import star_jax.pipeline as pipeline
+    from star_jax.pipeline import stamps as pipeline
 
     f = tmp_path / "big.bin"
     f.write_bytes(b"x" * 1000)
@@ -111,7 +111,7 @@ def test_bad_inputs_fail_in_one_line(tmp_path, capsys):
 
 
 def test_seed_sweep_refuses_bad_inputs_in_one_line(tmp_path, capsys):
-    from star_jax.eval import seeds
+    from star_jax.pipeline import seeds
 
     for argv, needle in ([["--set", "data.dir=mine"], "data.dir"], [["--seeds", "x"], "--seeds"],
                          [["--set", "eval.nope=1"], "eval.nope"]):
@@ -236,6 +236,46 @@ def test_pipeline_runs_skips_and_refreshes_only_what_changed(own_inputs, tmp_pat
     assert "top 2 jobs by llm_frozen" in capsys.readouterr().out
 
 
+def test_an_edited_module_reruns_its_stage_and_those_downstream_and_redo_forces_them(own_inputs, tmp_path,
+                                                                                     monkeypatch):
+    """Stage keys cover the source their stage runs: an edit to gnn/model.py reruns the GNN stages
+    and the report, nothing of the LLM branch; `redo` forces a stage and its dependents."""
+    from star_jax import sources
+    from star_jax.pipeline import Pipeline, run_pipeline
+
+    data, tok, base = own_inputs
+    cfg = micro_config(data, tok, base)
+    cfg.eval.variants = ["llm_frozen", "gnn_id_cat"]
+    for key, value in MICRO.items():
+        if key.split(".")[0] in ("gnn", "sampler", "gnn_train"):
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+
+    def ran(redo=()) -> list[str]:
+        pipeline = Pipeline(cfg, tmp_path / "run", log=lambda s: None, redo=redo)
+        pipeline()
+        return [r.name for r in pipeline.run.records if not r.skipped]
+
+    gnn = ["train-gnn-gnn_id_cat", "gnn-embed-gnn_id_cat", "evaluate"]
+    run_pipeline(cfg, tmp_path / "run", log=lambda s: None)
+    assert list(read_run(tmp_path / "run").stamps) == ["validate", "embed-llm_frozen", "build-graph", *gnn]
+    assert ran() == []
+    assert ran(redo=("build-graph",)) == ["build-graph", *gnn]
+    assert ran(redo=("train-gnn",)) == gnn  # a family: every train-gnn-<variant>
+    assert ran() == []
+
+    original = sources.source
+
+    def edited(*names):
+        return lambda m: original(m) + (b"\n# edited\n" if m in names else b"")
+
+    monkeypatch.setattr(sources, "source", edited("star_jax.gnn.model"))
+    assert ran() == gnn
+    monkeypatch.setattr(sources, "source", edited("star_jax.gnn.model", "star_jax.llm.embed"))
+    assert ran() == ["embed-llm_frozen", "evaluate"]  # the GNN reads no LLM embeddings in gnn_id_cat
+    assert ran() == []
+
+
 def test_variant_names_match_the_gnn_stage():
     from star_jax.gnn.train import VARIANTS as GNN
     from star_jax.pipeline import GNN_VARIANTS
@@ -248,8 +288,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads(path):
-    from star_jax.config import load_config
-    from star_jax.pipeline import check_variants
+    from star_jax.config import check_variants, load_config
 
     cfg = load_config(path)
     check_variants(cfg.eval.variants)
@@ -289,20 +328,27 @@ MICRO = {
 }
 
 
-def star_jax(*args: str) -> subprocess.Popen:
+def star_jax(log: Path, *args: str) -> subprocess.Popen:
+    """`star-jax ARGS` in a child process whose output goes to the file `log`, never to a pipe that
+    nobody reads while the test waits."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    return subprocess.Popen([sys.executable, "-m", "star_jax.cli", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "star_jax.cli", *args], env=env, text=True,
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
-def kill_when(proc: subprocess.Popen, path: Path, timeout: float = 900) -> None:
+def tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
+def kill_when(proc: subprocess.Popen, log: Path, path: Path, timeout: float = 900) -> None:
     """SIGKILL `proc` once `path` exists (an orbax step directory appears only when committed)."""
     deadline = time.time() + timeout
     while not path.exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        assert proc.poll() is None and time.time() < deadline, tail(log)
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.wait(timeout=60)
 
 
 @pytest.mark.slow  # three micro pipelines of every stage, each compiling its models: several minutes
@@ -314,15 +360,17 @@ def test_a_killed_pipeline_resumes_to_the_same_report(tmp_path):
     data = write_tiny_data(tmp_path / "data")
     args = ["--set", f"data.dir={data}", *[a for k, v in MICRO.items() for a in ("--set", f"{k}={v}")]]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    proc = star_jax("pipeline", "--out", str(whole), *args)
-    assert proc.wait(timeout=1800) == 0, proc.communicate()[0][-3000:]
-    kill_when(star_jax("pipeline", "--out", str(killed), *args), killed / "llm" / "checkpoints" / "2")
-    kill_when(star_jax("pipeline", "--out", str(killed), *args),
+    logs = [tmp_path / f"run{i}.log" for i in range(4)]
+    proc = star_jax(logs[0], "pipeline", "--out", str(whole), *args)
+    assert proc.wait(timeout=1800) == 0, tail(logs[0])
+    kill_when(star_jax(logs[1], "pipeline", "--out", str(killed), *args), logs[1],
+              killed / "llm" / "checkpoints" / "2")
+    kill_when(star_jax(logs[2], "pipeline", "--out", str(killed), *args), logs[2],
               killed / "gnn" / "gnn_id_cat" / "checkpoints" / "2")
     assert (killed / "stamps" / "train-llm.json").is_file()  # the second run skipped to the GNN
-    proc = star_jax("pipeline", "--out", str(killed), *args)
-    log = proc.communicate(timeout=1800)[0]
-    assert proc.returncode == 0, log[-3000:]
+    proc = star_jax(logs[3], "pipeline", "--out", str(killed), *args)
+    assert proc.wait(timeout=1800) == 0, tail(logs[3])
+    log = logs[3].read_text()
     assert "pipeline: train-llm: up to date" in log and "resumed gnn_id_cat from the step-" in log
     a, b = read_json(whole / "report.json")["variants"], read_json(killed / "report.json")["variants"]
     assert set(a) == set(b) == set(Config().eval.variants)
@@ -336,12 +384,11 @@ def test_the_demo_shows_the_papers_orderings_and_a_rerun_skips_everything(tmp_pa
     from star_jax.fileio import read_json
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
-    logs = []
-    for _ in ("first", "rerun"):
-        proc = star_jax("pipeline", "--config", config, "--out", str(tmp_path / "demo"))
-        logs.append(proc.communicate(timeout=3600)[0])
-        assert proc.returncode == 0, logs[-1][-3000:]
-    assert "pipeline: 0 stage(s) ran" in logs[1]  # the rerun did nothing
+    logs = [tmp_path / "first.log", tmp_path / "rerun.log"]
+    for log in logs:
+        proc = star_jax(log, "pipeline", "--config", config, "--out", str(tmp_path / "demo"))
+        assert proc.wait(timeout=3600) == 0, tail(log)
+    assert "pipeline: 0 stage(s) ran" in logs[1].read_text()  # the rerun did nothing
     report = read_json(tmp_path / "demo" / "report.json")
     print(json.dumps({k: [v["auc"], v["auc_cold_start"]] for k, v in report["variants"].items()}))
     verdicts = {c["id"]: c["verdict"] for c in report["checks"]}
@@ -351,3 +398,32 @@ def test_the_demo_shows_the_papers_orderings_and_a_rerun_skips_everything(tmp_pa
     for c in ("gnn_vs_llm", "llm_features", "cold_start_gain"):
         assert verdicts[c] != "fails", report["checks"]
     assert all(0.5 < v["auc"] < 1 for v in report["variants"].values())
+
+
+def test_the_configs_name_lists_match_the_code_that_maps_them():
+    from star_jax import config
+    from star_jax.llm.lora import TARGET_MODULES
+    from star_jax.llm.mistral import REMAT_POLICIES
+    from star_jax.store.layout import DTYPES
+
+    assert set(config.REMAT_NAMES) == set(REMAT_POLICIES)
+    assert set(config.LORA_TARGETS) == set(TARGET_MODULES)
+    assert set(config.STORE_DTYPES) == set(DTYPES)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("gnn.cold_start_ids=dorp", "gnn.cold_start_ids: expected one of drop, keep, got 'dorp'"),
+    ("gnn_train.cold_start_rate=2", "gnn_train.cold_start_rate: expected a value in [0, 1]"),
+    ("sampler.relation_fanouts.member_skill_rev=[1]", "sampler.relation_fanouts.member_skill_rev: expected"),
+    ("store.compression=lz4", "store.compression: expected one of"),
+    ("lora.targets=[q,qq]", "lora.targets: unknown target 'qq'"),
+    ("llm.arch.num_key_value_heads=3", "llm.arch.num_attention_heads: 4 is not a multiple"),
+    ("mesh.rules.embed=[fdsp]", "mesh.rules.embed: unknown mesh axis 'fdsp'"),
+    ("eval.variants=[gnn_id_cat,llm]", "eval.variants: unknown variant 'llm'"),
+    ("llm_train.grad_accum=3", "llm_train.batch_size: 16 does not split"),
+])
+def test_every_section_checks_itself_when_the_config_loads(tmp_path, capsys, override, message):
+    """The pipeline fails on a bad value in one line before any stage runs (nothing is written)."""
+    line = one_line_error(capsys, ["pipeline", "--out", str(tmp_path / "run"), "--set", override])
+    assert message in line, line
+    assert not (tmp_path / "run").exists()

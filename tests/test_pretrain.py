@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from star_jax.data.loader import token_stream
 from star_jax.data.tokenizer import load_tokenizer, train_tokenizer
 from star_jax.llm import MistralModel, lm_logits, load_lm_head, load_mistral
 from star_jax.llm.pretrain import pretrain
-from star_jax.metrics import read_metrics
+from star_jax.tracking import read_metrics
 
 
 def tiny_config() -> Config:
@@ -61,12 +63,13 @@ def test_learns_and_publishes_a_transformers_checkpoint(run):
     assert float(expected) < losses[0] - 1.0  # the published weights are the trained ones
 
 
-def test_rerun_is_skipped(run, capsys, tmp_path):
+def test_rerun_is_skipped(run, capsys, caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="star_jax")
     config = tmp_path / "config.yaml"
     config.write_text(to_yaml(run["cfg"]))
     args = ["pretrain", "--data", str(run["data"]), "--tokenizer", str(run["tok"]), "--out", str(run["out"])]
     capsys.readouterr()
     assert cli.main([*args, "--config", str(config)]) == 0
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped" in caplog.text
     assert cli.main([*args, "--config", str(config), "--set", "pretrain.batch_size=3"]) == 2
     assert "pretrain.batch_size" in capsys.readouterr().err.strip().splitlines()[-1]

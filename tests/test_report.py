@@ -21,7 +21,8 @@ from star_jax.data.splits import cold_start
 from star_jax.data.tables import read_edges, read_labels, read_nodes
 from star_jax.eval import report
 from star_jax.eval.recommend import recommend
-from star_jax.pipeline import CONFIG_FILE, VARIANTS, Runner, read_run, stage_name
+from star_jax.eval.runs import CONFIG_FILE, VARIANTS, read_run, stage_name
+from star_jax.pipeline import Runner
 from star_jax.store import EmbeddingSpec, EmbeddingWriter, text_hash
 
 DIM = 8

@@ -1,5 +1,5 @@
-"""The seed sweep's summaries on fabricated per-seed report.json contents: `star_jax.eval.seeds`'
-tables and `star_jax.eval.repro`'s pooling of each check over seeds."""
+"""The seed sweep's summaries on fabricated per-seed report.json contents: `star_jax.pipeline.seeds`'
+tables and `star_jax.pipeline.repro`'s pooling of each check over seeds."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from star_jax.eval import repro
 from star_jax.eval.report import CHECKS
+from star_jax.pipeline import repro
 
 VARIANT_AUCS = {"llm_frozen": (0.60, 0.58), "llm_finetuned": (0.70, 0.65), "gnn_id_cat": (0.80, 0.60),
                 "gnn_id_cat_llm": (0.82, 0.64)}
@@ -76,7 +76,7 @@ def test_repro_markdown_lists_every_seed_and_the_pooled_effect():
     points = dict.fromkeys(CHECKS, 0.03)
     ses = dict.fromkeys(CHECKS, 0.01)
     reports = {101: fake_report(points, ses), 100: fake_report(points, ses, missing=("cold_start_gain",))}
-    md = repro.repro_markdown(reports, "python -m star_jax.eval.repro --seeds 100 101")
+    md = repro.repro_markdown(reports, "python -m star_jax.pipeline.repro --seeds 100 101")
     title = CHECKS["llm_features"][0]
     p = repro.pool([0.03, 0.03], [0.01, 0.01])
     assert f"| {title} | +0.0300 | [{p['low']:+.4f}, {p['high']:+.4f}] | 2 | **holds** |" in md
@@ -90,7 +90,7 @@ def test_repro_markdown_lists_every_seed_and_the_pooled_effect():
 
 
 def test_repro_cli_writes_the_doc(tmp_path, monkeypatch):
-    from star_jax.eval import seeds
+    from star_jax.pipeline import seeds
 
     ran = []
 
@@ -107,7 +107,7 @@ def test_repro_cli_writes_the_doc(tmp_path, monkeypatch):
 
 
 def test_seed_summary_tables_and_verdicts():
-    from star_jax.eval.seeds import checks, seeds_markdown
+    from star_jax.pipeline.seeds import checks, seeds_markdown
 
     points, ses = dict.fromkeys(CHECKS, 0.02), dict.fromkeys(CHECKS, 0.005)
     good = fake_report(points, ses)
@@ -115,7 +115,7 @@ def test_seed_summary_tables_and_verdicts():
     bad["variants"]["llm_frozen"] = {"auc": 0.68, "auc_cold_start": 0.68}
     assert set(checks(good).values()) == {"holds"}
     assert checks(bad)["finetune_target"] == "fails" and checks(bad)["cold_start_gain"] == "unresolved"
-    md = seeds_markdown({2: bad, 1: good}, "python -m star_jax.eval.seeds --out runs/seeds")
+    md = seeds_markdown({2: bad, 1: good}, "python -m star_jax.pipeline.seeds --out runs/seeds")
     assert "| 1 | 0.6000 | 0.7000 | 0.8000 | 0.8200 |" in md  # seeds sorted, the paper's row order
     assert "| 2 | +0.0200 | +0.0200 | +0.0400 | [+0.0100, +0.0300] | 100 |" in md
     assert f"| {CHECKS['finetune_target'][0]} | holds | **fails** |" in md

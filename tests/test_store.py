@@ -29,13 +29,13 @@ from star_jax.store import (
     EmbeddingSpec,
     EmbeddingStore,
     EmbeddingWriter,
+    StoreRoot,
     fit_version_map,
     list_versions,
     load_version_map,
     text_hash,
 )
 from star_jax.store.migrate import holdout_mask
-from star_jax.store.store import _Root
 
 WORKER = os.path.join(os.path.dirname(__file__), "store_worker.py")
 SMALL = StoreConfig(shard_rows=32, chunk_rows=8)
@@ -59,14 +59,23 @@ def write_version(root, version, data, cfg=SMALL, spec_=None, dim=None):
 
 def raw_rows(root, version, node_type) -> np.ndarray:
     """The stored bytes of every row (uint16/uint32 view), read straight from the zarr array."""
-    m = _Root(root).read_json(f"manifests/{version}.json")
+    m = StoreRoot(root).read_json(f"manifests/{version}.json")
     g = m["node_types"][node_type]["generation"]
-    arr = _Root(root).open_array(f"data/{version}/g{g:08d}/{node_type}/emb").read().result()
+    arr = StoreRoot(root).open_array(f"data/{version}/g{g:08d}/{node_type}/emb").read().result()
     return arr.view(np.uint16 if arr.dtype == ml_dtypes.bfloat16 else np.uint32)
 
 
 def run_worker(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, WORKER, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def wait_for(ready, proc: subprocess.Popen, log, timeout: float = 60.0) -> None:
+    """Wait until `ready` (a path, or a function) is true while `proc` runs; its log on failure."""
+    deadline = time.monotonic() + timeout
+    while not (ready() if callable(ready) else os.path.exists(ready)):
+        assert proc.poll() is None, f"{proc.args[2]} exited with {proc.returncode}: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{ready} not ready after {timeout} s: {log.read_text()[-3000:]}"
+        time.sleep(0.02)
 
 
 def reports(stdout: str) -> list[dict]:
@@ -191,10 +200,10 @@ def test_incremental_refresh_touches_only_changed_rows(tmp_path):
     rep = write_version(root, "v1", {"member": (ids3, texts3, x3)})
     assert rep.embedded == {"member": 2} and rep.generation == 3  # job was not passed: kept as is
     np.testing.assert_array_equal(raw_rows(root, "v1", "member")[:-2], after[100:])
-    gens = {k.split("/")[0] for k in _Root(root).list("data/v1/")}
+    gens = {k.split("/")[0] for k in StoreRoot(root).list("data/v1/")}
     assert gens == {"g00000002", "g00000003", "g00000001"}  # job still lives in g1; g2 is the previous
     write_version(root, "v1", {"member": (ids3, [t + "!" for t in texts3], x3)})
-    gens = {k.split("/")[0] for k in _Root(root).list("data/v1/")}
+    gens = {k.split("/")[0] for k in StoreRoot(root).list("data/v1/")}
     assert gens == {"g00000001", "g00000003", "g00000004"}
 
 
@@ -207,15 +216,14 @@ def test_sigkilled_writer_resumes_to_the_uninterrupted_result(tmp_path):
         assert run_worker("write", root, "--revs", "0").returncode == 0
     published = EmbeddingStore.open(a)
 
-    args = ["write", a, "--revs", "1", "--every", "2", "--sleep", "0.2"]
-    proc = subprocess.Popen([sys.executable, WORKER, *args], text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    ready, log = tmp_path / "held", tmp_path / "writer.log"
+    args = ["write", a, "--revs", "1", "--every", "2", "--hold-after", "4", "--ready", str(ready)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, WORKER, *args], stdout=out, stderr=subprocess.STDOUT)
     try:
-        blocks = 0
-        while blocks < 4:
-            line = proc.stdout.readline()
-            assert line, "writer exited early"
-            blocks += line.startswith("block")
+        wait_for(ready, proc, log)  # the writer stored 4 blocks and now waits to be killed
+        # At least one shard of the staged generation is stored, so the rerun has less to write.
+        wait_for(lambda: StoreRoot(a).list("data/v1/g00000002/member/emb/c/"), proc, log)
         # Mid-write, a new reader sees exactly the previously published state.
         mid = EmbeddingStore.open(a)
         assert mid.manifest == published.manifest
@@ -226,8 +234,9 @@ def test_sigkilled_writer_resumes_to_the_uninterrupted_result(tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
-        proc.wait()
-    assert _Root(a).read_json("staging/v1.json")["generation"] == 2
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()
+    assert StoreRoot(a).read_json("staging/v1.json")["generation"] == 2
 
     resumed = run_worker("write", a, "--revs", "1", "--every", "2")
     clean = run_worker("write", b, "--revs", "1", "--every", "2")
@@ -243,10 +252,10 @@ def test_sigkilled_writer_resumes_to_the_uninterrupted_result(tmp_path):
     for t in sw.SIZES:
         for name in ("emb", "hash", "ids"):
             key = f"data/v1/g00000002/{t}/{name}"
-            xa, xb = (_Root(r).open_array(key).read().result() for r in (a, b))
+            xa, xb = (StoreRoot(r).open_array(key).read().result() for r in (a, b))
             assert xa.tobytes() == xb.tobytes(), (t, name)
-    assert _Root(a).read_json("staging/v1.json") is None
-    assert {k.split("/")[0] for k in _Root(a).list("data/v1/")} == {"g00000001", "g00000002"}
+    assert StoreRoot(a).read_json("staging/v1.json") is None
+    assert {k.split("/")[0] for k in StoreRoot(a).list("data/v1/")} == {"g00000001", "g00000002"}
 
 
 def test_kill_between_manifest_swap_and_cleanup_keeps_the_published_generation(tmp_path):
@@ -259,14 +268,14 @@ def test_kill_between_manifest_swap_and_cleanup_keeps_the_published_generation(t
     inputs = {"member": (ids, text_hash(data(1)["member"][1]))}
     w = EmbeddingWriter.open(root, "v1", spec(), inputs, SMALL)
     w.write("member", w.pending("member").rows, x + 1)
-    staging = _Root(root).read_json("staging/v1.json")
+    staging = StoreRoot(root).read_json("staging/v1.json")
     w.publish()
-    _Root(root).write_json("staging/v1.json", staging)  # as if killed right after the manifest swap
+    StoreRoot(root).write_json("staging/v1.json", staging)  # as if killed right after the manifest swap
     assert EmbeddingWriter.open(root, "v1", spec(), inputs, SMALL).node_types == []
-    assert _Root(root).read_json("staging/v1.json") is None
+    assert StoreRoot(root).read_json("staging/v1.json") is None
     expect = lambda rev: (x + rev).astype(ml_dtypes.bfloat16).astype(np.float32)  # noqa: E731
     np.testing.assert_array_equal(EmbeddingStore.open(root).lookup("member", ids), expect(1))
-    _Root(root).write_json("staging/v1.json", staging)
+    StoreRoot(root).write_json("staging/v1.json", staging)
     write_version(root, "v1", data(2))  # a refresh on top of it
     np.testing.assert_array_equal(EmbeddingStore.open(root).lookup("member", ids), expect(2))
     # A handle two publishes old has lost its generation: a clear error, never zeros.
@@ -275,23 +284,32 @@ def test_kill_between_manifest_swap_and_cleanup_keeps_the_published_generation(t
 
 
 def test_concurrent_reader_never_sees_a_torn_row(tmp_path):
-    root, stop = str(tmp_path / "s"), str(tmp_path / "stop")
+    root, stop, seen = str(tmp_path / "s"), tmp_path / "stop", tmp_path / "seen"
+    out, err = tmp_path / "reader.json", tmp_path / "reader.log"
+    seen.mkdir()
     assert run_worker("write", root, "--revs", "0").returncode == 0
-    reader = subprocess.Popen([sys.executable, WORKER, "read", root, "--stop-file", stop, "--revs", "0,1,2,3",
-                               "--every", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The reader snapshots the store over and over while the writer refreshes it three times. The
+    # writer starts each refresh once the reader has read the published generation, so the reader
+    # reads every state, and never one two publishes old (garbage-collected under it).
+    with open(out, "w") as o, open(err, "w") as e:
+        reader = subprocess.Popen([sys.executable, WORKER, "read", root, "--stop-file", str(stop), "--revs",
+                                   "0,1,2,3", "--every", "3", "--seen", str(seen)], stdout=o, stderr=e)
     try:
-        writer = run_worker("write", root, "--revs", "1,2,3", "--every", "3", "--sleep", "0.02")
-        assert writer.returncode == 0, writer.stderr
-        time.sleep(0.3)
+        writer = run_worker("write", root, "--revs", "1,2,3", "--every", "3", "--sleep", "0.02",
+                            "--sync", str(seen))
+        assert writer.returncode == 0, writer.stdout + writer.stderr + err.read_text()
+        wait_for(seen / "seen-4", reader, err)  # the reader has read the final state
     finally:
-        open(stop, "w").close()
-        out, err = reader.communicate(timeout=60)
-    assert reader.returncode == 0, out + err
-    summary = json.loads(out)
-    assert summary["torn_rows"] == 0 and summary["snapshots"] >= 3
-    assert len(summary["states"]) >= 2  # it saw the store change under it
-    assert [s[1] for s in summary["states"]] == sorted(s[1] for s in summary["states"])
-    assert (4, 3) in [tuple(s) for s in summary["states"]]
+        stop.touch()
+        try:
+            reader.wait(timeout=60)
+        finally:
+            reader.kill()  # only if it hung
+            reader.wait()
+    assert reader.returncode == 0, out.read_text() + err.read_text()
+    summary = json.loads(out.read_text())
+    assert summary["torn_rows"] == 0 and summary["snapshots"] >= 4
+    assert summary["states"] == [[1, 0], [2, 1], [3, 2], [4, 3]]  # (generation, revision) it read
 
 
 # ---------------------------------------------------------------------------------- migration
@@ -394,8 +412,9 @@ BAD_WRITES = {
               "store.dtype is 'float32'"),
     "tokenizer": (dict(spec_=spec(tokenizer="bpe-2")),
                   "spec.tokenizer is 'bpe-2', but the manifest has 'bpe-1'"),
-    "bad dtype name": (dict(cfg=StoreConfig(dtype="float16")), "store.dtype 'float16'"),
-    "bad layout": (dict(cfg=StoreConfig(shard_rows=100, chunk_rows=16)), "store.shard_rows=100"),
+    # A bad store config fails when it is built (config.StoreConfig.check), inside the same one line.
+    "bad dtype name": (dict(cfg=lambda: StoreConfig(dtype="float16")), "store.dtype: expected one of"),
+    "bad layout": (dict(cfg=lambda: StoreConfig(shard_rows=100, chunk_rows=16)), "store.shard_rows=100"),
     "bad version name": (dict(version="../v1"), "version '../v1'"),
 }
 
@@ -405,8 +424,8 @@ def test_bad_writes_fail_in_one_line(one_version, case):
     root, inputs = one_version
     kw, message = BAD_WRITES[case]
     with pytest.raises(StarError) as e:
-        version = kw.get("version", "v1")
-        EmbeddingWriter.open(root, version, kw.get("spec_", spec()), inputs, kw.get("cfg", SMALL))
+        version, cfg = kw.get("version", "v1"), kw.get("cfg", SMALL)
+        EmbeddingWriter.open(root, version, kw.get("spec_", spec()), inputs, cfg() if callable(cfg) else cfg)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -433,7 +452,8 @@ def test_bad_reads_and_vectors_fail_in_one_line(one_version, tmp_path, capsys):
         (lambda: EmbeddingWriter.open(root, "v1", spec(), {"member": (np.r_[1, 1], np.zeros(2, np.uint64))},
                                       SMALL), "duplicate id 1"),
     ]
-    _Root(root).write_json("manifests/v7.json", _Root(root).read_json("manifests/v1.json"))  # copied by hand
+    r = StoreRoot(root)
+    r.write_json("manifests/v7.json", r.read_json("manifests/v1.json"))  # copied by hand
     cases.append((lambda: EmbeddingStore.open(root, "v7"), "manifest is for version 'v1'"))
     for fn, message in cases:
         with pytest.raises(StarError) as e:

@@ -57,7 +57,7 @@ def test_rerun_is_skipped_and_config_change_retrains(trained, capsys, tmp_path):
     mtime = (out / "tokenizer.json").stat().st_mtime_ns
     args = ["tokenizer", "--data", str(data), "--out", str(out), "--set", f"tokenizer.vocab_size={VOCAB}"]
     assert cli.main(args) == 0
-    assert "up to date" in capsys.readouterr().out
+    assert "up to date" in capsys.readouterr().err
     assert (out / "tokenizer.json").stat().st_mtime_ns == mtime
     other = tmp_path / "tok2"
     assert (

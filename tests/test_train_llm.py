@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from data_fixtures import edit_table, write_tiny_data
 from hf_fixtures import build_checkpoint, random_params
 
 from star_jax import cli
+from star_jax import train_loop as loop
 from star_jax.config import (
     Config,
     LLMTrainConfig,
@@ -30,13 +32,11 @@ from star_jax.config import (
 )
 from star_jax.data.tables import read_nodes
 from star_jax.data.tokenizer import load_tokenizer, train_tokenizer
-from star_jax.llm import loop
-from star_jax.llm.biencoder import init_head, load_adapters
-from star_jax.llm.lora import init_lora
-from star_jax.llm.mistral import MistralModel
-from star_jax.llm.train import fit_head, make_loss, train_llm
-from star_jax.metrics import read_metrics
+from star_jax.llm.biencoder import build_biencoder, load_adapters
+from star_jax.llm.losses import fit_head
+from star_jax.llm.train import train_llm
 from star_jax.parallel import make_mesh
+from star_jax.tracking import read_metrics
 
 WORKER = Path(__file__).with_name("llm_worker.py")
 STEPS = 20
@@ -179,14 +179,15 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_finished_runs_are_skipped_and_changed_configs_refused(runs, inputs, tmp_path, capsys):
+def test_finished_runs_are_skipped_and_changed_configs_refused(runs, inputs, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="star_jax")
     out = runs("single")
     args = ["train-llm", "--data", inputs["data"], "--tokenizer", inputs["tok"], "--base", inputs["base"]]
     config = tmp_path / "config.yaml"
     config.write_text(to_yaml(tiny_config()))
     # The single run used only the first device; the fingerprint covers inputs and config, not the mesh.
-    code, stdout, _ = run_cli(capsys, *args, "--out", str(out), "--config", str(config))
-    assert code == 0 and "skipped" in stdout
+    code, _, _ = run_cli(capsys, *args, "--out", str(out), "--config", str(config))
+    assert code == 0 and "skipped" in caplog.text
     code, _, err = run_cli(capsys, *args, "--out", str(out), "--config", str(config), "--set", "lora.rank=2")
     lines = err.strip().splitlines()
     assert code == 2 and "different config" in lines[-1] and "Traceback" not in err
@@ -248,12 +249,12 @@ def test_full_remat_lowers_peak_memory():
     base = jax.device_put(random_params(arch), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     peak = {}
     for policy in ("none", "full"):
-        model = MistralModel(dataclasses.replace(arch, remat=policy), cfg.lora)
-        params = {"adapters": {"shared": init_lora(jax.random.key(0), arch, cfg.lora, mesh=mesh)},
-                  "head": loop.gather(init_head(cfg.llm_train), mesh)}
+        remat = dataclasses.replace(arch, remat=policy)
+        bienc = build_biencoder(cfg.llm, cfg.lora, cfg.llm_train, arch=remat)
+        params = bienc.init(jax.random.key(0), mesh)
         tx, schedule = loop.make_optimizer(lr=1e-3, warmup_steps=1, steps=10, weight_decay=0.0, clip_norm=1.0)
         state = loop.init_state(params, tx, 0, mesh)
-        step = loop.make_train_step(make_loss(model, cfg), tx, schedule, 1, mesh, state)
+        step = loop.make_train_step(bienc.loss, tx, schedule, 1, mesh, state)
         peak[policy] = loop.peak_bytes(step.lower(state, base, batch).compile())
     assert peak["full"] < 0.7 * peak["none"], peak
 

@@ -1,36 +1,18 @@
 """Signal baselines for the synthetic marketplace: how much each kind of input can predict applies.
 
-Four scikit-learn logistic regressions on pair features. Each trains on the train-split pairs of
-`labels/pairs.parquet`, picks C on the val split, and reports AUC on the test split, both overall
-and on cold-start members (no training-period apply: `star_jax.data.splits.cold_start`):
+Four scikit-learn logistic regressions on pair features, none of which sees an interaction:
+(a) tags (categorical columns and attribute edges), (b) text (TF-IDF bags of words), (c) both,
+and (d) the oracle (the generator's true latent factors in `DATA_DIR/latent/`). Each trains on the
+train pairs, picks C on val, and reports test AUC overall and on cold-start members
+(`star_jax.data.splits.cold_start`). docs/data_format.md, "Signal baselines", has the table.
 
-  (a) tags: categorical columns and attribute edges only. Features: skill-tag overlap, coverage
-      and Jaccard, tag counts; same title, company, location, industry; the member x job
-      seniority cross; hashed crosses of member x job skill tags, titles, industries, locations.
-  (b) text: the member and job texts as bags of words (TF-IDF, unigrams and bigrams). Features:
-      cosine, the IDF-weighted share of the job's terms found in the member's text, and the
-      shared-term count, each computed over three views (whole texts; the skill sections, i.e.
-      the profile's skills list and the posting's requirements; the headline titles); term
-      counts; one indicator per shared term; hashed crosses of member x job title words.
-  (c) both: (a) and (b) together.
-  (d) oracle: the generator's true latent factors (`DATA_DIR/latent/`, synthetic data only).
-      Features: weighted coverage of the job's true skills, the seniority gap, the kind of
-      location match, and the member-taste x job-style products.
-
-None of the four sees an interaction, so each measures the content signal of its input. The
-planted structure (`star_jax.data.synth`) shows in two places. Text beats tags, on cold-start
-members too, because about 40% of the true skills, and most of the niche ones, are never
-tagged. The oracle leads (c) mostly by the collaborative taste, which only the co-apply graph
-reveals.
-
-`python -m star_jax.data.baselines --scales tiny small` synthesises each scale (skipped when it
-is already there), runs the four baselines and rewrites the baselines section of
-docs/data_format.md with the table.
+    python -m star_jax.data.baselines --scales tiny small   # rewrites that section of the doc
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -55,7 +37,9 @@ from star_jax.data.tables import read_edges, read_labels, read_nodes
 from star_jax.data.validate import check_data
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_text
-from star_jax.metrics import progress
+from star_jax.tracking import log_to_stderr, progress
+
+log = logging.getLogger(__name__)
 
 BASELINES = ("tags", "text", "both", "oracle")
 HASH_DIM = 1 << 18
@@ -150,7 +134,12 @@ def _codes(*cols: pd.Series) -> list[np.ndarray]:
 
 
 def tag_features(d: Data, idx: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
-    """(dense, sparse) features of pairs `idx` from categorical columns and attribute edges only."""
+    """(dense, sparse) features of pairs `idx` from categorical columns and attribute edges only.
+
+    Dense: skill-tag overlap, coverage and Jaccard, tag counts; same title, company, location,
+    industry. Sparse: the member x job seniority cross; hashed crosses of member x job skill tags,
+    titles, industries, locations.
+    """
     m, j = d.pairs.member[idx], d.pairs.job[idx]
     ms, js = d.edges("member_skill"), d.edges("job_skill")
     mt, jt = d.edges("member_title"), d.edges("job_title")
@@ -247,6 +236,11 @@ class TextIndex:
 
 
 def text_features(d: Data, t: TextIndex, idx: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(dense, sparse) features of pairs `idx` from the texts as bags of words (unigrams and bigrams).
+
+    Dense: `_View.similarities` over each view of `TextIndex`, and term counts. Sparse: one
+    indicator per shared term, and hashed crosses of member x job title words.
+    """
     m, j = d.pairs.member[idx], d.pairs.job[idx]
     full, shared = t.full.similarities(m, j)
     skills, _ = t.skills.similarities(m, j)
@@ -265,7 +259,9 @@ def _list_incidence(lists: pd.Series, n_cols: int) -> sp.csr_matrix:
 
 
 def oracle_features(d: Data, idx: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
-    """Features from the generator's true latent factors (DATA_DIR/latent/), as `affinity_terms` uses them."""
+    """Features from the generator's true latent factors (DATA_DIR/latent/), as `affinity_terms` uses them:
+    weighted coverage of the job's true skills, the seniority gap, the kind of location match, and
+    the member-taste x job-style products."""
     lm, lj = _latent(d.dir, "member"), _latent(d.dir, "job")
     country = _latent(d.dir, "location").set_index("name").country
     m, j = d.pairs.member[idx], d.pairs.job[idx]
@@ -430,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", default=str(DOC_PATH), help="markdown file whose baselines section is rewritten")
     p.add_argument("--no-doc", action="store_true", help="print the table only")
     args = p.parse_args(argv)
+    log_to_stderr()
     from star_jax.data.synth import SCALES, synthesize
 
     rows = []
@@ -441,14 +438,14 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             for r in run_baselines(data, seed=args.seed):
                 rows.append({"scale": scale, **r})
-            print(f"{scale}: baselines in {time.perf_counter() - t:.0f}s", flush=True)
+            log.info(f"{scale}: baselines in {time.perf_counter() - t:.0f}s")
     except StarError as e:
         print(f"baselines: error: {e}", file=sys.stderr)
         return 2
     print(_table(rows))
     if not args.no_doc:
         replace_section(args.doc, "baselines", baselines_section(rows, args.seed))
-        print(f"wrote the baselines section of {args.doc}")
+        log.info(f"wrote the baselines section of {args.doc}")
     return 0
 
 

@@ -1,22 +1,13 @@
 """grain input pipelines: labelled pairs for the bi-encoder, packed text for pretraining, node texts
-for embedding (ARCHITECTURE decision 8).
+for embedding (docs/architecture.md, decision 9).
 
 Every pipeline is a `grain.MapDataset` over row indices (shuffled with a seed, repeated, batched)
-mapped to dicts of numpy arrays, turned into a `grain.IterDataset`; `iter(ds)` gives an iterator
-whose state `star_jax.checkpoint.Checkpointer` saves next to the model, so a resumed run sees the
-same next batch. Batches are identical with `workers=0` (in-process) and `workers=N` (grain worker
-processes); the lookups a worker needs are reloaded from the data directory in the worker, not
-pickled to it.
+mapped to dicts of numpy arrays of `batch_size` rows (tower inputs right-padded to a configured
+bucket, `tokenizer.encode_e5`) and returned as a `grain.IterDataset`, whose iterator state
+`star_jax.checkpoint.Checkpointer` saves next to the model. Batches are the same with `workers=0`
+and `workers=N`; `shard=(process_index, process_count)` gives each process its rows of each batch.
 
-Shapes are fixed: every batch has `batch_size` rows, and token arrays are padded on the right to
-one of the configured buckets (see `tokenizer.encode_e5`), so a jitted step compiles once per bucket.
-A short final batch (`drop_remainder=False`) is filled up with copies of its first row, marked
-`valid = False`.
-
-Multi-process runs pass `shard=(process_index, process_count)`: each process gets its contiguous
-rows of every global batch, and the pad length is chosen from the whole global batch, so the
-per-process pieces concatenate to the batch a single process would see. That costs each process
-the tokenization of the whole global batch, which is small next to a forward pass of the towers.
+    batches = iter(pair_dataset(data_dir, tokenizer, cfg.llm, batch_size=64, epochs=None))
 """
 
 from __future__ import annotations
@@ -34,7 +25,7 @@ from star_jax.data.tables import IdIndex, arrow_table, node_columns, read_labels
 from star_jax.data.tokenizer import adds_eos, encode_e5
 from star_jax.data.validate import check_data
 from star_jax.errors import StarError
-from star_jax.metrics import progress
+from star_jax.tracking import progress
 
 # grain 0.2.18 worker processes read an absl flag when they start (google/grain#1355): mark the
 # flags parsed here, the one module that builds loaders. Spawned workers import it too.
@@ -64,6 +55,7 @@ class NodeTexts:
         self._texts: Any = None  # pyarrow StringArray aligned with the sorted ids
 
     def __getstate__(self) -> dict:
+        # A grain worker reloads the lookup from the data directory instead of receiving every text.
         return {"data_dir": self.data_dir, "node_type": self.node_type}
 
     def __setstate__(self, state: dict) -> None:
@@ -109,7 +101,10 @@ def _local_rows(shard: tuple[int, int], batch_size: int) -> slice:
 
 
 def _fill(rows: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fill a short final batch with copies of its first row; returns (rows, valid)."""
+    """Fill a short final batch with copies of its first row; returns (rows, valid).
+
+    Every batch then has `batch_size` rows, so a jitted step compiles once per token bucket.
+    """
     valid = np.arange(batch_size) < len(rows)
     return np.concatenate([rows, np.full(batch_size - len(rows), rows[0], rows.dtype)]), valid
 
@@ -211,6 +206,9 @@ class _PairBatch:
             "job_id": job_id,
             "valid": valid,
         }
+        # The pad length above comes from the whole global batch, so the per-process pieces
+        # concatenate to what one process would see; each process tokenizes the whole global batch,
+        # which is small next to a forward pass of the towers.
         return {k: v[self.local] for k, v in batch.items()}
 
 

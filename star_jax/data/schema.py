@@ -1,16 +1,12 @@
-"""The on-disk data contract (docs/data_format.md): node tables, edge tables, labelled pairs.
+"""The on-disk data contract (docs/data_format.md): `schema.json` and the `Schema` it describes.
 
-A data directory holds `schema.json` plus Parquet tables:
+A data directory holds `schema.json` (node types, relations, where the labels are) and Parquet
+tables of nodes, edges and labelled pairs. Relations are directed `src_type -> dst_type` as stored
+(the graph builder adds each reverse as `<name>_rev`); `kind` separates attribute edges
+(member -> skill) from interaction edges (member -> job applies), which only ever come from the
+training period.
 
-    DATA_DIR/
-      schema.json                 node types, relations and the labels table (this module)
-      nodes/<type>.parquet        id:int64, [text:string], categorical string columns
-      edges/<relation>.parquet    src:int64, dst:int64, [weight:float32], [timestamp:int64]
-      labels/pairs.parquet        member_id:int64, job_id:int64, label:int8, timestamp:int64, split:string
-
-Relations are directed `src_type -> dst_type` as stored; the graph builder adds each reverse
-relation as `<name>_rev`. `kind` separates attribute edges (member -> skill) from interaction
-edges (member -> job applies), which only ever come from the training period.
+    write_schema("DATA_DIR", default_schema())
 """
 
 from __future__ import annotations

@@ -1,44 +1,12 @@
 """A synthetic job marketplace with planted structure, written in the data-directory format.
 
-STAR's data is private, so this generator stands in for it (ARCHITECTURE decision 10). One latent
-world drives both the texts and the graph, so that each signal the paper combines is present for
-the reason the paper gives it:
+STAR's data is private, so this generator stands in for it (docs/architecture.md, decision 11).
+One latent world (occupation families, seniority, places, skills, member taste and job style)
+drives both the texts and the graph, so that each signal the paper combines is present for the
+reason the paper gives it; docs/data_format.md, "The planted structure", describes it. A seed
+fixes every byte of the output.
 
-* **Occupations.** Every member and job belongs to one of the 33 occupation families of
-  `synth_vocab`. A family owns its titles, skills (with synonyms and misspellings), industries
-  and wording. There are six seniority levels (intern .. director), 25 cities (and remote
-  jobs), and companies grouped by industry, with Zipf-like popularity and size bands.
-* **Text carries skills beyond the tags.** A node's true skills all appear in its text, each
-  written as its canonical name, a synonym or a misspelling. Some of them become `*_skill` edges,
-  as a skill taxonomy would tag them (LinkSAGE §2.2 links only the skills a tagger selects):
-  about 60% of a job's, whose requirements list is written to be matched, and about 30% of a
-  member's, whose self-written profile a tagger reads less completely. The tagger misses niche
-  skills and non-canonical spellings most often, and niche skills weigh most in a match. So the
-  text holds skill signal that the tags lack; for a member with applies, so do the skills of
-  the jobs applied to, which a cold-start member does not have.
-* **Collaborative taste.** Each member has a latent taste vector and each job a style vector.
-  Their product moves the apply probability, but no text or attribute reveals either one: only
-  the co-apply structure of `member_applied` does.
-* **Labels.** A simple recommender shows each member live jobs, mostly from the member's own
-  family and city. Each impression is a labelled pair: 1 if the member applied, else 0. The apply
-  probability is `sigmoid(APPLY_BIAS + W_SKILL * coverage + W_SENIORITY * fit + W_LOCATION * place
-  + W_TASTE * taste)` (`affinity_terms`). Coverage is the weighted share of the job's required
-  skills that the member truly has, text-only skills included.
-* **Time and cold start.** Pairs are split by timestamp into train / val / test, and
-  `member_applied` holds the train-period applies only. About 15% of members join after the val
-  period: they have test pairs only and no interaction edge, just text and attribute edges. The
-  member column `cold_start` marks every member with no train pair; `schema.json`'s
-  `extra.member_flags` declares it.
-* **Oracle.** The true latent factors go to `DATA_DIR/latent/`. Real data has no such directory,
-  and no pipeline stage reads it; only `star_jax.data.baselines` does, for its oracle row.
-
-Deviations from LinkSAGE's graph: there are no position nodes (the schema has none), and a member
-links to its current title only, but to every company in its history.
-
-Output is deterministic: a seed fixes every byte of the Parquet files. Members are generated and
-written in fixed chunks of `CHUNK` rows, each chunk from its own RNG stream. Peak memory therefore
-does not grow with the member count, and the output does not depend on the machine. Texts are
-assembled column-wise with Arrow string kernels, never row by row in Python.
+    synthesize("runs/synth/tiny-seed0", "tiny", seed=0)   # star-jax synth --scale tiny --out DIR
 """
 
 from __future__ import annotations
@@ -46,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -61,7 +30,9 @@ from star_jax.data import synth_vocab as V
 from star_jax.data.schema import SCHEMA_FILE, default_schema, write_schema
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_dir, read_json
-from star_jax.metrics import progress
+from star_jax.tracking import progress
+
+log = logging.getLogger(__name__)
 
 GENERATOR = "star_jax.data.synth"
 GENERATOR_VERSION = 2  # bump when the same (scale, seed) would give different bytes
@@ -75,16 +46,15 @@ class Scale:
     impressions: float  # mean impressions drawn per member; repeats of a (member, job) pair are dropped
 
 
-# tiny draws more impressions because its few live jobs per family make repeats common: about 12
-# labelled pairs per member survive there, 13 at small, 18 at medium.
-
-
+# tiny draws more impressions because its few live jobs per family make repeats common.
 SCALES = {
     "tiny": Scale(members=2_000, jobs=600, companies=150, impressions=24.0),
     "small": Scale(members=50_000, jobs=5_000, companies=2_000, impressions=15.0),
     "medium": Scale(members=1_000_000, jobs=80_000, companies=20_000, impressions=20.0),
 }
-CHUNK = 20_000  # members per generation chunk and Parquet row group
+# Members per generation chunk and Parquet row group. Each chunk draws from its own RNG stream, so
+# peak memory does not grow with the member count and the bytes do not depend on the machine.
+CHUNK = 20_000
 
 # Time line (seconds). Pairs before TRAIN_END are train, before VAL_END val, the rest test.
 DAY = 86_400
@@ -95,9 +65,8 @@ VAL_END = T0 + 153 * DAY
 CURRENT_YEAR = 2024
 JOB_LIFE_DAYS = (45, 90)
 
-# The apply model. Over the pairs shown, coverage has a spread (std) of about 0.27, taste of about 1.0,
-# seniority fit and location of about 0.3. Skill match dominates, as in the paper's setting, and taste,
-# the part only the graph can reveal, comes second.
+# The apply model, weighted against each term's spread over the pairs shown: skill match dominates,
+# as in the paper's setting, and taste, the part only the graph can reveal, comes second.
 W_SKILL = 8.0
 W_SENIORITY = 1.2
 W_LOCATION = 1.2
@@ -249,7 +218,8 @@ def vocab() -> Vocab:
 
 
 # --------------------------------------------------------------------------------------------
-# Vectorised helpers: random draws and Arrow string assembly.
+# Vectorised helpers: random draws and Arrow string assembly (texts are built column-wise with
+# Arrow string kernels, never row by row in Python).
 
 
 def _cat(*parts: pa.Array | str) -> pa.Array:
@@ -1103,7 +1073,7 @@ def synthesize(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from star_jax.cli import add_config_args
+    from star_jax.config import add_config_args
 
     add_config_args(parser)
     parser.add_argument(
@@ -1115,12 +1085,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args
+    from star_jax.config import config_from_args
 
     cfg = config_from_args(args)
     scale = args.scale or cfg.data.scale
     seed = cfg.data.seed if args.seed is None else args.seed
     t = time.perf_counter()
     out = synthesize(args.out, scale, seed, force=args.force)
-    print(f"{out}: {scale} marketplace, seed {seed} ({time.perf_counter() - t:.1f}s)")
+    log.info(f"{out}: {scale} marketplace, seed {seed} ({time.perf_counter() - t:.1f}s)")
     return 0

@@ -1,19 +1,12 @@
 """Readers for the Parquet tables of a data directory (docs/data_format.md).
 
-Every reader returns a pandas DataFrame with the canonical dtypes of the contract, whatever
-compatible types the files hold:
+Every reader reads only the requested columns and returns a pandas DataFrame with the contract's
+canonical types (docs/data_format.md, "Column types"; strings as pandas' Arrow-backed string dtype),
+whatever compatible types the files hold; `arrow_table` gives the same data as a pyarrow Table. A
+table is one Parquet file or a directory of them, read in sorted file order. The readers do not
+validate: stages call `star_jax.data.validate.check_data` first.
 
-    id, src, dst, member_id, job_id   int64
-    timestamp                         int64 seconds since the Unix epoch (Arrow timestamps converted)
-    weight                            float32
-    label                             int8
-    text, split, categorical columns  str (pandas' Arrow-backed string dtype)
-
-Only the requested columns are read. A table is a single Parquet file or a directory of Parquet
-files, read in sorted file order; row numbers in validation messages count in that order.
-`arrow_table` returns the same data as a pyarrow Table, for zero-copy or streaming use.
-
-The readers do not validate the data: stages call `star_jax.data.validate.check_data` first.
+    members = read_nodes("DATA_DIR", "member", ["id", "text"])
 """
 
 from __future__ import annotations
@@ -87,7 +80,7 @@ def type_name(kind: str) -> str:
 
 
 def canonical(column: pa.ChunkedArray | pa.Array, kind: str) -> pa.ChunkedArray | pa.Array:
-    """Cast one stored column to its canonical type (see the module docstring)."""
+    """Cast one stored column to its canonical type (Arrow timestamps become int64 seconds)."""
     if kind == "timestamp" and pa.types.is_timestamp(column.type):
         column = column.cast(pa.timestamp("s", tz=column.type.tz), safe=False)
     return column.cast(_ARROW[kind])

@@ -1,20 +1,16 @@
 """The tokenizer stage and E5-style input encoding for the two towers.
 
 `star-jax tokenizer --data DATA_DIR --out DIR` trains a byte-level BPE (`tokenizers`) on every
-node text (members and jobs) for the tiny demo base model, which has no hub tokenizer to reuse.
-Its special tokens follow Mistral's: `<unk>`=0, `<s>`=1 (BOS, added by the post-processor),
-`</s>`=2 (EOS), plus `<pad>`=3, which Mistral lacks. It is saved in Hugging Face format and reloads
-offline with `AutoTokenizer.from_pretrained(DIR)`. A real run points `tokenizer.dir` at the
-tokenizer of its base model (e.g. e5-mistral-7b-instruct) instead.
-
-`encode_e5` turns texts into the fixed-shape, right-padded batches the towers consume, following
-E5-Mistral (arXiv 2401.00368 §3.2 and its model card): instruction prefix on the query (member)
-side only, truncation to `max_len - 1`, EOS appended, pooling position given by the lengths.
+node text for the tiny demo base model, which has no hub tokenizer to reuse, and saves it in
+Hugging Face format (`AutoTokenizer.from_pretrained(DIR)` reloads it offline). A real run points
+`tokenizer.dir` at its base model's tokenizer instead. `encode_e5` turns texts into the
+bucketed, right-padded batches the towers consume, as E5-Mistral does (arXiv 2401.00368 §3.2).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -26,7 +22,11 @@ import numpy as np
 from star_jax.config import TokenizerConfig, fingerprint
 from star_jax.errors import StarError
 
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0..3, in this order
+log = logging.getLogger(__name__)
+
+# ids 0..3, in this order: Mistral's <unk>, <s> (BOS, added by the post-processor) and </s> (EOS),
+# plus a <pad>, which Mistral lacks.
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 STAMP_FILE = (
     "star_tokenizer.json"  # digest of the texts + config fingerprint: a rerun that matches is skipped
 )
@@ -104,7 +104,7 @@ def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
         "config": fingerprint({k: v for k, v in vars(cfg).items() if k != "dir"}),
     }
     if (out / STAMP_FILE).is_file() and read_json(out / STAMP_FILE) == stamp:
-        print(f"tokenizer: {out} is up to date; skipped")
+        log.info(f"tokenizer: {out} is up to date; skipped")
         return out
     tok = build_bpe(_texts(data_dir), cfg, total=total)
     fast = PreTrainedTokenizerFast(
@@ -113,7 +113,7 @@ def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     with atomic_dir(out) as tmp:
         fast.save_pretrained(tmp)
         atomic_write_json(tmp / STAMP_FILE, stamp)
-    print(f"tokenizer: {tok.get_vocab_size()} tokens trained on {total:,} texts -> {out}")
+    log.info(f"tokenizer: {tok.get_vocab_size()} tokens trained on {total:,} texts -> {out}")
     return out
 
 
@@ -195,7 +195,7 @@ def encode_e5(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from star_jax.cli import add_config_args
+    from star_jax.config import add_config_args
 
     parser.add_argument("--data", default=None, help="data directory (default: the config's data.dir)")
     parser.add_argument("--out", required=True, help="output directory for the HF tokenizer")
@@ -203,13 +203,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args
+    from star_jax.config import config_from_args
     from star_jax.data.validate import check_data
 
     cfg = config_from_args(args)
     if cfg.tokenizer.dir is not None:
         tokenizer = load_tokenizer(cfg.tokenizer.dir)
-        print(
+        log.info(
             f"tokenizer: using {cfg.tokenizer.dir} as configured ({len(tokenizer)} tokens); nothing trained"
         )
         return 0

@@ -3,12 +3,8 @@
 `validate(data_dir)` returns every `Fault` found, each naming the table, the column and the first
 offending rows (row numbers count from 0 in file order) with their values. `check_data(data_dir)`
 is what every stage that reads data calls first: it raises one `StarError` summarising the faults,
-so no stage ever trains on a silently dropped or mismatched row.
-
-The checks are vectorised (pyarrow compute and numpy on whole columns), read only the columns they
-need and stream the text columns, so a medium-scale directory (about 1M members and 30M edges)
-validates in seconds. The order is nodes -> labels -> edges: dangling-id checks need the node ids,
-and the leakage checks on interaction edges need the end of the training period.
+so no stage ever trains on a silently dropped or mismatched row. The checks are vectorised
+(pyarrow compute and numpy on whole columns), read only the columns they need and stream the texts.
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ from star_jax.data.tables import (
     type_name,
 )
 from star_jax.errors import StarError
-from star_jax.metrics import progress
+from star_jax.tracking import progress
 
 SHOWN_ROWS = 5  # offending rows quoted per fault
 
@@ -365,6 +361,8 @@ def _run(
         path = os.path.join(data_dir, SCHEMA_FILE)
         return [Fault(SCHEMA_FILE, None, str(e).removeprefix(f"{path}: "))], Summary()
     checker = _Checker(data_dir, schema, shown)
+    # nodes -> labels -> edges: the dangling-id checks need the node ids, and the leakage checks on
+    # interaction edges need the end of the training period from the labels.
     steps = [(checker.nodes, t) for t in schema.node_types] + [(lambda _: checker.labels(), "labels")]
     steps += [(checker.edges, r) for r in schema.relations]
     bar = progress(total=len(steps), desc="validate", unit="table") if progress_bar else None

@@ -1,26 +1,13 @@
 """The version-migration experiment: does a linear map keep a V1-trained downstream model working on V2?
 
-STAR keeps downstream consumers working across LLM embedding versions with a linear transform
-from the new version onto the old one (arXiv 2507.09797, abstract;
-docs/architecture.md, "Version management").
-The paper gives no numbers for it, so this experiment measures it on our own versions: V1 and V2
-are two embedding versions in one store (in the pipeline, two adapters fine-tuned with different
-seeds), and
+STAR keeps downstream consumers working across LLM embedding versions with a linear map from the
+new version onto the old one (arXiv 2507.09797; docs/architecture.md, "Version management"). The
+paper gives no numbers for it, so `run_migration_experiment` measures it on two versions V1 and V2
+of one store: the fidelity of each map V2 -> V1 (`star_jax.store.fit_version_map`), and the test
+AUC of a ranker fitted on V1 when fed V1, V2 unmapped, V2 mapped, or refitted on V2
+(docs/pipeline.md, "The migration experiment").
 
-1. the store's migration (`star_jax.store.migrate.fit_version_map`) fits a map V2 -> V1 with each
-   method (ridge, Procrustes); its fidelity is the mean cosine between mapped V2 and V1 vectors
-   on the held-out shared rows, next to the unmapped cosine;
-2. a downstream model is fitted on V1 only: a logistic-regression ranker (scikit-learn, on
-   standardised member ⊙ job features, the elementwise product whose sum is the cosine) over the
-   labelled train pairs, standing in for the rankers that consume STAR's embeddings;
-3. that V1 ranker scores the test pairs fed with (a) V1, (b) V2 unmapped in V1's place (what
-   happens when the upstream version changes under a consumer), (c) V2 mapped by each method;
-   and (d) a ranker refitted on V2's train pairs, what retraining the consumer would give. (d) is
-   no upper bound: a ranker class that fits V1's axes well may fit V2's worse.
-
-The map fitted last stays stored with V2 (`EmbeddingStore.open(root, V2, map_to=V1)` reads
-through it): the experiment fits the best method by held-out fidelity last. A map is fitted on
-node embeddings only, never on labels, so using every shared node for it leaks no test label.
+    result = run_migration_experiment(store_root, v1, v2, data_dir)
 """
 
 from __future__ import annotations
@@ -33,8 +20,8 @@ import numpy as np
 
 from star_jax.data.tables import read_labels
 from star_jax.errors import StarError
-from star_jax.eval.metrics import auc
 from star_jax.fileio import atomic_write_text
+from star_jax.metrics import auc
 from star_jax.store import EmbeddingStore, fit_version_map
 from star_jax.store.migrate import METHODS
 
@@ -59,7 +46,10 @@ def pair_features(store: EmbeddingStore, member_ids: np.ndarray, job_ids: np.nda
 
 
 def fit_ranker(features: np.ndarray, labels: np.ndarray, *, C: float = 1.0, seed: int = 0) -> Any:
-    """The downstream model: standardisation + L2 logistic regression (a scikit-learn Pipeline)."""
+    """The downstream model: standardisation + L2 logistic regression (a scikit-learn Pipeline).
+
+    It stands in for the rankers that consume STAR's embeddings.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -103,6 +93,8 @@ def run_migration_experiment(
     aucs[UNMAPPED] = score(new) if new.dim == old.dim else None  # unmapped needs V1's width
 
     maps = {}
+    # A map is fitted on node embeddings only, never on labels, so fitting it on every shared node
+    # leaks no test label.
     for method in methods:
         record = fit_version_map(store_root, v1, v2, method=method, ridge=ridge, holdout=holdout,
                                  kvstore=kvstore)
@@ -114,9 +106,13 @@ def run_migration_experiment(
         maps[method] = {k: record[k] for k in ("ridge_alpha", "rows_fit", "rows_holdout")}
         maps[method]["fidelity"] = {k: record["fidelity"][k] for k in ("holdout", "overall")}
     best = max(methods, key=lambda m: fidelity[f"v2_{m}"] if fidelity[f"v2_{m}"] is not None else -np.inf)
-    if best != methods[-1]:  # leave the best map stored with V2
+    # The map fitted last stays stored with V2 (`EmbeddingStore.open(root, V2, map_to=V1)` reads
+    # through it): leave the best one there.
+    if best != methods[-1]:
         fit_version_map(store_root, v1, v2, method=best, ridge=ridge, holdout=holdout, kvstore=kvstore)
 
+    # What retraining the consumer would give; no upper bound: a ranker class that fits V1's axes
+    # well may fit V2's worse.
     refit = fit_ranker(pair_features(new, train_m, train_j), train_y, C=C, seed=seed)
     aucs[REFIT] = auc(test_y, refit.decision_function(pair_features(new, test_m, test_j)))
     return {

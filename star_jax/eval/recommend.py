@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from star_jax.errors import StarError
-from star_jax.pipeline import VARIANTS, Run, read_run
+from star_jax.eval.runs import VARIANTS, Run, read_run
 
 DEFAULT_VARIANT = "gnn_id_cat_llm"  # STAR: ID + categorical + LLM features
 

@@ -24,7 +24,9 @@ import pandas as pd
 from star_jax.config import to_dict
 from star_jax.data.splits import cold_start, train_applies
 from star_jax.errors import StarError
-from star_jax.eval.metrics import (
+from star_jax.eval.runs import GNN_VARIANTS, LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
+from star_jax.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from star_jax.metrics import (
     ACTIVITY_BUCKETS,
     activity_bucket,
     auc,
@@ -36,13 +38,11 @@ from star_jax.eval.metrics import (
     subset_gap_interval,
     verdict,
 )
-from star_jax.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
-from star_jax.pipeline import GNN_VARIANTS, LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
 
 if TYPE_CHECKING:
     from star_jax.store import EmbeddingStore
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REPORT_FORMAT = 2  # bump when report.json's schema changes (the pipeline then rewrites reports)
 REPORT_MD, REPORT_JSON, PLOTS = "report.md", "report.json", "plots"
@@ -192,7 +192,7 @@ def baselines(data_dir: str | os.PathLike,
     try:
         results = run_baselines(data_dir, seed=seed, names=names, scores=True)
     except StarError as e:
-        logger.warning("evaluate: no baselines: %s", e)
+        log.warning(f"evaluate: no baselines: {e}")
         return {}, {}, str(e)
     block, tables = {}, {}
     for r in results:
@@ -467,7 +467,7 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _loss_series(path: Path, key: str = "loss") -> tuple[list[int], list[float]]:
-    from star_jax.metrics import read_metrics
+    from star_jax.tracking import read_metrics
 
     last: dict[int, float] = {}  # a step logged before a crash and after the resume keeps its last value
     for r in read_metrics(path):
@@ -571,5 +571,5 @@ def main(args: argparse.Namespace) -> int:
     run = read_run(args.run, args.overrides)
     path = write_report(run)
     print(table_markdown(read_json(path.parent / REPORT_JSON)))
-    print(f"\nreport: {path} (+ {REPORT_JSON}, {PLOTS}/)")
+    log.info(f"report: {path} (+ {REPORT_JSON}, {PLOTS}/)")
     return 0

@@ -3,76 +3,35 @@
     star-jax gnn-embed --graph GRAPH_DIR [--store ROOT --store-version V] --ckpt OUT \
         --out-store ROOT --version NAME [--config --set]
 
-STAR exports only the encoder's embeddings (arXiv 2507.09797; LiGNN, arXiv 2402.11139, §3: "only the
-encoder's embeddings are exported as features"). Each member and job node is a seed of the
-sampler's all-nodes mode (`graph.sampler.NodeSeeds`: no target edge excluded, no negatives), at
-the fan-outs the run last trained with, in fixed-shape batches of `gnn_train.eval_batch_size`
-seeds, so the encoder compiles once. Node features come from the feature store the run trained
-on unless `--store/--store-version` name another one with the same dimension (new texts, same
-embedding model).
-
-The vectors go through the store's writer API as version NAME: node types `member` and `job`,
-dim `gnn.out_dim`, dtype `store.dtype`. The manifest's spec names the GNN: `model` is
-`star-gnn/<variant>`, `adapter` the run's fingerprint and checkpoint step, `tokenizer` the feature
-version; `extra` holds the variant, fan-outs and graph digest. A row's "text hash" is a hash of
-the graph digest and the node id: exporting the same checkpoint over the same graph again finds
-nothing to do, and a killed export resumes shard by shard (the writer's contract), since a
-node's embedding depends only on its batch (a fixed function of its row) and the sampler seed.
-
-`score_pairs` / `split_scores` are how every GNN variant is scored downstream: the dot product of
-the stored member and job embeddings (unit vectors: a cosine), the score the training decoder
-ranks by.
+Only the encoder's embeddings are exported (STAR, arXiv 2507.09797; LiGNN, arXiv 2402.11139, §3):
+each member and job is a seed of the sampler's all-nodes mode at the fan-outs the run last trained
+with, written through the store's writer API as version NAME, so exporting the same checkpoint over
+the same graph again finds nothing to do and a killed export resumes shard by shard. `score_pairs`
+/ `split_scores` score every GNN variant downstream: the dot product of the stored embeddings.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import logging
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import jax
 import numpy as np
 
-from star_jax.config import Config, SamplerConfig
+from star_jax.config import Config
 from star_jax.errors import StarError
-from star_jax.gnn.model import GNN, LLM_TYPES, Params
-from star_jax.graph.batch import HeteroBatch, Layout
+from star_jax.gnn.embed import export_sampler_config, make_embed_fn
+from star_jax.gnn.features import open_features
+from star_jax.gnn.model import LLM_TYPES
+from star_jax.gnn.run import RUN_FILE, load_run
 
 if TYPE_CHECKING:
     from star_jax.store import EmbeddingStore, RefreshReport
 
+log = logging.getLogger(__name__)
+
 POOLING = "gnn"
-
-
-_EMBED_FNS: dict[str, Callable] = {}
-
-
-def make_embed_fn(gnn: GNN) -> Callable[[Params, HeteroBatch, Layout], tuple[jax.Array, jax.Array]]:
-    """jit `(params, batch, layout) -> (member seeds [B, d], pair job seeds [B, d])`, once per Layout.
-
-    Validation during training and `gnn-embed` share it, so both see exactly the same encoder. The
-    function is kept per `GNNConfig` (the encoder is a pure function of it), so a `gnn-embed` in the
-    process that trained the run (the pipeline) reuses the evaluator's compiled program.
-    """
-    key = repr(gnn.config)
-    if key not in _EMBED_FNS:
-        _EMBED_FNS[key] = _jit_embed(gnn)
-    return _EMBED_FNS[key]
-
-
-def _jit_embed(gnn: GNN) -> Callable[[Params, HeteroBatch, Layout], tuple[jax.Array, jax.Array]]:
-    def embed(params: Params, batch: HeteroBatch, layout: Layout) -> tuple[jax.Array, jax.Array]:
-        member, jobs = gnn.seed_embeddings(params, batch, layout)
-        return member, jobs[: layout.num_pairs]
-
-    return jax.jit(embed, static_argnames="layout")
-
-
-def export_sampler_config(cfg: SamplerConfig, batch_size: int) -> SamplerConfig:
-    """The training sampler's config for inference: `batch_size` seeds and no random negatives."""
-    return dataclasses.replace(cfg, batch_size=batch_size, num_random_negatives=0)
 
 
 class _Batches:
@@ -110,13 +69,14 @@ def gnn_embed(
     `cfg` supplies the store settings (`store.*`) and the batch size (`gnn_train.eval_batch_size`);
     the model, sampler and variant come from the run itself.
     """
-    from star_jax.gnn.train import load_run, open_features
     from star_jax.graph.hetero import HeteroGraph
     from star_jax.graph.sampler import NeighborSampler, make_dataset, node_seeds
-    from star_jax.metrics import progress
     from star_jax.store import EmbeddingSpec, EmbeddingWriter
+    from star_jax.tracking import progress
 
     graph = HeteroGraph.load(graph_dir)
+    # Node features come from the store the run trained on, unless --store/--store-version name
+    # another one of the same dimension (new texts, same embedding model).
     features, feat_info = None, None
     run_cfg = _run_config(ckpt_dir)
     if run_cfg["features"] is not None:
@@ -131,10 +91,12 @@ def gnn_embed(
             features = features._replace(mean=reference.mean, scale=reference.scale)
     run = load_run(ckpt_dir, graph, features)
     if not run.finished:
-        print(f"gnn-embed: {ckpt_dir}: training has not finished; exporting its step-{run.step} checkpoint")
+        log.info(f"gnn-embed: {ckpt_dir}: training has not finished; exporting its step-{run.step} "
+                 "checkpoint")
 
     sampler = NeighborSampler(graph, export_sampler_config(run.cfg.sampler, cfg.gnn_train.eval_batch_size),
                               features=features, hop_fanouts=run.fanouts)
+    # The spec names the GNN: the variant as its model, the run's fingerprint and step as its adapter.
     spec = EmbeddingSpec(
         model=f"star-gnn/{run.variant}",
         adapter=f"{run.fingerprint}@{run.step}",
@@ -157,6 +119,8 @@ def gnn_embed(
         store_row = np.full(graph.num_nodes(t), -1, np.int64)
         store_row[pending.positions] = pending.rows  # positions are graph rows: inputs were in graph order
         todo = np.unique(pending.positions // bs)
+        # Fixed-shape batches of `eval_batch_size` seeds (the encoder compiles once); a node's
+        # embedding depends only on its batch, a fixed function of its row and the sampler seed.
         seeds = _Batches(node_seeds(graph, t, sampler.cfg), todo)
         batches = make_dataset(sampler, seeds, seed=sampler.cfg.seed)
         with progress(total=len(pending.rows), desc=f"gnn-embed {t}", unit="node") as bar:
@@ -170,14 +134,13 @@ def gnn_embed(
     report = writer.publish()
     done = ", ".join(f"{t} {report.embedded.get(t, 0):,} embedded / {report.copied.get(t, 0):,} kept"
                      for t in LLM_TYPES)
-    print(f"gnn-embed: {run.variant} (step {run.step}) -> store {os.fspath(out_store)} "
+    log.info(f"gnn-embed: {run.variant} (step {run.step}) -> store {os.fspath(out_store)} "
           f"version {version}: {done}")
     return report
 
 
 def _run_config(ckpt_dir: str | os.PathLike) -> dict:
     from star_jax.fileio import read_json
-    from star_jax.gnn.train import RUN_FILE
 
     path = os.path.join(os.fspath(ckpt_dir), RUN_FILE)
     if not os.path.isfile(path):
@@ -224,7 +187,7 @@ def split_scores(store: EmbeddingStore, data_dir: str | os.PathLike, split: str)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from star_jax.cli import add_config_args
+    from star_jax.config import add_config_args
 
     parser.add_argument("--graph", required=True, help="graph directory (`star-jax build-graph`)")
     parser.add_argument("--store", default=None, help="feature store root (default: the run's)")
@@ -236,7 +199,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args, flag_or_config
+    from star_jax.config import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
     out_store = flag_or_config("--out-store", args.out_store, cfg.store.root, "store.root")

@@ -1,57 +1,12 @@
 """STAR's GNN: a heterogeneous attention encoder with an in-batch link-prediction decoder.
 
-STAR (arXiv 2507.09797; docs/architecture.md, "The paper") feeds the stored LLM embeddings of
-members and jobs, learned ID embeddings and categorical features into a multi-head attention GNN
-over the member/job/company/skill/title graph and exports 200-d embeddings. The paper gives no
-layer-level detail, so this module makes these choices (docs/architecture.md decisions 5 and 6):
-
-Node input, per type, the sum of the enabled parts (`GNNConfig.use_llm/use_id/use_cat`):
-  - LLM: `llm_<type>`, a Dense of the layer-normalised stored embedding (member and job). The
-    layer norm makes the projection indifferent to the store's scale (E5 vectors are unit-norm,
-    so their 4096 components are ~1/64 each) and puts it on the same footing as the ID part;
-  - ID: `id_<type>`, `id_buckets` rows indexed by a hash of the node id (LiGNN's ID embeddings,
-    hash-bucketed so the table size does not grow with the graph). With `cold_start_ids: drop`
-    (the default) a member or job with no training-period apply gets none (`graph.nodes["known"]`
-    false): its row was never trained, or belongs to the node it collides with. Training seeds made
-    cold by `gnn_train.cold_start_rate` lose theirs too, so the encoder learns to embed a node from
-    its content and attributes alone (DropoutNet, Volkovs et al. 2017);
-  - categorical: one table per column (code 0 = missing, embedded as zeros), concatenated and
-    projected by `cat_proj_<type>`. With `shared_cat` the table is `cat_<column>`, one per column
-    name and shared by the types that have it (their codes share a vocabulary); else `cat_<type>_<i>`;
-  - a type with no enabled part gets a learned type embedding `type_<type>`.
-  Padding slots are zeroed.
-
-LLM skip (`GNNConfig.llm_skip`, our addition): the output of a member or a job also receives
-`llm_out`, ONE Dense shared by both types, of its stored LLM embedding. The bi-encoder trained the
-two towers so that the member-job inner product predicts applies; a shared linear map keeps that
-inner product (a random [D, out_dim] matrix would, up to scale, by Johnson-Lindenstrauss), so the
-score can draw on the towers' similarity directly instead of rediscovering it through per-type
-projections and attention. `llm_out` starts at zero (ReZero-style) and grows as far as the towers'
-similarity helps the loss: started as a random projection, it outweighed the untrained graph part
-and pulled the score towards the towers' own, weaker one (docs/architecture.md, decision 6).
-
-Attribute skip (`GNNConfig.attribute_skip`, docs/architecture.md decision 14): a member's or job's
-output also receives `attribute_out_<type>` of the mean input vector of its sampled skill, title
-and company neighbours, and `attribute_out_cat` of the categorical embeddings both types have; each
-map is shared by members and jobs, so the score holds the overlap of the two nodes' attributes.
-
-Encoder: `layers` x [`HGTConv` (star_jax.gnn.hgt) -> LayerNorm per type]. The residual is HGT's
-own gated skip, sigma(skip) * update + (1 - sigma(skip)) * input, followed by a layer norm as in
-the HGT reference implementation (`use_norm=True`); PyG's HGTConv stops at the gated skip and has
-no norm. Dropout sits on each layer's output projection. Then a per-type projection `proj_<type>`
-to `out_dim` (200), L2-normalised when `GNNConfig.normalize` (the default): downstream rankers and
-nearest-neighbour retrieval then see cosine geometry, and the loss cannot be lowered by inflating
-norms.
-
-Decoder (LinkSAGE's in-batch decoder, arXiv 2402.13430, plus shared random negatives): the
-logits are `scale * <member_i, job_j> + bias` for the B member seeds against the B job seeds and
-the K shared negative jobs, [B, B + K]; the target is the pair's label on the diagonal and 0
-elsewhere; the loss is sigmoid BCE averaged over the valid entries. `scale` (stored as its log)
-and `bias` are learned, as in SigLIP: unit-norm embeddings give cosines in [-1, 1], which need a
-temperature to reach confident logits, and the bias absorbs the 1 : (B + K - 1) class imbalance.
-Masked out: padded pairs (rows and columns), padded negative slots, and any "negative" that is
-the same job as a known positive of the row's member (its own pair's job, or another pair of the
-same member).
+STAR (arXiv 2507.09797) feeds the stored LLM embeddings of members and jobs, learned ID embeddings
+and categorical features into a multi-head attention GNN over the member/job/company/skill/title
+graph and exports 200-d embeddings; the paper gives no layer-level detail, so the choices here are
+docs/architecture.md decisions 5, 6 and 14. Encoder: per node type the sum of the enabled input
+parts (`GNNConfig.use_llm/use_id/use_cat`), `layers` x [`HGTConv` -> LayerNorm per type], a
+per-type projection to `out_dim`, plus the LLM and attribute skips. Decoder (LinkSAGE's, arXiv
+2402.13430, plus K shared random negatives): sigmoid BCE on `scale * <member_i, job_j> + bias`.
 """
 
 from __future__ import annotations
@@ -65,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from star_jax.config import GNNConfig, GNNTrainConfig
+from star_jax.config import GNNConfig
 from star_jax.errors import StarError
 from star_jax.gnn.hgt import HGTConv
 from star_jax.graph.batch import HeteroBatch, Layout
@@ -176,15 +131,26 @@ class GNNEncoder(nn.Module):
         for t, cap in zip(layout.node_types, layout.node_capacity):
             parts = []
             if cfg.use_llm and t in batch.llm:
+                # LLM part (member, job): a Dense of the layer-normalised stored embedding; the norm
+                # makes the projection indifferent to the store's scale (unit-norm E5 vectors have
+                # components ~1/64) and puts it on the same footing as the ID part.
                 llm = nn.LayerNorm(name=f"llm_norm_{t}")(jnp.asarray(batch.llm[t], jnp.float32))
                 parts.append(nn.Dense(cfg.hidden_dim, dtype=dtype, name=f"llm_{t}")(llm))
             if cfg.use_id:
+                # ID part: LiGNN's ID embeddings, hash-bucketed so the table does not grow with the
+                # graph. With `cold_start_ids: drop` a member or job with no training apply gets none
+                # (`known` false): its row was never trained, or is another node's. Seeds made cold by
+                # `gnn_train.cold_start_rate` lose theirs too, so the encoder learns to embed a node
+                # from its content and attributes alone (DropoutNet).
                 rows = hash_ids(batch.node_ids[t], cfg.id_buckets)
                 ids = nn.Embed(cfg.id_buckets, cfg.hidden_dim, name=f"id_{t}")(rows)
                 if cfg.cold_start_ids == "drop":
                     ids = jnp.where(batch.graph.nodes["known"][layout.node_slice(t), None], ids, 0.0)
                 parts.append(ids)
             if cfg.use_cat and t in batch.cat and batch.cat[t].shape[-1] > 0:
+                # Categorical part: one table per column (code 0 = missing, embedded as zeros),
+                # concatenated and projected; with `shared_cat` one table per column name, shared
+                # by the types that have it (their codes share a vocabulary).
                 codes = batch.cat[t]
                 names = column_names(layout, t, codes.shape[-1])
                 cols = []
@@ -198,7 +164,7 @@ class GNNEncoder(nn.Module):
                 parts.append(
                     nn.Dense(cfg.hidden_dim, dtype=dtype, name=f"cat_proj_{t}")(jnp.concatenate(cols, -1))
                 )
-            if not parts:
+            if not parts:  # no enabled part: a learned type embedding
                 embedding = self.param(f"type_{t}", nn.initializers.normal(1.0), (cfg.hidden_dim,))
                 parts.append(jnp.broadcast_to(embedding, (cap, cfg.hidden_dim)))
             x = sum(p.astype(jnp.float32) for p in parts)
@@ -206,6 +172,8 @@ class GNNEncoder(nn.Module):
 
         bags = attribute_bags(h, batch, layout) if cfg.attribute_skip else {}
 
+        # HGT's gated skip, then a layer norm as in the HGT reference code (`use_norm=True`; PyG's
+        # HGTConv has none). Dropout sits on each layer's output projection.
         for layer in range(cfg.layers):
             h = HGTConv(cfg.hidden_dim, cfg.heads, cfg.dropout, dtype, name=f"hgt_{layer}")(
                 h, batch.graph, layout, deterministic=deterministic
@@ -217,6 +185,10 @@ class GNNEncoder(nn.Module):
         out = {}
         llm_out = None
         if cfg.use_llm and cfg.llm_skip:
+            # LLM skip: ONE Dense shared by members and jobs keeps (up to scale) the member-job inner
+            # product the bi-encoder trained to predict applies, so the score can use the towers'
+            # similarity directly. Zero at the start (ReZero-style): as a random projection it
+            # outweighed the untrained graph part (docs/architecture.md decision 6).
             llm_out = nn.Dense(cfg.out_dim, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
         shared_columns = sorted(set.intersection(*(set(columns.get(t, {})) for t in LLM_TYPES)))
         if cfg.attribute_skip and cfg.shared_cat and shared_columns:
@@ -241,7 +213,7 @@ class GNNEncoder(nn.Module):
                 # One map per attribute type, shared by members and jobs: <W a, W b> tracks <a, b>, so
                 # the score sees the overlap of the two nodes' skills, titles and companies directly.
                 z = z + attribute_out[s](bag).astype(jnp.float32)
-            if cfg.normalize:
+            if cfg.normalize:  # cosine geometry downstream; the loss cannot be lowered by inflating norms
                 z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-12))
             out[t] = z
         return out
@@ -252,7 +224,11 @@ class GNNEncoder(nn.Module):
 
 
 def link_logits(member: jax.Array, jobs: jax.Array, decoder: dict[str, jax.Array]) -> jax.Array:
-    """[B, d] x [B + K, d] -> [B, B + K] logits, scale * dot + bias."""
+    """[B, d] x [B + K, d] -> [B, B + K] logits, scale * dot + bias.
+
+    `scale` (stored as its log) and `bias` are learned, as in SigLIP: cosines in [-1, 1] need a
+    temperature to reach confident logits, and the bias absorbs the 1 : (B + K - 1) imbalance.
+    """
     return jnp.exp(decoder["log_scale"]) * (member @ jobs.T) + decoder["bias"]
 
 
@@ -339,12 +315,7 @@ class GNN(NamedTuple):
 
 def build_gnn(cfg: GNNConfig) -> GNN:
     """The encoder, decoder and loss for `cfg` as pure functions (see `GNN`)."""
-    if cfg.hidden_dim % cfg.heads:
-        raise StarError(f"gnn.hidden_dim: {cfg.hidden_dim} is not divisible by gnn.heads={cfg.heads}")
-    if cfg.dtype not in ("float32", "bfloat16"):
-        raise StarError(f"gnn.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
-    if cfg.cold_start_ids not in ("drop", "keep"):
-        raise StarError(f"gnn.cold_start_ids: expected drop or keep, got {cfg.cold_start_ids!r}")
+    cfg.check()  # again: a config changed in code after it was built
     encoder = GNNEncoder(cfg)
     # One jitted init per GNN: compiling the initialisers is the slow part on CPU, so keep the cache.
     init_encoder = jax.jit(encoder.init, static_argnums=2)
@@ -387,13 +358,7 @@ def build_gnn(cfg: GNNConfig) -> GNN:
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimisation: AdamW with global-norm clipping, one jit-compiled step per Layout.
-
-
-class TrainState(NamedTuple):
-    step: jax.Array  # int32 []
-    params: Params
-    opt_state: optax.OptState
+# Optimisation: which weights decay (the optimizer itself is star_jax.train_loop's).
 
 
 def decay_mask(params: Params) -> Any:
@@ -405,43 +370,3 @@ def decay_mask(params: Params) -> Any:
         return leaf.ndim >= 2 and getattr(path[-1], "key", None) != "embedding"
 
     return jax.tree_util.tree_map_with_path(wants_decay, params)
-
-
-def make_optimizer(
-    cfg: GNNTrainConfig, learning_rate: float | optax.Schedule | None = None
-) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW (`cfg.lr` unless a schedule is given)."""
-    lr = cfg.lr if learning_rate is None else learning_rate
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(lr, weight_decay=cfg.weight_decay, mask=decay_mask),
-    )
-
-
-def init_train_state(params: Params, optimizer: optax.GradientTransformation) -> TrainState:
-    """Step 0 for `params` (from `GNN.init`, or restored). The params are copied, because the train
-    step donates its state and would otherwise invalidate the caller's arrays."""
-    params = jax.tree.map(jnp.array, params)
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
-
-def make_train_step(
-    gnn: GNN, optimizer: optax.GradientTransformation
-) -> Callable[[TrainState, HeteroBatch, Layout, jax.Array], tuple[TrainState, Metrics]]:
-    """`step(state, batch, layout, rng) -> (state, metrics)`, jit-compiled once per Layout.
-
-    `rng` is the run's dropout key; the step number is folded in here, so a constant key gives a
-    fresh stream every step and a resumed run replays the same one. `state` is donated.
-    """
-
-    def step(
-        state: TrainState, batch: HeteroBatch, layout: Layout, rng: jax.Array
-    ) -> tuple[TrainState, Metrics]:
-        rng = jax.random.fold_in(rng, state.step)
-        (_, metrics), grads = jax.value_and_grad(gnn.loss_fn, has_aux=True)(state.params, batch, layout, rng)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
-        return TrainState(state.step + 1, params, opt_state), metrics
-
-    return jax.jit(step, static_argnames="layout", donate_argnames="state")

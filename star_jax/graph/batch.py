@@ -1,17 +1,11 @@
 """The fixed-shape heterogeneous batch that the sampler produces and the GNN consumes.
 
-One jraph `GraphsTuple` holds every sampled node and edge (ARCHITECTURE decision 5):
-
-  - nodes sit in contiguous per-type blocks, in `Layout.node_types` order; block `t` has
-    `node_capacity[t]` slots, the last of which is always a padding node;
-  - edges sit in contiguous per-relation blocks, in `Layout.relations` order. A relation is
-    named in *message* direction: its edges go from `sender_type` slots to `receiver_type` slots;
-  - padded edges point from the sender block's padding node to the receiver block's padding node,
-    so `jraph.segment_softmax` over receivers never sees an empty real segment;
-  - masks are booleans, applied with `jnp.where`, never by multiplication (NaN * 0 is NaN).
-
-Capacities depend only on the config (batch size, negatives, fan-outs), never on the data, so
-XLA compiles the train step once. `Layout` is hashable and travels as a static argument.
+One jraph `GraphsTuple` holds every sampled node and edge (docs/architecture.md, decision 5): nodes
+sit in contiguous per-type blocks, each ending in a padding node; edges sit in contiguous
+per-relation blocks in message direction (`sender_type` slots -> `receiver_type` slots). Masks are
+booleans, applied with `jnp.where`, never by multiplication (NaN * 0 is NaN). A `Layout` depends
+only on the config (batch size, negatives, fan-outs), never on the data, so XLA compiles the train
+step once; it is hashable and travels as a static argument.
 """
 
 from __future__ import annotations
@@ -49,7 +43,11 @@ class Layout:
         return slice(start, start + self.node_capacity[i])
 
     def pad_node(self, node_type: str) -> int:
-        """Flat index of the padding node of `node_type`'s block (its last slot)."""
+        """Flat index of the padding node of `node_type`'s block (its last slot).
+
+        A padded edge goes from the sender block's padding node to the receiver block's, so
+        `jraph.segment_softmax` over receivers never sees an empty real segment.
+        """
         return self.node_slice(node_type).stop - 1
 
     def edge_slice(self, relation: str) -> slice:

@@ -1,34 +1,18 @@
 """The heterogeneous graph: one CSR adjacency per relation and per reverse relation.
 
-`build_graph` reads a data directory (`star_jax.data.schema`) once and writes a graph directory:
+`build_graph` (`star-jax build-graph`) reads a data directory once and writes a graph directory of
+numpy arrays (docs/pipeline.md, "The graph directory"), which `HeteroGraph.load` memory-maps.
+Every stored relation `r: A -> B` also gets `r_rev: B -> A`, so a node reaches its neighbours in
+both directions (LinkSAGE, arXiv 2402.13430, makes attribute edges bidirectional). At the paper's
+scale the same arrays would move into TensorStore (docs/architecture.md, "Scale plan").
 
-    GRAPH_DIR/
-      graph.json                      schema, node/edge counts, input digest, categorical vocabularies
-      nodes/<type>/ids.npy            int64 [rows]     the node table's `id`, in table order
-      nodes/<type>/id_sorted.npy      int64 [rows]     the same ids, ascending (for `tables.IdIndex`)
-      nodes/<type>/id_order.npy       int32 [rows]     row of each sorted id
-      nodes/<type>/cat.npy            int32 [rows, C]  categorical codes, 0 = missing
-      csr/<relation>/indptr.npy       int64 [src_rows + 1]
-      csr/<relation>/indices.npy      int32 [edges]    dst rows, ascending within each src row
-      csr/<relation>/weight.npy       float32 [edges]  when the edge table has `weight`
-      csr/<relation>/timestamp.npy    int64 [edges]    when the edge table has `timestamp`
-
-Every stored relation `r: A -> B` also gets `r_rev: B -> A`, so a node can reach its neighbours
-in both directions (LinkSAGE, arXiv 2402.13430, makes attribute edges bidirectional).
-Within a CSR row the neighbours are sorted by row, repeated edges kept, which lets the sampler
-find (and exclude) every copy of an edge with one binary search. After the build every array is
-memory-mapped (`np.load(mmap_mode='r')`), so sampler worker processes share the page cache
-instead of copying the graph; a pickled `HeteroGraph` travels as its directory path.
-
-Scale: the build is vectorised numpy (`tables.IdIndex` for ids, one argsort per relation), streamed
-per Parquet batch: the medium synthetic scale (1M members, 30M edges) builds in about 20 s with a
-peak of about 1 GiB on a 2-core machine (`python -m star_jax.graph.bench`). At the paper's 12.3B
-edges the same arrays would move into TensorStore (docs/architecture.md, "Scale plan").
+    graph = build_graph("runs/demo/data", "runs/demo/graph")
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,7 +37,9 @@ from star_jax.data.tables import (
 )
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_dir, atomic_write_json, content_digest, read_json
-from star_jax.metrics import progress
+from star_jax.tracking import progress
+
+log = logging.getLogger(__name__)
 
 GRAPH_FILE = "graph.json"
 GRAPH_FORMAT = 2  # 2: one vocabulary per categorical column name, shared by the node types
@@ -64,7 +50,9 @@ class CSR(NamedTuple):
     """Adjacency of one relation `src_type -> dst_type`, indexed by src row."""
 
     indptr: np.ndarray  # int64 [src_rows + 1]: row v's edges are indices[indptr[v]:indptr[v + 1]]
-    indices: np.ndarray  # int32 [edges]: dst rows, ascending within a row (repeats kept)
+    # int32 [edges]: dst rows, ascending within a row, repeats kept, so the sampler finds (and
+    # excludes) every copy of an edge with one binary search
+    indices: np.ndarray
     weight: np.ndarray | None  # float32 [edges], aligned with indices
     timestamp: np.ndarray | None  # int64 [edges], aligned with indices
 
@@ -91,7 +79,7 @@ def relation_types(schema: Schema) -> dict[str, tuple[str, str]]:
 
 @dataclass(eq=False)
 class HeteroGraph:
-    """Node ids, categorical codes and one CSR per relation (see the module docstring)."""
+    """Node ids, categorical codes and one CSR per relation (docs/pipeline.md, "The graph directory")."""
 
     schema: Schema
     ids: dict[str, np.ndarray]  # type -> int64 [rows]: node table `id`s in table order
@@ -183,6 +171,7 @@ def _meta_json(schema: Schema, digest: str, nodes: dict[str, int], edges: dict[s
 
 
 def _load(path: Path) -> np.ndarray:
+    # Memory-mapped: sampler worker processes share the page cache instead of copying the graph.
     return np.load(path, mmap_mode="r")
 
 
@@ -239,7 +228,7 @@ def csr_from_edges(
     )
 
 
-def _encode_categorical(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+def encode_categorical(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     """int32 codes (0 = null or empty) and the sorted vocabulary (code i + 1 is vocab[i])."""
     enc = pc.dictionary_encode(column).combine_chunks()
     values = enc.dictionary.to_pylist()
@@ -279,7 +268,7 @@ def _read_nodes(data_dir: str, spec: NodeTypeSpec) -> tuple[np.ndarray, np.ndarr
     ids = table["id"].to_numpy().astype(np.int64, copy=False)
     codes, vocabs = [], []
     for c in spec.categorical:
-        code, vocab = _encode_categorical(table[c])
+        code, vocab = encode_categorical(table[c])
         codes.append(code)
         vocabs.append(vocab)
     cat = np.stack(codes, axis=1) if codes else np.zeros((ids.shape[0], 0), np.int32)
@@ -391,7 +380,8 @@ def ensure_graph(
 
 def _read_edges(batches: Iterator[pa.RecordBatch], spec: RelationSpec, schema: Schema, index: dict,
                 id_order: dict, bar) -> tuple:
-    """(src rows int32, dst rows int32, weight f32 | None, timestamp int64 | None) of one edge table."""
+    """(src rows int32, dst rows int32, weight f32 | None, timestamp int64 | None) of one edge table,
+    read one Parquet batch at a time (vectorised id lookups, no Python loop over edges)."""
     cols = edge_columns(spec)
     parts: dict[str, list[np.ndarray]] = {c: [] for c in cols}
     for batch in batches:
@@ -462,6 +452,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     graph, built = ensure_graph(args.data, args.out, force=args.force)
     counts = ", ".join(f"{t} {graph.num_nodes(t)}" for t in graph.node_types)
-    print(f"{'built' if built else 'up to date'}: {args.out} ({counts})")
+    log.info(f"{'built' if built else 'up to date'}: {args.out} ({counts})")
     print(format_degree_stats(graph))
     return 0

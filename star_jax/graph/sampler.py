@@ -1,40 +1,13 @@
-"""Fixed-shape k-hop neighbour sampling for link prediction (ARCHITECTURE decisions 5, 6 and 8).
+"""Fixed-shape k-hop neighbour sampling for link prediction (docs/architecture.md, decisions 5, 7, 9).
 
-A batch starts from seeds: B (member, job) pairs and K random jobs shared as negatives. Each seed
-grows a *tree*: at hop h every node of the frontier draws, for every relation that can send it
-messages, `fanout(h, relation)` neighbours with replacement (GraphSAGE's node-wise sampling,
-DeepGNN's `sample_neighbors` contract). Nodes are never merged, so the number of slots per node
-type and per relation follows from the config alone and XLA compiles the train step once (the
-TF-GNN SizeConstraints idea). A draw that has nothing to draw from (degree zero, an invalid
-parent, or only excluded edges) leaves its slot invalid; its edge points from the sender block's
-padding node to the receiver block's padding node (graph/batch.py).
+A batch starts from B (member, job) pairs and K random jobs shared as negatives. Each seed grows a
+tree: at every hop each frontier node draws a fixed fan-out of neighbours per relation, with
+replacement, so the batch shapes follow from the config alone. A pair's own edge is never drawn in
+its trees. Neighbours are drawn uniformly, by degree or by edge weight, and `FanoutSchedule` grows
+the fan-outs when validation AUC plateaus (LiGNN); docs/pipeline.md, "The sampler", has the details.
+A batch is a pure function of (graph, config, sampler seed, batch index).
 
-Layout of a node-type block: hop-0 seeds (member block: B pair members; job block: B pair jobs,
-then K negatives), then the nodes of hop 1 in relation order, then hop 2, ..., then the padding
-slot. Edges are blocked by relation, in message direction (sampled neighbour -> the node that
-drew it), hop by hop within a block.
-
-Leakage (decision 6; DGL's `exclude='reverse_id'`, GraphStorm's `exclude_training_targets`): in
-pair batches the edge (m_i, j_i) of pair i and its reverse are never drawn anywhere in the two
-trees of pair i, at any hop, with every repeated copy excluded. CSR rows are sorted by neighbour,
-so the copies form one range `[lo, hi)` that the draw skips: uniform draws shift
-`indptr[v] + floor(U * (deg - copies))` past the range; weighted draws remove its mass.
-
-Neighbour choice (`sampler.neighbor_weighting`): `uniform`; `degree`, probability proportional
-to 1/sqrt(degree of the neighbour in that relation), which damps hub skills and titles; or
-`weight`, proportional to the edge's `weight` column (1 where the table has none). The weighted
-modes pick by `searchsorted` in a per-relation float64 prefix sum of the edge masses, built once
-per process (8 bytes per edge of each sampled relation).
-
-Adaptive sampling (LiGNN, arXiv 2402.11139, "adaptive neighbor sampling",
-section 3.4): `FanoutSchedule` starts from small fan-outs and grows them by `fanout_step` whenever the
-validation AUC fails to improve on the previous one by `plateau_tolerance`. A new fan-out means
-a new `Layout`, hence one recompile of the train step per stage. LiGNN also decays the
-tolerance; we keep it fixed.
-
-Determinism: a batch is a pure function of (graph, config, sampler seed, batch index), so grain
-gives the same batches with any number of worker processes, and restoring the iterator state
-reproduces the next batches.
+    batches = make_dataset(NeighborSampler(graph, cfg.sampler), train_seeds(data_dir, graph, cfg.sampler, n))
 """
 
 from __future__ import annotations
@@ -57,7 +30,6 @@ from star_jax.graph.hetero import CSR, HeteroGraph, relation_types, reverse_name
 if TYPE_CHECKING:
     import grain
 
-WEIGHTINGS = ("uniform", "degree", "weight")
 
 
 class FeatureSource(Protocol):
@@ -71,41 +43,17 @@ class FeatureSource(Protocol):
 
 
 def check_config(cfg: SamplerConfig, schema: Schema) -> None:
-    """Raise a one-line `StarError` naming the `sampler.*` field that does not fit `schema`."""
-    hops = len(cfg.fanouts)
+    """`cfg.check()` plus what needs the graph: one line naming the `sampler.*` relation that does
+    not fit `schema`."""
+    cfg.check()
     rels = relation_types(schema)
-
-    def counts(field: str, values: Sequence[int]) -> None:
-        if len(values) != hops:
-            raise StarError(f"sampler.{field}: expected {hops} values (one per hop, like sampler.fanouts), "
-                            f"got {list(values)}")
-        if any(int(v) < 0 for v in values):
-            raise StarError(f"sampler.{field}: fan-outs must be >= 0, got {list(values)}")
-
-    if hops == 0:
-        raise StarError("sampler.fanouts: at least one hop is needed")
-    counts("fanouts", cfg.fanouts)
-    for name, values in cfg.relation_fanouts.items():
+    for name in cfg.relation_fanouts:
         if name not in rels:
             raise StarError(f"sampler.relation_fanouts.{name}: no such relation; "
                             f"the graph has {', '.join(rels)}")
-        counts(f"relation_fanouts.{name}", values)
-    if cfg.adaptive:
-        counts("start_fanouts", cfg.start_fanouts)
-        if cfg.fanout_step < 1:
-            raise StarError(f"sampler.fanout_step: must be >= 1 with sampler.adaptive, got {cfg.fanout_step}")
-    if cfg.neighbor_weighting not in WEIGHTINGS:
-        raise StarError(f"sampler.neighbor_weighting: expected one of {', '.join(WEIGHTINGS)}, "
-                        f"got {cfg.neighbor_weighting!r}")
     if rels.get(cfg.target_relation) != ("member", "job"):
         raise StarError(f"sampler.target_relation: {cfg.target_relation!r} is not a member -> job relation "
                         f"of the schema")
-    for field in ("batch_size", "prefetch"):
-        if getattr(cfg, field) < 1:
-            raise StarError(f"sampler.{field}: must be >= 1, got {getattr(cfg, field)}")
-    for field in ("num_random_negatives", "workers"):
-        if getattr(cfg, field) < 0:
-            raise StarError(f"sampler.{field}: must be >= 0, got {getattr(cfg, field)}")
 
 
 def final_fanouts(cfg: SamplerConfig) -> tuple[int, ...]:
@@ -139,7 +87,13 @@ class _Step(NamedTuple):
 def _plan(
     schema: Schema, cfg: SamplerConfig, fanouts: dict[str, tuple[int, ...]]
 ) -> tuple[Layout, list[_Step]]:
-    """The layout and the sampling steps in order; `sample` follows the same loop."""
+    """The layout and the sampling steps in order; `sample` follows the same loop.
+
+    A node-type block holds the hop-0 seeds (member block: the B pair members; job block: the B
+    pair jobs, then the K negatives), then the nodes of hop 1 in relation order, then hop 2, ...,
+    then the padding slot. Edges are blocked by relation, in message direction (sampled neighbour
+    -> the node that drew it), hop by hop within a block.
+    """
     types = tuple(schema.node_types)
     relations = tuple((name, s, d) for name, (s, d) in relation_types(schema).items())
     B, K = cfg.batch_size, cfg.num_random_negatives
@@ -171,6 +125,8 @@ def make_layout(schema: Schema, cfg: SamplerConfig, hop_fanouts: Sequence[int] |
 @dataclass(frozen=True)
 class FanoutSchedule:
     """LiGNN's adaptive neighbour count: grow every hop's fan-out by `step` when AUC plateaus.
+
+    LiGNN (arXiv 2402.11139, section 3.4) also decays the tolerance; we keep it fixed.
 
     Pure: `observe` returns a new schedule. Each change of `fanouts` means a new sampler and
     `Layout`, so one recompile of the train step per stage. `dataclasses.asdict` of it is the
@@ -234,7 +190,8 @@ def sample_neighbors(
     exclude: np.ndarray | None = None,
     distinct: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `fanout` neighbours of each row, with replacement.
+    """Draw `fanout` neighbours of each row, with replacement (GraphSAGE's node-wise sampling,
+    DeepGNN's `sample_neighbors` contract).
 
     distinct (uniform draws only): a row with at most `fanout` eligible neighbours takes each of
     them once instead, and its remaining slots stay empty.
@@ -252,7 +209,9 @@ def sample_neighbors(
     r = np.where(ok_row, rows, 0)
     start = np.asarray(csr.indptr[r])
     end = np.where(ok_row, np.asarray(csr.indptr[r + 1]), start)
-    ex_lo, ex_hi = start.copy(), start.copy()  # the excluded copies: positions [ex_lo, ex_hi)
+    # The excluded copies: positions [ex_lo, ex_hi), one range because a CSR row is sorted by
+    # neighbour. Uniform draws shift past it; weighted draws remove its mass.
+    ex_lo, ex_hi = start.copy(), start.copy()
     if exclude is not None:
         m = (exclude >= 0) & (end > start)
         if m.any():
@@ -290,7 +249,12 @@ def sample_neighbors(
 
 
 def edge_mass_cumsum(graph: HeteroGraph, relation: str, weighting: str) -> np.ndarray | None:
-    """float64 [edges + 1]: prefix sum of the draw weight of each edge of CSR `relation`."""
+    """float64 [edges + 1]: prefix sum of the draw weight of each edge of CSR `relation`.
+
+    Weighted draws pick by `searchsorted` in it; a sampler builds it once per process and relation
+    (8 bytes per edge). `degree`: 1/sqrt(degree of the neighbour in that relation), which damps hub
+    skills and titles; `weight`: the edge's `weight` column (1 where the table has none).
+    """
     if weighting == "uniform":
         return None
     c = graph.csr[relation]
@@ -505,7 +469,9 @@ class NeighborSampler:
 
     def _exclusion(self, relation: str, rows: np.ndarray, root: np.ndarray, pair_m: np.ndarray,
                    pair_j: np.ndarray) -> np.ndarray | None:
-        """Per frontier node, the neighbour row it must not draw through `relation` (-1: none)."""
+        """Per frontier node, the neighbour row it must not draw through `relation` (-1: none): pair
+        i's own edge and its reverse, anywhere in its two trees (DGL's `exclude='reverse_id'`,
+        GraphStorm's `exclude_training_targets`)."""
         target = self.cfg.target_relation
         if relation == target:  # job receivers drawing members: pair i's job skips m_i
             own, other = pair_j, pair_m

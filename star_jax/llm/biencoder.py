@@ -1,58 +1,47 @@
-"""The STAR bi-encoder: a member tower and a job tower over one frozen Mistral, and their losses.
+"""The STAR bi-encoder: a member tower and a job tower over one frozen Mistral, as one `BiEncoder`.
 
-Follows STAR's LLM embedding component (arXiv 2507.09797): a request tower embeds member
-profiles and a document tower job postings, both fine-tuned from E5-Mistral with LoRA on one
-frozen base, trained with BCE plus a triplet loss with semi-hard negative mining. The paper does
-not say whether the towers share the adapter; both are offered.
-The style is big_vision's `two_towers.py`: pure functions, L2-normalised fp32 outputs, a learnable
-scale and bias on the cosine.
-
-- Towers. `LoraConfig.shared` picks one adapter for both towers (`{"shared": lora}`) or one per
-  tower (`{"member": lora, "job": lora}`). Otherwise the towers differ only in their input: the E5
-  instruction prefix (`llm.instruction`) is on the member (query) side, added by the loader
-  (`star_jax.data.loader.tower`), never on the job side (E5-Mistral, arXiv 2401.00368).
-- Pooling (`llm.pooling`). `last_token`, E5's: the hidden state of the last real token, found
-  from the lengths (E5's `last_token_pool` for right padding), never from token ids (E5's pad id
-  is its EOS id). `mean`: the average over the real tokens (sentence-transformers' mean pooling),
-  our choice for a small base pretrained from scratch. A 7B causal LM has learned to summarise a
-  text in its last state; the demo's 4-layer, 128-d base after 200 pretraining steps has not, and
-  its last states sit in a narrow cone (a frozen-tower BCE fit needs a cosine scale of about 70,
-  against 8 for mean pooling). On the tiny data (seed 3) the fine-tuned towers reach test AUC
-  0.73 with mean pooling and 0.63 with the last token, same steps (docs/architecture.md, decision 12).
-- Losses (weights from `LLMTrainConfig`):
-  * BCE on `exp(log_scale) * cos(member, job) + bias` for every labelled pair (SigLIP's scaled
-    cosine, as big_vision's `t` and `b`; the scale is learned as its log).
-  * Semi-hard triplet (FaceNet, Schroff et al. 2015, section 3.2) with d = squared L2 distance
-    on the unit sphere: for each positive pair (anchor = member, positive = job), the negative is
-    the closest in-batch job with d(a,p) < d(a,n) < d(a,p) + margin; when there is none, the
-    hardest (closest) negative. In-batch jobs that are the positive job itself or another
-    positive of the same member in the batch are not negatives. FaceNet leaves the choice among
-    semi-hard negatives open; we take the closest, as TF-Addons' `triplet_semihard_loss` does,
-    but where none exists we take the hardest negative (TF-Addons takes the farthest).
-  * InfoNCE (E5's loss) over the same in-batch negatives, optional (`infonce_weight`).
+STAR's LLM embedding component (arXiv 2507.09797): a request tower embeds member profiles and a
+document tower job postings, both LoRA fine-tunings of one frozen base (E5-Mistral); the paper
+does not say whether the towers share the adapter, so `lora.shared` offers both. Otherwise the
+towers differ only in their input: the E5 instruction is on the member (query) side, added by the
+loader (`data.loader.tower`; E5-Mistral, arXiv 2401.00368). A tower pools the final hidden states
+(`llm.pooling`), maps them through an optional projection head (`llm.projection`) and
+L2-normalises them in fp32, as big_vision's `two_towers.py`. `build_biencoder` bundles init,
+encode, loss (star_jax.llm.losses), export and load of everything trainable.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from flax import traverse_util
+from jax.sharding import Mesh
 
-from star_jax.config import LLMTrainConfig, LoraConfig
+from star_jax.config import LLMConfig, LLMTrainConfig, LoraConfig, MeshConfig, MistralConfig
 from star_jax.errors import StarError
-from star_jax.llm.lora import import_peft
-from star_jax.llm.mistral import MistralModel
+from star_jax.fileio import atomic_write_bytes
+from star_jax.llm.losses import biencoder_losses, fit_head, init_head
+from star_jax.llm.mistral import MistralModel, abstract_variables, init_lora
+from star_jax.llm.peft_io import ADAPTER_CONFIG, export_peft, import_peft, read_lora_config
+from star_jax.parallel import Rules, logical_rules, logical_shardings, replicated
 
 MEMBER, JOB = "member", "job"
 TOWERS = (MEMBER, JOB)
 SHARED = "shared"
+EXPORT_DIR = "adapters"  # a train-llm run's export: RUN/adapters/{shared | member, job}[/projection...]
+PROJECTION_FILE = "projection.safetensors"
+
+Params = dict[str, Any]  # {"adapters": {name: LoRA tree}, "head": {"log_scale", "bias"}, ["projection"]}
 
 
 def adapter_names(lora: LoraConfig) -> tuple[str, ...]:
@@ -62,14 +51,17 @@ def adapter_names(lora: LoraConfig) -> tuple[str, ...]:
 
 def tower_adapters(adapters: dict | None, tower: str) -> dict | None:
     """The LoRA tree `tower` runs with: its own, the shared one, or `adapters` itself when it is
-    already a single LoRA tree (e.g. from `lora.import_peft`). None: the frozen base alone."""
+    already a single LoRA tree (e.g. from `peft_io.import_peft`). None: the frozen base alone."""
     if adapters is None or "layers" in adapters:
         return adapters
     return adapters[tower] if tower in adapters else adapters[SHARED]
 
 
 def last_token(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
-    """`hidden[b, lengths[b] - 1]`: `[B, T, H]` -> `[B, H]` (a zero length picks position 0)."""
+    """`hidden[b, lengths[b] - 1]`: `[B, T, H]` -> `[B, H]` (a zero length picks position 0).
+
+    E5's `last_token_pool` for right padding: found from the lengths, never from token ids (E5's
+    pad id is its EOS id)."""
     index = jnp.clip(lengths - 1, 0, hidden.shape[1] - 1)
     return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
 
@@ -82,6 +74,9 @@ def mean_pool(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
 
 
 # `llm.pooling` -> `[B, T, H], lengths -> [B, H]`; the config checks the name (config.POOLINGS).
+# `mean` (sentence-transformers') is the demo's: its 4-layer base pretrained for 200 steps has not
+# learned to summarise a text in its last state, whose vectors sit in a narrow cone (test AUC 0.73
+# with mean, 0.63 with last_token on the tiny data; docs/architecture.md, decision 12).
 POOL_FNS = {"last_token": last_token, "mean": mean_pool}
 
 
@@ -101,12 +96,13 @@ def encode(
     *,
     pooling: str,
     rng: jax.Array | None = None,
+    head: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
-    """Embed right-padded token ids `[B, T]` with `tower`'s adapter: unit-norm fp32 `[B, H]`.
+    """Embed right-padded token ids `[B, T]` with `tower`'s adapter: unit-norm fp32 `[B, D]`.
 
     `model` is `MistralModel(arch, lora_config)` (`lora_config` None with `adapters` None for
-    the frozen base). `pooling` is `llm.pooling` (a key of `POOL_FNS`). `rng` turns on LoRA
-    dropout (training); None is inference.
+    the frozen base). `pooling` is `llm.pooling` (a key of `POOL_FNS`); `head` maps the pooled
+    `[B, H]` to `[B, D]` before the norm (None: D = H). `rng` turns on LoRA dropout (training).
     """
     lora = tower_adapters(adapters, tower)
     variables = {"params": base} if lora is None else {"params": base, "lora": lora}
@@ -118,7 +114,8 @@ def encode(
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
     )
-    return l2_normalize(POOL_FNS[pooling](hidden, lengths))
+    pooled = POOL_FNS[pooling](hidden, lengths)
+    return l2_normalize(pooled if head is None else head(pooled.astype(jnp.float32)))
 
 
 def encode_towers(
@@ -129,150 +126,293 @@ def encode_towers(
     *,
     pooling: str,
     rng: jax.Array | None = None,
+    head: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Member and job embeddings `[B, H]` of a batch (`member_ids`/`member_len`, `job_ids`/`job_len`).
+    """Member and job embeddings `[B, D]` of a batch (`member_ids`/`member_len`, `job_ids`/`job_len`).
 
     With one adapter for both towers and equal padded lengths, one pass over the base embeds both
     towers: bigger matmuls, and a training step that traces (and compiles) the model once. Rows
     are interleaved (member i, job i), so a batch split over devices stays where it is.
     """
     m_ids, m_len, j_ids, j_len = (batch[k] for k in ("member_ids", "member_len", "job_ids", "job_len"))
+    run = functools.partial(encode, model, base, adapters, pooling=pooling, head=head)
     if tower_adapters(adapters, MEMBER) is tower_adapters(adapters, JOB) and m_ids.shape == j_ids.shape:
         b, t = m_ids.shape
         ids = jnp.stack([m_ids, j_ids], axis=1).reshape(2 * b, t)
         lengths = jnp.stack([m_len, j_len], axis=1).reshape(2 * b)
-        both = encode(model, base, adapters, MEMBER, ids, lengths, pooling=pooling, rng=rng).reshape(b, 2, -1)
+        both = run(MEMBER, ids, lengths, rng=rng).reshape(b, 2, -1)
         return both[:, 0], both[:, 1]
     rm, rj = (None, None) if rng is None else jax.random.split(rng)
-    return (
-        encode(model, base, adapters, MEMBER, m_ids, m_len, pooling=pooling, rng=rm),
-        encode(model, base, adapters, JOB, j_ids, j_len, pooling=pooling, rng=rj),
-    )
+    return run(MEMBER, m_ids, m_len, rng=rm), run(JOB, j_ids, j_len, rng=rj)
 
 
-def init_head(cfg: LLMTrainConfig) -> dict[str, jax.Array]:
-    """The learnable scale (as its log) and bias of the BCE logit."""
-    return {
-        "log_scale": jnp.asarray(math.log(cfg.init_logit_scale), jnp.float32),
-        "bias": jnp.asarray(cfg.init_logit_bias, jnp.float32),
-    }
+# -- projection heads ----------------------------------------------------------------------------
 
 
-def pair_logits(member: jax.Array, job: jax.Array, head: dict[str, jax.Array]) -> jax.Array:
-    """`exp(log_scale) * cos(member_i, job_i) + bias`, `[B]` (unit-norm inputs)."""
-    return jnp.exp(head["log_scale"]) * jnp.sum(member * job, axis=-1) + head["bias"]
+class Projection(NamedTuple):
+    """A trainable map of a tower's pooled output before the L2 norm, the same for both towers."""
+
+    name: str  # `llm.projection`'s value; recorded in the exported file
+    init: Callable[[jax.Array, int], dict[str, Any]]  # (rng, hidden) -> params: a dict of f32 arrays
+    apply: Callable[[dict[str, Any], jax.Array], jax.Array]  # (params, f32[B, hidden]) -> f32[B, dim]
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(jnp.where(mask > 0, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1.0)
+# `llm.projection` -> its head; "none" (the default) is none. A new head is one entry here plus
+# its name among the config's choices.
+PROJECTIONS: dict[str, Projection] = {}
 
 
-def bce_loss(
-    member: jax.Array, job: jax.Array, label: jax.Array, valid: jax.Array, head: dict[str, jax.Array]
-) -> jax.Array:
-    """Mean sigmoid cross-entropy of the scaled cosine over the valid labelled pairs."""
-    logits = pair_logits(member, job, head)
-    return _masked_mean(optax.sigmoid_binary_cross_entropy(logits, label.astype(jnp.float32)), valid)
+def projection_for(llm: LLMConfig) -> Projection | None:
+    """The head `llm.projection` names (None for "none")."""
+    name = llm.projection
+    if name in (None, "none"):
+        return None
+    if name not in PROJECTIONS:
+        raise StarError(f"llm.projection: unknown head {name!r}; expected none or one of "
+                        f"{', '.join(sorted(PROJECTIONS)) or '(no head is registered)'}")
+    return PROJECTIONS[name]
 
 
-def _same(key: jax.Array) -> jax.Array:
-    """`[B, B]`: rows i, k carry the same id. Keys are int64 ids viewed as int32 `[B, 2]` (no x64)."""
-    return jnp.all(key[:, None, :] == key[None, :, :], axis=-1)
+def _save_projection(params: dict, name: str, path: Path) -> None:
+    from safetensors.numpy import save
+
+    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    tensors = {k: np.ascontiguousarray(v) for k, v in flat.items()}
+    atomic_write_bytes(path, save(tensors, metadata={"projection": name}))
 
 
-def negative_mask(
-    member_key: jax.Array, job_key: jax.Array, label: jax.Array, valid: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """(anchors `[B]`, negatives `[B, B]`): anchors are valid positive pairs; job k is a negative for
-    anchor i unless it is a job that member i applied to somewhere in the batch (its own positive
-    included) or a fill row."""
-    positive = (label > 0) & valid
-    # applied[i, k']: row k' is a positive of member i; a job k is excluded when it equals such a job.
-    applied = _same(member_key) & positive[None, :]
-    # A 0/1 matmul counts such jobs; HIGHEST keeps it exact where matmuls default to TF32/bf16.
-    excluded = jnp.einsum(
-        "ik,kj->ij", applied.astype(jnp.float32), _same(job_key).astype(jnp.float32),
-        precision=jax.lax.Precision.HIGHEST,
-    ) > 0
-    return positive, valid[None, :] & ~excluded
+def _read_projection(path: Path, projection: Projection, hidden: int) -> dict:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise StarError(f"{path}: not found (llm.projection is {projection.name!r})")
+    with safe_open(str(path), framework="numpy") as f:
+        stored = (f.metadata() or {}).get("projection")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if stored != projection.name:
+        raise StarError(f"{path}: a {stored!r} projection head, but llm.projection is {projection.name!r}")
+    shapes = jax.eval_shape(lambda k: projection.init(k, hidden), jax.random.key(0))
+    want = traverse_util.flatten_dict(shapes, sep="/")
+    for key in sorted(set(want) | set(tensors)):
+        if key not in tensors or key not in want or tensors[key].shape != want[key].shape:
+            got = tensors[key].shape if key in tensors else "no tensor"
+            need = want[key].shape if key in want else "none"
+            raise StarError(f"{path}: {key}: {got}, the {projection.name!r} head needs {need}")
+    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in tensors.items()}, sep="/")
 
 
-def semihard_triplet_loss(
-    member: jax.Array,
-    job: jax.Array,
-    member_key: jax.Array,
-    job_key: jax.Array,
-    label: jax.Array,
-    valid: jax.Array,
-    margin: float,
-) -> jax.Array:
-    """FaceNet's triplet loss with semi-hard in-batch negatives, averaged over anchors that have one."""
-    anchors, negatives = negative_mask(member_key, job_key, label, valid)
-    d = 2.0 - 2.0 * member @ job.T  # squared L2 distance between unit vectors
-    d_ap = jnp.diagonal(d)
-    inf = jnp.asarray(jnp.inf, d.dtype)
-    sel = jax.lax.stop_gradient(d)
-    semihard = negatives & (sel > d_ap[:, None]) & (sel < d_ap[:, None] + margin)
-    hardest_semihard = jnp.argmin(jnp.where(semihard, sel, inf), axis=1)
-    hardest = jnp.argmin(jnp.where(negatives, sel, inf), axis=1)
-    choice = jnp.where(semihard.any(axis=1), hardest_semihard, hardest)
-    d_an = jnp.take_along_axis(d, choice[:, None], axis=1)[:, 0]
-    per_anchor = jax.nn.relu(d_ap - d_an + margin)
-    return _masked_mean(per_anchor, anchors & negatives.any(axis=1))
+# -- reading an export ---------------------------------------------------------------------------
 
 
-def infonce_loss(
-    member: jax.Array,
-    job: jax.Array,
-    member_key: jax.Array,
-    job_key: jax.Array,
-    label: jax.Array,
-    valid: jax.Array,
-    temperature: float,
-) -> jax.Array:
-    """E5's InfoNCE: softmax over the anchor's positive and its in-batch negatives of cos / temperature."""
-    anchors, negatives = negative_mask(member_key, job_key, label, valid)
-    logits = (member @ job.T) / temperature
-    allowed = negatives | jnp.eye(logits.shape[0], dtype=bool)
-    logits = jnp.where(allowed, logits, -jnp.inf)
-    per_anchor = -jnp.diagonal(jax.nn.log_softmax(logits, axis=1))
-    return _masked_mean(per_anchor, anchors)
-
-
-def biencoder_losses(
-    member: jax.Array, job: jax.Array, head: dict[str, jax.Array], batch: dict[str, Any], cfg: LLMTrainConfig
-) -> dict[str, jax.Array]:
-    """Every loss term and their weighted sum `loss`, from the two towers' embeddings of a batch.
-
-    `batch`: label int32 [B], valid bool [B], member_key / job_key int32 [B, 2] (ids for the
-    in-batch exclusions).
-    """
-    label, valid = batch["label"], batch["valid"]
-    keys = (batch["member_key"], batch["job_key"], label, valid)
-    out = {"bce": bce_loss(member, job, label, valid, head)}
-    if cfg.triplet_weight:
-        out["triplet"] = semihard_triplet_loss(member, job, *keys, cfg.triplet_margin)
-    if cfg.infonce_weight:
-        out["infonce"] = infonce_loss(member, job, *keys, cfg.infonce_temperature)
-    weights = {"bce": cfg.bce_weight, "triplet": cfg.triplet_weight, "infonce": cfg.infonce_weight}
-    out["loss"] = sum(weights[k] * v for k, v in out.items())
-    return out
-
-
-def id_keys(ids: np.ndarray) -> np.ndarray:
-    """int64 ids `[B]` as int32 `[B, 2]` (both halves), so ids compare exactly on device without x64."""
-    ids = np.ascontiguousarray(ids, np.int64)
-    return ids.view(np.int32).reshape(len(ids), 2)
-
-
-def load_adapters(run_dir: str | os.PathLike) -> tuple[dict, LoraConfig]:
-    """The adapters a `train-llm` run exported (`RUN/adapters/shared`, or `member` and `job`) as
-    `encode` takes them, with their LoraConfig."""
-    root = Path(run_dir) / "adapters"
-    names = [n for n in (SHARED, *TOWERS) if (root / n).is_dir()]
+def _export_names(directory: Path) -> list[str]:
+    names = [n for n in (SHARED, *TOWERS) if (directory / n).is_dir()]
     if names not in ([SHARED], list(TOWERS)):
-        raise StarError(f"{root}: no adapters/shared nor adapters/member + adapters/job (a train-llm output)")
-    loaded = {n: import_peft(root / n) for n in names}
+        raise StarError(f"{directory}: no shared/ nor member/ + job/ adapters (a train-llm export)")
+    return names
+
+
+def read_lora(directory: str | os.PathLike) -> LoraConfig:
+    """The LoraConfig of a bi-encoder export (`shared/`, or `member/` + `job/`) or of one PEFT adapter
+    directory (a shared adapter), from the adapter configs alone."""
+    directory = Path(directory)
+    if (directory / ADAPTER_CONFIG).is_file():
+        return dataclasses.replace(read_lora_config(directory), shared=True)
+    names = _export_names(directory)
+    return dataclasses.replace(read_lora_config(directory / names[0]), shared=names == [SHARED])
+
+
+def read_adapters(directory: str | os.PathLike) -> tuple[dict[str, dict], LoraConfig]:
+    """`({name: LoRA tree}, LoraConfig)` from a bi-encoder export or one PEFT adapter directory (as
+    the shared adapter), as `read_lora` finds them."""
+    directory = Path(directory)
+    if (directory / ADAPTER_CONFIG).is_file():
+        tree, lora = import_peft(directory)
+        return {SHARED: tree}, dataclasses.replace(lora, shared=True)
+    names = _export_names(directory)
+    loaded = {n: import_peft(directory / n) for n in names}
     lora = dataclasses.replace(loaded[names[0]][1], shared=names == [SHARED])
     return {n: adapters for n, (adapters, _) in loaded.items()}, lora
+
+
+def load_adapters(run_dir: str | os.PathLike) -> tuple[dict[str, dict], LoraConfig]:
+    """The adapters a `train-llm` run exported (`RUN/adapters/`), with their LoraConfig."""
+    return read_adapters(Path(run_dir) / EXPORT_DIR)
+
+
+def _same_lora(a: LoraConfig, b: LoraConfig) -> bool:
+    fields = lambda c: (c.rank, float(c.alpha), c.dropout, sorted(c.targets), c.shared)
+    return fields(a) == fields(b)
+
+
+# -- the bi-encoder ------------------------------------------------------------------------------
+
+
+class BiEncoder(NamedTuple):
+    """The towers and their loss for one config, as pure functions (as `gnn.model.GNN`).
+
+    params (`Params`): "adapters" {name: LoRA tree}, "head" the BCE logit's {log_scale, bias},
+    "projection" with a projection head; None runs the frozen base.
+    init(rng, mesh=None, rules=None) -> params            fresh: B = 0, so step 0 is the base
+    encode(params, base, tower, ids, lengths, rng=None) -> f32[B, dim] unit rows (dropout iff rng)
+    tower_params(params, tower) -> what `tower` runs with, as params that encode alike for any tower
+    encode_pair(params, base, batch, rng=None) -> (member f32[B, dim], job f32[B, dim])
+    loss(params, base, batch, rng) -> (loss, aux)          a `train_loop.LossFn`
+    frozen(params) -> params with the adapters at zero (the step-0 towers)
+    calibrate(params, cosines, labels) -> params with the BCE head fitted (`losses.fit_head`)
+    logit(params) -> {"logit_scale": float, "logit_bias": float}
+    export(params, directory, base_model_name_or_path=None): adapters as PEFT dirs, the projection file
+    load(directory, mesh=None, rules=None) -> the exported params (no "head"), checked against the base
+    """
+
+    llm: LLMConfig
+    lora: LoraConfig | None  # None: the frozen base, nothing trainable
+    train: LLMTrainConfig
+    arch: MistralConfig  # the base's architecture with the run's numerics
+    projection: Projection | None
+    model: MistralModel
+    dim: int  # embedding width
+    key: Any  # hashable, equal for bi-encoders that encode alike (e.g. a jit cache's key)
+    init: Callable[..., Params]
+    encode: Callable[..., jax.Array]
+    tower_params: Callable[[Params | None, str], Params | None]
+    encode_pair: Callable[..., tuple[jax.Array, jax.Array]]
+    loss: Callable[[Params, Any, dict, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+    frozen: Callable[[Params], Params]
+    calibrate: Callable[[Params, np.ndarray, np.ndarray], Params]
+    logit: Callable[[Params], dict[str, float]]
+    export: Callable[..., None]
+    load: Callable[..., Params]
+
+
+def build_biencoder(
+    llm: LLMConfig,
+    lora: LoraConfig | None,
+    train: LLMTrainConfig,
+    *,
+    arch: MistralConfig | None = None,
+    projection: Projection | None = None,
+) -> BiEncoder:
+    """The bi-encoder of `llm` (pooling, projection head), `lora` and `train` (see `BiEncoder`).
+
+    `arch` defaults to `llm.arch` (runs on a checkpoint pass `hf_io.runtime_arch`); `projection`
+    defaults to the head `llm.projection` names. Without LoRA there is no projection either.
+    """
+    arch = llm.arch if arch is None else arch
+    projection = None if lora is None else (projection_for(llm) if projection is None else projection)
+    model = MistralModel(arch, lora)
+    hidden, pooling = arch.hidden_size, llm.pooling
+    dim = hidden
+    if projection is not None:
+        out = lambda k: projection.apply(projection.init(k, hidden), jnp.zeros((1, hidden), jnp.float32))
+        dim = int(jax.eval_shape(out, jax.random.key(0)).shape[-1])
+    # `lora.shared` says how the adapters are keyed (one tree or one per tower), not what runs.
+    keyed = None if lora is None else dataclasses.asdict(dataclasses.replace(lora, shared=True))
+    key = (json.dumps([dataclasses.asdict(arch), keyed, pooling], sort_keys=True), projection)
+
+    def on_mesh(fn: Callable, mesh: Mesh | None, *args: Any) -> Any:
+        return jax.jit(fn)(*args) if mesh is None else jax.jit(fn, out_shardings=replicated(mesh))(*args)
+
+    def init(rng: jax.Array, mesh: Mesh | None = None, rules: Rules | None = None) -> Params:
+        names = adapter_names(lora)
+        keys = jax.random.split(rng, len(names))
+        params = {
+            "adapters": {n: init_lora(k, arch, lora, mesh=mesh, rules=rules) for n, k in zip(names, keys)},
+            "head": on_mesh(lambda: init_head(train), mesh),
+        }
+        if projection is not None:  # its own stream: the adapters draw as without a head
+            rng = jax.random.fold_in(rng, len(names))
+            params["projection"] = on_mesh(lambda k: projection.init(k, hidden), mesh, rng)
+        return params
+
+    def project(params: Params | None) -> Callable[[jax.Array], jax.Array] | None:
+        if projection is None or params is None:
+            return None
+        return functools.partial(projection.apply, params["projection"])
+
+    def encode_(params, base, tower, ids, lengths, rng=None) -> jax.Array:
+        adapters = None if params is None else params["adapters"]
+        head = project(params)
+        return encode(model, base, adapters, tower, ids, lengths, pooling=pooling, rng=rng, head=head)
+
+    def tower_params(params: Params | None, tower: str) -> Params | None:
+        if params is None:
+            return None
+        out = {"adapters": tower_adapters(params["adapters"], tower)}
+        return out if projection is None else {**out, "projection": params["projection"]}
+
+    def encode_pair(params, base, batch, rng=None) -> tuple[jax.Array, jax.Array]:
+        head = project(params)
+        return encode_towers(model, base, params["adapters"], batch, pooling=pooling, rng=rng, head=head)
+
+    def loss(params: Params, base: Any, batch: dict, rng: jax.Array):
+        member, job = encode_pair(params, base, batch, rng if lora.dropout > 0 else None)
+        terms = biencoder_losses(member, job, params["head"], batch, train)
+        aux = {k: v for k, v in terms.items() if k != "loss"}
+        aux["logit_scale"] = jnp.exp(params["head"]["log_scale"])
+        aux["logit_bias"] = params["head"]["bias"]
+        return terms["loss"], aux
+
+    def frozen(params: Params) -> Params:
+        return {**params, "adapters": jax.tree.map(jnp.zeros_like, params["adapters"])}
+
+    def calibrate(params: Params, cosines: np.ndarray, labels: np.ndarray) -> Params:
+        values = {k: jnp.asarray(v, jnp.float32) for k, v in fit_head(cosines, labels, train).items()}
+        shardings = {k: v.sharding for k, v in params["head"].items()}
+        return {**params, "head": jax.jit(lambda: values, out_shardings=shardings)()}
+
+    def logit(params: Params) -> dict[str, float]:
+        head = {k: float(v) for k, v in jax.device_get(params["head"]).items()}
+        return {"logit_scale": float(np.exp(head["log_scale"])), "logit_bias": head["bias"]}
+
+    def export(params: Params, directory: str | os.PathLike, base_model_name_or_path: str | None = None):
+        directory = Path(directory)
+        for name, tree in params["adapters"].items():
+            export_peft(tree, lora, arch, directory / name, base_model_name_or_path=base_model_name_or_path)
+        if projection is not None:
+            _save_projection(params["projection"], projection.name, directory / PROJECTION_FILE)
+
+    def load(directory: str | os.PathLike, mesh: Mesh | None = None, rules: Rules | None = None) -> Params:
+        directory = Path(directory)
+        if lora is None:
+            raise StarError(f"{directory}: the frozen base has no adapters to load")
+        adapters, found = read_adapters(directory)
+        if not _same_lora(found, lora):
+            raise StarError(f"{directory}: adapters of {found}, but this bi-encoder has {lora}")
+        abstract = abstract_variables(arch, lora)["lora"]
+        want = traverse_util.flatten_dict(nn.unbox(abstract))
+        peft = (directory / ADAPTER_CONFIG).is_file()
+        for name, tree in adapters.items():
+            where, flat = directory if peft else directory / name, traverse_util.flatten_dict(tree)
+            for k in sorted(set(want) | set(flat)):
+                path = "/".join(k)
+                if k not in flat or k not in want:
+                    what = "no" if k not in flat else "unexpected"
+                    raise StarError(f"{where}: {what} tensor {path} for the base model's "
+                                    f"{arch.num_hidden_layers} layers and lora targets")
+                if tuple(flat[k].shape) != tuple(want[k].shape):
+                    raise StarError(f"{where}: {path} has shape {tuple(flat[k].shape)}, the base model needs "
+                                    f"{tuple(want[k].shape)} (adapters of another base model?)")
+        params: Params = {"adapters": adapters}
+        if projection is not None:
+            params["projection"] = _read_projection(directory / PROJECTION_FILE, projection, hidden)
+        elif (directory / PROJECTION_FILE).is_file():
+            raise StarError(f"{directory / PROJECTION_FILE}: a projection head, but llm.projection is none")
+        if mesh is None:
+            return params
+        rules = logical_rules(MeshConfig()) if rules is None else rules  # as init_lora's default
+        shardings = traverse_util.flatten_dict(logical_shardings(abstract, mesh, rules))
+
+        def place(tree: dict) -> dict:
+            flat = traverse_util.flatten_dict(tree)
+            return traverse_util.unflatten_dict(
+                {k: jax.device_put(np.asarray(v, want[k].dtype), shardings[k]) for k, v in flat.items()})
+
+        placed = {"adapters": {n: place(t) for n, t in adapters.items()}}
+        if projection is not None:
+            placed["projection"] = jax.device_put(jax.device_get(params["projection"]), replicated(mesh))
+        return placed
+
+    return BiEncoder(
+        llm, lora, train, arch, projection, model, dim, key,
+        init, encode_, tower_params, encode_pair, loss, frozen, calibrate, logit, export, load,
+    )

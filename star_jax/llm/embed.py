@@ -3,83 +3,46 @@
     star-jax embed --data DATA_DIR --tokenizer TOK --base BASE_HF_DIR [--adapters ADAPTER_DIR] \
         --store ROOT --version NAME [--types member,job] [--log-dir DIR] [--config FILE] [--set k=v ...]
 
-STAR stores the LLM embeddings once and lets the GNN and the rankers read them (arXiv 2507.09797,
-"decoupling"); a text is re-embedded only when its hash changed, as in JUDE's nearline pipeline
-(docs/architecture.md decision 8). Members go through the request (member) tower with the E5
-instruction prefix, jobs through the document (job) tower without it (`data.loader.tower`), both
-pooled by `llm.pooling` (E5's last real token, or the mean) and L2-normalised
-(`biencoder.encode`). `--adapters` takes a `train-llm` output (`OUT/adapters/shared`, or `member`
-+ `job`) or one PEFT adapter directory; without it the frozen base embeds (the paper's "frozen
-E5-Mistral" baseline).
-
-How a run goes:
-- The store writer (`star_jax.store.EmbeddingWriter`) gets every (id, text hash) and decides what
-  is new or changed against the version's published state; only those rows are embedded, the
-  rest are copied byte for byte. A node type with no change is not touched at all.
-- The rows to embed are cut into blocks of whole store shards (`embed.block_rows`). A block is
-  tokenized at once, sorted by length and batched (`embed.batch_size`); each batch is padded to
-  the smallest `llm.buckets` length that fits, so the towers compile once per bucket. Each batch
-  is split over the mesh's data x fsdp devices (`parallel.make_mesh`), the base is FSDP-sharded.
-  The next block is tokenized and dispatched while the device still works on the previous one.
-- Vectors stream into the writer block by block; it stores each shard whole as soon as all its
-  rows arrived, and publishes the version (one manifest write) at the end. A reader opening the
-  store meanwhile sees the previous published state only.
-- Resuming. A killed run leaves a staged generation; the rerun skips its stored shards. The
-  blocks and batches are planned from every row the generation needs, stored or not, so a block
-  the kill cut in half is embedded again as a whole (its stored shards are not rewritten): every
-  row is computed in the same batch, at the same padded length, as in an uninterrupted run, and
-  the result is byte-identical to one (same machine and devices, same `embed` settings).
-- Multi-host: every process embeds its rows of each batch, process 0 alone opens the writer and
-  tells the others the plan (`jax.experimental.multihost_utils`), and publishes.
-
-The manifest records the model, adapter and tokenizer as `<directory name>@<content digest>`, not
-as paths: a run directory moved elsewhere still matches its store, while a retrained model in the
-same place does not (a renamed directory reads as another model too). It also records the max
-lengths of both towers, the pooling, the dim, and in `extra` the instruction and the compute
-dtypes. Writing into an existing version with any of these different is refused
-by the store in one line, as are a bad version name and a store root it cannot open.
+STAR stores the LLM embeddings once for the GNN and the rankers (arXiv 2507.09797, "decoupling"); a
+text is re-embedded only when its hash changed, as in JUDE's nearline pipeline (docs/architecture.md
+decision 8). `--adapters` takes a `train-llm` output or one PEFT adapter directory; without it the
+frozen base embeds (the paper's "frozen E5-Mistral" baseline). Blocks of whole store shards stream
+through `star_jax.llm.towers` into the store writer, which publishes the version at the end; a
+killed run resumes to the bytes of an uninterrupted one, and multi-host runs share process 0's plan.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import traverse_util
 from jax.sharding import Mesh
 
-from star_jax.config import Config, EmbedConfig, MistralConfig
-from star_jax.data.loader import NodeTexts, tower
+from star_jax import train_loop as loop
+from star_jax.config import Config, EmbedConfig, LLMConfig, MistralConfig
+from star_jax.data.loader import NodeTexts
 from star_jax.data.schema import Schema
-from star_jax.data.tokenizer import STAMP_FILE, bucket_length, encode_e5, load_tokenizer
+from star_jax.data.tokenizer import STAMP_FILE, load_tokenizer
 from star_jax.data.validate import check_data
 from star_jax.errors import StarError
 from star_jax.fileio import content_digest
-from star_jax.llm import loop
-from star_jax.llm.biencoder import JOB, MEMBER, encode, load_adapters, tower_adapters
-from star_jax.llm.hf_io import CONFIG, INDEX, load_mistral, read_config
-from star_jax.llm.lora import ADAPTER_CONFIG, import_peft
-from star_jax.llm.mistral import MistralModel, abstract_variables
-from star_jax.llm.train import check_vocab, runtime_arch
-from star_jax.metrics import MetricsLogger, progress
-from star_jax.parallel import (
-    Rules,
-    initialize_distributed,
-    logical_rules,
-    logical_shardings,
-    make_mesh,
-    replicated,
-)
+from star_jax.llm.biencoder import EXPORT_DIR, JOB, MEMBER, BiEncoder, Params, build_biencoder, read_lora
+from star_jax.llm.hf_io import CONFIG, INDEX, check_vocab, load_mistral, read_config, runtime_arch
+from star_jax.llm.peft_io import ADAPTER_CONFIG
+from star_jax.llm.towers import TextTowers
+from star_jax.parallel import Rules, initialize_distributed, logical_rules, make_mesh
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
+from star_jax.tracking import MetricsLogger, progress
+
+log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 8192  # texts hashed per lookup
 
@@ -117,34 +80,54 @@ def _model_files(base_dir: Path) -> list[Path]:
     return files + ([base_dir / INDEX] if (base_dir / INDEX).is_file() else [])
 
 
-def _adapter_source(path: Path) -> tuple[str, Path]:
-    """('peft', dir) for one PEFT adapter directory, ('run', dir/adapters) for a train-llm output."""
+def adapter_source(path: Path) -> Path:
+    """The directory `BiEncoder.load` reads: a PEFT adapter directory, or a train-llm output's export."""
     if (path / ADAPTER_CONFIG).is_file():
-        return "peft", path
-    if (path / "adapters").is_dir():
-        return "run", path / "adapters"
+        return path
+    if (path / EXPORT_DIR).is_dir():
+        return path / EXPORT_DIR
     raise StarError(f"--adapters {path}: neither a PEFT adapter directory ({ADAPTER_CONFIG}) nor a "
-                    "train-llm output (adapters/)")
+                    f"train-llm output ({EXPORT_DIR}/)")
+
+
+def load_towers(
+    cfg: Config, arch: MistralConfig, adapters: str | os.PathLike | None, mesh: Mesh, rules: Rules
+) -> tuple[BiEncoder, Params | None]:
+    """The bi-encoder `--adapters` holds (LoRA config from its files) and its params on the mesh;
+    None: the frozen base. Tensors of another base model fail in one line, before anything is written."""
+    if adapters is None:
+        return build_biencoder(cfg.llm, None, cfg.llm_train, arch=arch), None
+    source = adapter_source(Path(adapters))
+    try:
+        bienc = build_biencoder(cfg.llm, read_lora(source), cfg.llm_train, arch=arch)
+        return bienc, bienc.load(source, mesh, rules)
+    except StarError as e:
+        raise StarError(f"--adapters {e}") from None
 
 
 def embedding_spec(
-    cfg: Config, arch: MistralConfig, base_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+    llm: LLMConfig, bienc: BiEncoder, base_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
     adapters: str | os.PathLike | None,
 ) -> EmbeddingSpec:
-    """The identity of the embedding function (see the module docstring), as the store records it."""
-    base_dir, tokenizer_dir = Path(base_dir), Path(tokenizer_dir)
+    """The identity of the embedding function, as the store records it (writing into a version with
+    a different one is refused). Model, adapter and tokenizer are `<directory name>@<content digest>`,
+    not paths: a moved run directory still matches its store, a retrained model in place does not."""
+    base_dir, tokenizer_dir, arch = Path(base_dir), Path(tokenizer_dir), bienc.arch
     tokenizer_files = sorted(p for p in tokenizer_dir.iterdir() if p.is_file() and p.name != STAMP_FILE)
     adapter = None
     if adapters is not None:
-        adapter = _named_digest(Path(adapters), [_adapter_source(Path(adapters))[1]])
+        adapter = _named_digest(Path(adapters), [adapter_source(Path(adapters))])
+    extra = {"instruction": llm.instruction, "dtype": arch.dtype, "param_dtype": arch.param_dtype}
+    if bienc.projection is not None:
+        extra["projection"] = bienc.projection.name
     return EmbeddingSpec(
         model=_named_digest(base_dir, _model_files(base_dir)),
         adapter=adapter,
         tokenizer=_named_digest(tokenizer_dir, tokenizer_files),
-        max_len={MEMBER: cfg.llm.member_max_len, JOB: cfg.llm.job_max_len},
-        pooling=cfg.llm.pooling,
-        dim=arch.hidden_size,
-        extra={"instruction": cfg.llm.instruction, "dtype": arch.dtype, "param_dtype": arch.param_dtype},
+        max_len={MEMBER: llm.member_max_len, JOB: llm.job_max_len},
+        pooling=llm.pooling,
+        dim=bienc.dim,
+        extra=extra,
     )
 
 
@@ -169,44 +152,6 @@ def hash_texts(texts: NodeTexts) -> np.ndarray:
     ids = texts.ids()
     return np.concatenate([text_hash(texts.lookup(ids[i : i + _HASH_CHUNK]))
                            for i in range(0, len(ids), _HASH_CHUNK)] or [np.zeros(0, np.uint64)])
-
-
-def read_tower_adapters(path: str | os.PathLike, arch: MistralConfig) -> tuple[dict, Any]:
-    """(adapters on the host, as `encode` takes them, LoraConfig) from `--adapters`.
-
-    Every tensor's shape is checked against the base model, so adapters trained for another base
-    fail in one line, before anything is written, instead of deep inside a matmul.
-    """
-    kind, source = _adapter_source(Path(path))
-    adapters, lora_cfg = import_peft(source) if kind == "peft" else load_adapters(path)
-    want = traverse_util.flatten_dict(nn.unbox(abstract_variables(arch, lora_cfg)["lora"]))
-    trees = {source: adapters} if "layers" in adapters else {source / n: t for n, t in adapters.items()}
-    for where, tree in trees.items():
-        flat = traverse_util.flatten_dict(tree)
-        for key in sorted(set(want) | set(flat)):
-            name = "/".join(key)
-            if key not in flat or key not in want:
-                what = "no" if key not in flat else "unexpected"
-                raise StarError(f"--adapters {where}: {what} tensor {name} for the base model's "
-                                f"{arch.num_hidden_layers} layers and lora targets")
-            if tuple(flat[key].shape) != tuple(want[key].shape):
-                raise StarError(f"--adapters {where}: {name} has shape {tuple(flat[key].shape)}, the base "
-                                f"model needs {tuple(want[key].shape)} (adapters of another base model?)")
-    return adapters, lora_cfg
-
-
-def place_adapters(adapters: dict, arch: MistralConfig, lora_cfg: Any, mesh: Mesh, rules: Rules) -> dict:
-    """Host adapters onto the mesh, each tensor in the sharding its logical axes get under `rules`."""
-    abstract = abstract_variables(arch, lora_cfg)["lora"]
-    dtypes = traverse_util.flatten_dict(nn.unbox(abstract))
-    shardings = traverse_util.flatten_dict(logical_shardings(abstract, mesh, rules))
-
-    def place(tree: dict) -> dict:
-        flat = traverse_util.flatten_dict(tree)
-        return traverse_util.unflatten_dict(
-            {k: jax.device_put(np.asarray(v, dtypes[k].dtype), shardings[k]) for k, v in flat.items()})
-
-    return place(adapters) if "layers" in adapters else {n: place(t) for n, t in adapters.items()}
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -280,72 +225,13 @@ def _share(plans: dict[str, Plan] | None, types: Sequence[str]) -> dict[str, Pla
 # -- embedding -----------------------------------------------------------------------------------
 
 
-_TOWER_FNS: dict[tuple[str, Mesh], Any] = {}
-
-
-def _tower_fn(model: MistralModel, mesh: Mesh, pooling: str) -> Any:
-    """`(lora, base, ids, lengths) -> unit vectors [B, H]`, jitted once per model and mesh in a process.
-
-    The tower's adapter is an argument, so both towers share one compiled function per bucket, and
-    so do later runs in the same process (the pipeline embeds with the frozen base, the fine-tuned
-    adapters and a second seed's adapters in a row).
-    """
-    # `lora.shared` says how the adapters are keyed (one tree or one per tower), not what runs.
-    lora = None if model.lora is None else dataclasses.asdict(dataclasses.replace(model.lora, shared=True))
-    key = (json.dumps([dataclasses.asdict(model.config), lora, pooling], sort_keys=True), mesh)
-    if key not in _TOWER_FNS:
-        fn = lambda lora, base, ids, lengths: encode(model, base, lora, MEMBER, ids, lengths, pooling=pooling)
-        _TOWER_FNS[key] = jax.jit(fn, out_shardings=replicated(mesh))
-    return _TOWER_FNS[key]
-
-
-class _Towers:
-    """The jitted towers on the mesh: a block of texts -> unit vectors, batched by length bucket."""
-
-    def __init__(self, model: MistralModel, base: dict, adapters: dict | None, tokenizer: Any, cfg: Config,
-                 mesh: Mesh):
-        self.base, self.adapters, self.tokenizer, self.mesh = base, adapters, tokenizer, mesh
-        self.llm = cfg.llm
-        self.batch_size, self.dim = cfg.embed.batch_size, model.config.hidden_size
-        self.shard = loop.process_shard(mesh, self.batch_size)
-        per = self.batch_size // self.shard[1]
-        self.local = slice(self.shard[0] * per, (self.shard[0] + 1) * per)
-        self.fn = _tower_fn(model, mesh, cfg.llm.pooling)
-
-    def dispatch(self, node_type: str, ids: np.ndarray, texts: list[str], where: str
-                 ) -> tuple[list[tuple[np.ndarray, jax.Array]], int]:
-        """Start every batch of a block on the device: ([(block positions, vectors [B, H])], truncated)."""
-        max_len, instruction = tower(self.llm, node_type)
-        buckets, bs = self.llm.buckets, self.batch_size
-        enc = encode_e5(self.tokenizer, texts, max_len, buckets, instruction, where=where, ids=ids)
-        lora = tower_adapters(self.adapters, MEMBER if node_type == MEMBER else JOB)
-        order = np.argsort(enc.lengths, kind="stable")
-        batches = []
-        for lo in range(0, len(order), bs):
-            take = order[lo : lo + bs]
-            fill = np.concatenate([take, np.repeat(take[:1], bs - len(take))])  # a short batch: repeat a row
-            # encode_e5 padded the block to its longest row; each batch needs only its own bucket.
-            width = bucket_length(int(enc.lengths[take].max()), max_len, buckets)
-            host = {"ids": enc.ids[fill, :width][self.local], "lengths": enc.lengths[fill][self.local]}
-            dev = loop.put_batch(host, self.mesh, self.shard)
-            batches.append((take, self.fn(lora, self.base, dev["ids"], dev["lengths"])))
-        return batches, enc.truncated
-
-    def collect(self, n: int, batches: list[tuple[np.ndarray, jax.Array]]) -> np.ndarray:
-        """float32 [n, H]: the block's vectors back in block order (waits for the device)."""
-        out = np.empty((n, self.dim), np.float32)
-        for take, vectors in batches:
-            out[take] = np.asarray(vectors)[: len(take)]
-        return out
-
-
 def _embed_type(
-    towers: _Towers, writer: EmbeddingWriter | None, node_type: str, texts: NodeTexts, plan: Plan,
-    cfg: Config,
+    towers: TextTowers, writer: EmbeddingWriter | None, node_type: str, texts: NodeTexts, plan: Plan,
+    shard_rows: int, block_rows: int,
 ) -> tuple[int, int]:
     """Embed and store the planned rows of `node_type`: (rows embedded, texts truncated)."""
     ids = texts.ids()  # ascending, as the writer orders them: a plan row is also a position in `ids`
-    blocks = plan_blocks(plan.rows, cfg.store.shard_rows, cfg.embed.block_rows)
+    blocks = plan_blocks(plan.rows, shard_rows, block_rows)
     blocks = [b for b in blocks if plan.write[b].any()]  # blocks stored whole before a crash are done
     embedded = truncated = 0
     bar = progress(total=int(plan.write.sum()), desc=f"embed {node_type}", unit="row")
@@ -400,9 +286,9 @@ def embed_store(
     tokenizer = load_tokenizer(tokenizer_dir)
     arch = runtime_arch(read_config(base_dir), cfg.llm.arch)
     check_vocab(tokenizer, tokenizer_dir, arch, base_dir)
-    spec = embedding_spec(cfg, arch, base_dir, tokenizer_dir, adapters)
-    host_adapters, lora_cfg = (None, None) if adapters is None else read_tower_adapters(adapters, arch)
     mesh, rules = make_mesh(cfg.mesh, devices), logical_rules(cfg.mesh)
+    bienc, params = load_towers(cfg, arch, adapters, mesh, rules)
+    spec = embedding_spec(cfg.llm, bienc, base_dir, tokenizer_dir, adapters)
     loop.check_batch(cfg.embed.batch_size, 1, mesh, "embed")  # refused before the writer stages anything
     sources = {t: NodeTexts(data_dir, t) for t in types}
     inputs = {t: (s.ids(), hash_texts(s)) for t, s in sources.items()}
@@ -423,17 +309,18 @@ def embed_store(
     resumed = any(not p.write.all() for p in plans.values())
     if resumed:
         done = sum(int((~p.write).sum()) for p in plans.values())
-        print(f"embed: resuming an unfinished write of version {version}: {done:,} rows already stored")
+        log.info(f"embed: resuming an unfinished write of version {version}: {done:,} rows already stored")
     seconds = 0.0
     if any(p.write.any() for p in plans.values()):
         _, base = load_mistral(base_dir, arch.param_dtype, mesh=mesh, rules=rules)
-        lora = None if adapters is None else place_adapters(host_adapters, arch, lora_cfg, mesh, rules)
-        towers = _Towers(MistralModel(arch, lora_cfg), base, lora, tokenizer, cfg, mesh)
+        towers = TextTowers(bienc, base, params, tokenizer, cfg.embed.batch_size, mesh)
         start = time.perf_counter()
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             for t in types:
                 if plans[t].write.any():
-                    embedded[t], truncated[t] = _embed_type(towers, writer, t, sources[t], plans[t], cfg)
+                    embedded[t], truncated[t] = _embed_type(
+                        towers, writer, t, sources[t], plans[t], cfg.store.shard_rows, cfg.embed.block_rows
+                    )
         seconds = time.perf_counter() - start
 
     if writer is not None:
@@ -457,11 +344,11 @@ def _report(r: EmbedResult, root: str | os.PathLike, log_dir: str | os.PathLike 
     rate = rows / r.seconds if r.seconds > 0 else 0.0
     per_type = "; ".join(f"{t} {r.changed[t]:,} new or changed, {r.copied[t]:,} unchanged" for t in r.changed)
     done = f"{rows:,} texts embedded in {r.seconds:.1f}s ({rate:,.0f} rows/s)" if rows else "nothing to embed"
-    print(f"embed: store {os.fspath(root)} version {r.version} (generation {r.generation}): {per_type}; "
+    log.info(f"embed: store {os.fspath(root)} version {r.version} (generation {r.generation}): {per_type}; "
           f"{done}")
     for t, n in r.truncated.items():
         if n:
-            print(f"embed: {n:,} of the {r.embedded[t]:,} {t} texts embedded were cut to the tower's "
+            log.info(f"embed: {n:,} of the {r.embedded[t]:,} {t} texts embedded were cut to the tower's "
                   "max length")
     if log_dir is not None:
         scalars = {f"{t}_{k}": getattr(r, k)[t] for t in r.changed for k in ("changed", "copied", "embedded",
@@ -474,7 +361,7 @@ def _report(r: EmbedResult, root: str | os.PathLike, log_dir: str | os.PathLike 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from star_jax.cli import add_config_args
+    from star_jax.config import add_config_args
 
     add = parser.add_argument
     add("--data", default=None, help="data directory (default: data.dir)")
@@ -490,7 +377,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args, flag_or_config
+    from star_jax.config import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
     data = flag_or_config("--data", args.data, cfg.data.dir, "data.dir")

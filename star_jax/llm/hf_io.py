@@ -1,25 +1,19 @@
 """Local Hugging Face Mistral directories <-> our params; `star-jax inspect-model`.
 
 A directory holds `config.json` and either `model.safetensors` or shards listed in
-`model.safetensors.index.json`. Tensor names are HF's (`layers.{i}.self_attn.q_proj.weight`, ...),
-with a `model.` prefix when saved from `MistralForCausalLM`; `lm_head.weight` is optional.
-
-The name mapping is derived from the param tree itself: `layers/self_attn/q_proj/kernel`
-`[L, in, out]` <- `layers.{i}.self_attn.q_proj.weight` `[out, in]` transposed, for i < L; norm
-`scale`s and the `embed_tokens` table are taken as they are. With a mesh, each tensor is placed
-straight into its logical sharding by `jax.make_array_from_callback`, each device reading only its
-slice through `safetensors.safe_open(...).get_slice`, so a 7B checkpoint is never whole on one
-device (nor in host memory, beyond the page cache).
-
-config.json: transformers v5 writes `rope_parameters: {rope_theta, rope_type}`, v4 wrote
-`rope_theta` (+ `rope_scaling`); both are read. Missing fields take transformers'
-`MistralConfig` defaults, as `from_pretrained` would.
+`model.safetensors.index.json`; tensor names are HF's (`layers.{i}.self_attn.q_proj.weight`, ...),
+with a `model.` prefix when saved from `MistralForCausalLM`; `lm_head.weight` is optional. The
+name mapping is derived from the param tree itself (`[L, in, out]` kernels <- per-layer `[out, in]`
+weights). With a mesh, each device reads only its slice of each tensor, so a 7B checkpoint is never
+whole on one device. config.json: v5's `rope_parameters` and v4's `rope_theta` are both read;
+missing fields take transformers' `MistralConfig` defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -344,6 +338,22 @@ def save_mistral(
             total = sum(n for _, n, _ in entries)
             atomic_write_json(tmp / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
     return Path(out_dir)
+
+
+def runtime_arch(base: MistralConfig, run: MistralConfig) -> MistralConfig:
+    """The base checkpoint's architecture with the run's numerics (dtypes, remat, attention)."""
+    return dataclasses.replace(
+        base, dtype=run.dtype, param_dtype=run.param_dtype, remat=run.remat, attention=run.attention
+    )
+
+
+def check_vocab(tokenizer: Any, tokenizer_dir: str | os.PathLike, arch: MistralConfig, base_dir: str) -> None:
+    """The tokenizer's ids must fit the base model's embedding table."""
+    if len(tokenizer) > arch.vocab_size:
+        raise StarError(
+            f"--tokenizer {tokenizer_dir}: its {len(tokenizer)} token ids exceed vocab_size="
+            f"{arch.vocab_size} of {os.path.join(base_dir, CONFIG)}; use the base model's tokenizer"
+        )
 
 
 def count_params(params: dict) -> int:

@@ -1,54 +1,32 @@
 """Mistral decoder in Flax Linen, numerically equal to transformers v5 `MistralModel`.
 
-Follows `transformers/models/mistral/modeling_mistral.py` (v5, generated from the Llama code):
-
-- RMSNorm normalises in fp32 with the config's eps, casts back to the activation dtype, then
-  multiplies by the weight;
-- rotate-half RoPE (split halves, not interleaved), inverse frequencies `1 / theta^(2i/d)` and
-  cos/sin computed in fp32, then cast to the activation dtype as HF does;
-- grouped-query attention where query head h reads kv head h // (heads / kv_heads), which is also
-  `jax.nn.dot_product_attention`'s native grouping;
-- Mistral's sliding window as in `masking_utils.sliding_window_overlay`: query q sees keys
-  q - W < k <= q, i.e. W keys including itself, which is `local_window_size=(W - 1, 0)`;
-- the attention core (`config.attention`) is `jax.nn.dot_product_attention` (`xla`, `cudnn`) or
-  `chunked_attention`, the same masks and softmax computed per static block of queries over only
-  the keys those queries can reach; `null` picks `chunked` on the CPU and lets JAX choose elsewhere;
-- SwiGLU MLP `down(silu(gate(x)) * up(x))`, pre-norm residual blocks, a final norm.
-
-Layout choices (the HF and PEFT mappings stay a plain transpose):
-
-- every projection kernel is `[in, out]`, the HF `[out, in]` weight transposed, with HF's names
-  (`q_proj`, ..., `down_proj`); 1/sqrt(head_dim) is applied inside attention, never folded into
-  `q_proj`;
-- the decoder layers are one `nn.scan` over a leading `layers` axis, so every layer parameter is
-  stacked `[num_hidden_layers, ...]`;
-- LoRA adapters (star_jax.llm.lora) live in a separate `lora` variable collection, so the frozen
-  base and the trainable adapters are two pytrees:
-  `MistralModel(cfg, lora).apply({'params': base, 'lora': adapters}, ids, mask)`.
-
-Padding is on the right; the attention mask only supplies per-row lengths
-(`query_seq_lengths` / `key_value_seq_lengths`). Hidden states at padded positions are finite but
-meaningless (HF's differ there too); pool them away with the lengths.
-
-Remat (`config.remat`): `none`; `full` saves nothing inside a layer; `save_projections` saves
-every projection output and the attention output (`context`), after MaxText's
-`minimal_with_context` policy, so the backward pass recomputes only norms, RoPE, the attention
-core and elementwise ops.
+Follows `transformers/models/mistral/modeling_mistral.py`: fp32 RMSNorm, rotate-half RoPE,
+grouped-query attention with Mistral's sliding window, SwiGLU MLP, pre-norm blocks, a final norm.
+Kernels are `[in, out]` (HF's weight transposed, HF's names), the layers one `nn.scan` (every layer
+variable stacked `[num_hidden_layers, ...]`), and LoRA adapters (star_jax.llm.lora) a separate
+`lora` collection: `MistralModel(cfg, lora).apply({'params': base, 'lora': adapters}, ids, mask)`.
+Padding is on the right: the mask only supplies per-row lengths; hidden states at padded
+positions are finite but meaningless (pool them away with the lengths). `init_lora` makes fresh
+adapters for the model's LoRA targets.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import Mesh
 
-from star_jax.config import LoraConfig, MistralConfig
+from star_jax.config import ATTENTION_NAMES, LLM_DTYPES, LoraConfig, MeshConfig, MistralConfig
 from star_jax.errors import StarError
 from star_jax.llm import lora as lora_lib
+from star_jax.parallel import Rules, logical_rules, logical_shardings
 
 __all__ = [
     "MistralConfig",
@@ -56,22 +34,25 @@ __all__ = [
     "abstract_variables",
     "attention_core",
     "chunked_attention",
+    "init_lora",
     "lm_logits",
     "sequence_lengths",
     "REMAT_POLICIES",
     "SAVED_PROJECTIONS",
 ]
 
-# Activation names tagged with `checkpoint_name`; `save_projections` keeps exactly these.
+# Activation names tagged with `checkpoint_name`. `full` remat saves nothing inside a layer;
+# `save_projections` saves every projection output and the attention output (MaxText's
+# `minimal_with_context`), so the backward pass recomputes only norms, RoPE, the core, elementwise ops.
 SAVED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "context")
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_projections": jax.checkpoint_policies.save_only_these_names(*SAVED_PROJECTIONS),
 }
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "chunked")
+ATTENTION_IMPLEMENTATIONS = ATTENTION_NAMES
 ATTENTION_BLOCK = 64  # queries per block of `chunked_attention`
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = LLM_DTYPES
 
 # Logical names of the main activations (rules in star_jax/config.py::_default_rules).
 RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
@@ -87,24 +68,8 @@ def as_dtype(name: str, field: str) -> jnp.dtype:
 
 
 def check_config(config: MistralConfig) -> None:
-    """Reject run-time settings the model cannot honour, naming the config field."""
-    as_dtype(config.dtype, "llm.arch.dtype")
-    as_dtype(config.param_dtype, "llm.arch.param_dtype")
-    if config.remat not in REMAT_POLICIES:
-        raise StarError(f"llm.arch.remat: {config.remat!r}; expected one of {', '.join(REMAT_POLICIES)}")
-    if config.attention not in ATTENTION_IMPLEMENTATIONS:
-        raise StarError(
-            f"llm.arch.attention: {config.attention!r}; expected null, 'xla', 'cudnn' or 'chunked'"
-        )
-    if config.attention == "cudnn" and config.dtype == "float32":
-        raise StarError("llm.arch.attention: 'cudnn' needs llm.arch.dtype bfloat16 or float16")
-    if config.num_attention_heads % config.num_key_value_heads:
-        raise StarError(
-            f"llm.arch.num_attention_heads: {config.num_attention_heads} is not a multiple of "
-            f"num_key_value_heads={config.num_key_value_heads}"
-        )
-    if config.resolved_head_dim % 2:
-        raise StarError(f"llm.arch.head_dim: {config.resolved_head_dim} must be even for rotary embeddings")
+    """Re-check a config that was changed after it was built (`MistralConfig.check`)."""
+    config.check()
 
 
 def sequence_lengths(attention_mask: jax.Array) -> jax.Array:
@@ -237,6 +202,9 @@ def attention_core(
     implementation: str | None,
 ) -> jax.Array:
     """Causal GQA attention with right-padding lengths and Mistral's window W (None: no window).
+
+    Query head h reads kv head h // (heads / kv_heads) (`jax.nn.dot_product_attention`'s grouping);
+    query q sees keys q - W < k <= q, HF's `sliding_window_overlay`, i.e. `local_window_size=(W-1, 0)`.
 
     `implementation` is `config.attention`: None picks `chunked` on the CPU (several times faster
     there, see docs/benchmarks.md) and leaves the choice to `jax.nn.dot_product_attention` on other
@@ -390,6 +358,41 @@ def abstract_variables(config: MistralConfig, lora: LoraConfig | None = None) ->
     model = MistralModel(config, lora)
     ids = jnp.zeros((1, 1), jnp.int32)
     return jax.eval_shape(lambda rng: model.init({"params": rng}, ids), jax.random.key(0))
+
+
+def init_lora(
+    rng: jax.Array,
+    model_cfg: MistralConfig,
+    lora_cfg: LoraConfig,
+    *,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+) -> dict:
+    """Fresh adapters (A random, B zero) for every target of every layer, as a plain fp32 pytree.
+
+    Shapes and logical axes come from the model itself (`abstract_variables`), so nothing but the
+    adapters is computed. With a mesh they are created in their logical sharding under `rules`
+    (default: the config's default rules).
+    """
+    lora_lib.check_lora_config(lora_cfg)
+    abstract = abstract_variables(model_cfg, lora_cfg)[lora_lib.COLLECTION]
+    flat = traverse_util.flatten_dict(nn.unbox(abstract))
+
+    def init(key: jax.Array) -> dict:
+        # One uniform draw for every A: a single RNG kernel compiles much faster than one per tensor.
+        a_paths = sorted(p for p in flat if p[-1] == "lora_A")
+        sizes = [math.prod(flat[p].shape) for p in a_paths]
+        u = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+        leaves = {p: jnp.zeros(a.shape, a.dtype) for p, a in flat.items() if p[-1] == "lora_B"}
+        for p, chunk in zip(a_paths, jnp.split(u, np.cumsum(sizes)[:-1])):
+            shape = flat[p].shape
+            leaves[p] = chunk.reshape(shape) / math.sqrt(shape[-2])  # U(+-1/sqrt(fan_in)), lora.init_lora_a
+        return traverse_util.unflatten_dict(leaves)
+
+    if mesh is None:
+        return jax.jit(init)(rng)
+    rules = logical_rules(MeshConfig()) if rules is None else rules
+    return jax.jit(init, out_shardings=logical_shardings(abstract, mesh, rules))(rng)
 
 
 def lm_logits(hidden: jax.Array, params: dict, lm_head: jax.Array | None = None) -> jax.Array:

@@ -2,22 +2,19 @@
 
     star-jax pretrain --data DATA_DIR --tokenizer TOK_DIR --out OUT [--config --set]
 
-There is no hub here to download E5-Mistral from, so the demo pretrains its own small Mistral
-(ARCHITECTURE decision 11): `llm.arch` from a fresh init (normal(initializer_range) weights, unit
-norms; vocab size = the tokenizer's), trained on next-token prediction over `corpus_dataset`'s
-packed windows, through the same loop and checkpoints as `train-llm` (star_jax/llm/loop.py). This
-gives the "frozen, pretrained" bi-encoder baseline a meaning.
-
-OUT holds `checkpoints/`, `metrics.jsonl`, `tb/`, then `model/`: an HF `MistralForCausalLM`
-directory (config.json + model.safetensors, in `llm.arch.param_dtype`) that `load_mistral` and
-transformers read, and `result.json` (final loss, seconds, fingerprint), written last. A rerun
-with the same inputs and config is skipped; a killed run resumes.
+There is no hub to download E5-Mistral from, so the demo pretrains its own small Mistral
+(docs/architecture.md decision 11), giving the "frozen, pretrained" bi-encoder baseline a meaning:
+`llm.arch` from a fresh init (vocab size = the tokenizer's), next-token prediction over
+`corpus_dataset`'s packed windows, through star_jax/train_loop.py. OUT holds `checkpoints/`,
+`metrics.jsonl`, `tb/`, then `model/` (an HF `MistralForCausalLM` directory) and `result.json`,
+written last. A rerun with the same inputs and config is skipped; a killed run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 from pathlib import Path
@@ -28,26 +25,28 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from star_jax import train_loop as loop
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, MistralConfig, fingerprint
 from star_jax.data.loader import corpus_dataset
 from star_jax.data.tokenizer import load_tokenizer
 from star_jax.data.validate import check_data
 from star_jax.fileio import atomic_write_json, content_digest, finished_result
-from star_jax.llm import loop
 from star_jax.llm.hf_io import save_mistral
 from star_jax.llm.mistral import MistralModel, abstract_variables, lm_logits
-from star_jax.llm.train import RESULT
-from star_jax.metrics import MetricsLogger, read_metrics
 from star_jax.parallel import initialize_distributed, logical_rules, logical_shardings, make_mesh
+from star_jax.tracking import MetricsLogger, read_metrics
 
+log = logging.getLogger(__name__)
+
+RESULT = "result.json"
 _NOT_FINGERPRINTED = ("log_every", "checkpoint_every", "keep_checkpoints", "workers")
 
 
-def pretrain_arch(cfg: Config, tokenizer: Any) -> MistralConfig:
-    """`llm.arch` sized to the tokenizer, with its special ids (config.json records them)."""
+def pretrain_arch(arch: MistralConfig, tokenizer: Any) -> MistralConfig:
+    """`arch` (`llm.arch`) sized to the tokenizer, with its special ids (config.json records them)."""
     return dataclasses.replace(
-        cfg.llm.arch,
+        arch,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -103,10 +102,10 @@ def pretrain(
     fp = fingerprint(cfg.llm.arch, train, inputs)
     done = finished_result(Path(out) / RESULT, fp)
     if done is not None:
-        print(f"pretrain: {out} already holds a finished run with these inputs and config; skipped")
+        log.info(f"pretrain: {out} already holds a finished run with these inputs and config; skipped")
         return done
     tokenizer = load_tokenizer(tokenizer_dir)
-    arch = pretrain_arch(cfg, tokenizer)
+    arch = pretrain_arch(cfg.llm.arch, tokenizer)
     mesh, rules = make_mesh(cfg.mesh, devices), logical_rules(cfg.mesh)
     loop.check_batch(pcfg.batch_size, 1, mesh, "pretrain")
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +153,7 @@ def pretrain(
     if jax.process_index() == 0:
         save_mistral(out / "model", arch, final["model"], final.get("lm_head"))
         atomic_write_json(out / RESULT, result)
-    print(f"pretrain: final loss {loss:.3f} after {pcfg.steps} steps ({seconds:.0f}s) -> {out / 'model'}")
+    log.info(f"pretrain: final loss {loss:.3f} after {pcfg.steps} steps ({seconds:.0f}s) -> {out / 'model'}")
     return result
 
 
@@ -162,7 +161,7 @@ def pretrain(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from star_jax.cli import add_config_args
+    from star_jax.config import add_config_args
 
     parser.add_argument("--data", default=None, help="data directory (default: the config's data.dir)")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory (default: tokenizer.dir)")
@@ -171,7 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args, flag_or_config
+    from star_jax.config import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
     data = flag_or_config("--data", args.data, cfg.data.dir, "data.dir")

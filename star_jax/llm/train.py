@@ -2,24 +2,12 @@
 
     star-jax train-llm --data DATA_DIR --tokenizer TOK_DIR --base BASE_HF_DIR --out OUT [--config --set]
 
-The base Mistral (an HF directory: E5-Mistral for real runs, `star-jax pretrain`'s `OUT/model` for
-the demo) is loaded frozen and FSDP-sharded by the mesh rules; only the LoRA adapter(s) and the
-BCE scale and bias train (star_jax/llm/biencoder.py), through the shared loop of
-star_jax/llm/loop.py, on the train split's labelled pairs (`pair_dataset`). Runtime numerics come
-from `llm.arch` (`dtype: bfloat16` computes in bf16 while adapters stay fp32; `remat`).
-
-OUT holds:
-    checkpoints/           orbax: adapters + head, optimizer state, step, RNG, data-iterator state
-    metrics.jsonl, tb/     train loss terms per `log_every`; val AUC at step 0 (frozen base:
-                           adapters at zero), every `eval_every` and at the end
-    examples.jsonl         with `llm_train.log_examples`: the member/job ids of every step's batch
-    adapters/shared/       PEFT export (or adapters/member/ and adapters/job/ when lora.shared=false)
-    result.json            written last: val and test AUC of the fine-tuned and the frozen towers
-                           (overall, and cold-start members when the data flags them), truncation
-                           counts, train seconds, and the fingerprint of inputs + config
-
-A rerun whose result.json carries the same fingerprint is skipped. A killed run resumes from its
-last checkpoint; resuming under a different fingerprint is refused in one line.
+The base Mistral (E5-Mistral, or `star-jax pretrain`'s `OUT/model`) is loaded frozen and
+FSDP-sharded; the `BiEncoder`'s trainable params train through star_jax/train_loop.py on the train
+split's labelled pairs. OUT holds `checkpoints/` (resumable), `metrics.jsonl` and `tb/` (train
+losses, val AUC), `examples.jsonl` (with `llm_train.log_examples`), `adapters/` (the bi-encoder's
+export: PEFT adapters) and `result.json`, written last: val and test AUC of the fine-tuned and
+frozen towers, truncation counts, and the fingerprint. A rerun with the same fingerprint is skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,36 +23,27 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from star_jax import train_loop as loop
 from star_jax.checkpoint import Checkpointer
-from star_jax.config import Config, LLMConfig, LLMTrainConfig, MistralConfig, fingerprint
+from star_jax.config import Config, LLMConfig, LLMTrainConfig, fingerprint
 from star_jax.data.loader import NodeTexts, pair_dataset, tower
 from star_jax.data.schema import read_schema
 from star_jax.data.tables import open_table, read_labels
 from star_jax.data.tokenizer import encode_e5, load_tokenizer
 from star_jax.data.validate import check_data
-from star_jax.errors import StarError
-from star_jax.eval.metrics import auc
 from star_jax.fileio import atomic_write_json, content_digest, finished_result
-from star_jax.llm import loop
-from star_jax.llm.biencoder import (
-    JOB,
-    MEMBER,
-    TOWERS,
-    adapter_names,
-    biencoder_losses,
-    encode_towers,
-    id_keys,
-    init_head,
-)
-from star_jax.llm.hf_io import load_mistral, read_config
-from star_jax.llm.lora import export_peft, init_lora
-from star_jax.llm.mistral import MistralModel
-from star_jax.metrics import MetricsLogger, progress
-from star_jax.parallel import initialize_distributed, logical_rules, make_mesh, replicated
+from star_jax.llm.biencoder import EXPORT_DIR, JOB, MEMBER, TOWERS, BiEncoder, Params, build_biencoder
+from star_jax.llm.hf_io import check_vocab, load_mistral, read_config, runtime_arch
+from star_jax.llm.losses import id_keys
+from star_jax.llm.towers import TextTowers
+from star_jax.metrics import auc
+from star_jax.parallel import initialize_distributed, logical_rules, make_mesh
+from star_jax.tracking import MetricsLogger, progress
+
+log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 EXAMPLES = "examples.jsonl"
@@ -75,24 +54,11 @@ _NOT_FINGERPRINTED = (
 )
 
 
-def runtime_arch(base: MistralConfig, run: MistralConfig) -> MistralConfig:
-    """The base checkpoint's architecture with the run's numerics (dtypes, remat, attention)."""
-    return dataclasses.replace(
-        base, dtype=run.dtype, param_dtype=run.param_dtype, remat=run.remat, attention=run.attention
-    )
-
-
-def check_vocab(tokenizer: Any, tokenizer_dir: str | os.PathLike, arch: MistralConfig, base_dir: str) -> None:
-    if len(tokenizer) > arch.vocab_size:
-        raise StarError(
-            f"--tokenizer {tokenizer_dir}: its {len(tokenizer)} token ids exceed vocab_size="
-            f"{arch.vocab_size} of {os.path.join(base_dir, 'config.json')}; use the base model's tokenizer"
-        )
-
-
-def run_fingerprint(cfg: Config, data_dir: str, tokenizer_dir: str, base_dir: str) -> str:
+def train_llm_fingerprint(cfg: Config, data_dir: str, tokenizer_dir: str, base_dir: str) -> str:
     train = {k: v for k, v in dataclasses.asdict(cfg.llm_train).items() if k not in _NOT_FINGERPRINTED}
     llm = {k: v for k, v in dataclasses.asdict(cfg.llm).items() if k != "base_dir"}
+    if llm.get("projection") == "none":  # no head: the fingerprint of runs from before the field
+        del llm["projection"]
     inputs = {p: content_digest([d]) for p, d in (("data", data_dir), ("tokenizer", tokenizer_dir))}
     inputs["base"] = content_digest([base_dir])
     return fingerprint(llm, cfg.lora, train, inputs)
@@ -125,40 +91,19 @@ def device_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def make_loss(model: MistralModel, cfg: Config) -> loop.LossFn:
-    dropout = cfg.lora.dropout > 0
-
-    def loss_fn(params: dict, base: dict, batch: dict, rng: jax.Array):
-        member, job = encode_towers(
-            model, base, params["adapters"], batch, pooling=cfg.llm.pooling, rng=rng if dropout else None
-        )
-        terms = biencoder_losses(member, job, params["head"], batch, cfg.llm_train)
-        aux = {k: v for k, v in terms.items() if k != "loss"}
-        aux["logit_scale"] = jnp.exp(params["head"]["log_scale"])
-        aux["logit_bias"] = params["head"]["bias"]
-        return terms["loss"], aux
-
-    return loss_fn
-
-
-class Evaluator:
+class TowerEvaluator:
     """AUC of cosine scores on labelled pairs; each distinct member and job text is embedded once per
     call, however many splits (and extra pairs) the call scores.
 
-    Texts go through `star-jax embed`'s towers (`star_jax.llm.embed`): sorted by length and padded
-    per batch to their `llm.buckets` length, `llm_train.eval_batch_size` texts per batch.
+    Texts go through `star-jax embed`'s towers (`star_jax.llm.towers`): sorted by length and padded
+    per batch to their `llm.buckets` length, `batch_size` texts per batch.
     """
 
     def __init__(
-        self, data_dir: str, tokenizer: Any, cfg: Config, model: MistralModel, base: dict, mesh: Mesh
+        self, data_dir: str, tokenizer: Any, bienc: BiEncoder, base: dict, batch_size: int, mesh: Mesh
     ):
-        from star_jax.llm.embed import _Towers  # embed.py imports this module: import on use
-
-        loop.check_batch(cfg.llm_train.eval_batch_size, 1, mesh, "llm_train.eval")
-        embed_cfg = dataclasses.replace(cfg.embed, batch_size=cfg.llm_train.eval_batch_size)
-        self.towers = lambda adapters: _Towers(
-            model, base, adapters, tokenizer, dataclasses.replace(cfg, embed=embed_cfg), mesh
-        )
+        loop.check_batch(batch_size, 1, mesh, "llm_train.eval")
+        self.towers = lambda params: TextTowers(bienc, base, params, tokenizer, batch_size, mesh)
         self.texts = {t: NodeTexts(data_dir, t) for t in TOWERS}
         self.pairs = {
             s: read_labels(data_dir, s, ["member_id", "job_id", "label"]) for s in ("val", "test")
@@ -170,9 +115,9 @@ class Evaluator:
             t = members.to_table(columns=["id", "cold_start"])
             self.cold = t["id"].to_numpy()[t["cold_start"].to_numpy(zero_copy_only=False)]
 
-    def embed(self, adapters: dict, node_type: str, ids: np.ndarray) -> np.ndarray:
-        """Unit vectors `[len(ids), H]` of `node_type`'s texts, in the order of `ids`."""
-        towers, texts, out = self.towers(adapters), self.texts[node_type], []
+    def embed(self, params: Params, node_type: str, ids: np.ndarray) -> np.ndarray:
+        """Unit vectors `[len(ids), dim]` of `node_type`'s texts, in the order of `ids`."""
+        towers, texts, out = self.towers(params), self.texts[node_type], []
         with progress(total=len(ids), desc=f"embed {node_type}s", unit="text") as bar:
             for lo in range(0, len(ids), 1024):  # 1024 texts sorted by length at a time
                 chunk = ids[lo : lo + 1024]
@@ -181,21 +126,21 @@ class Evaluator:
                 bar.update(len(chunk))
         return np.concatenate(out)
 
-    def cosines(self, adapters: dict, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def cosines(self, params: Params, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """cos(member tower, job tower) `[P]` for each (member_id, job_id) array pair of `pairs`."""
         members = np.unique(np.concatenate([m for m, _ in pairs]))
         jobs = np.unique(np.concatenate([j for _, j in pairs]))
-        m, j = self.embed(adapters, MEMBER, members), self.embed(adapters, JOB, jobs)
+        m, j = self.embed(params, MEMBER, members), self.embed(params, JOB, jobs)
         pick = lambda x, ids, at: x[np.searchsorted(ids, at)]
         return [np.sum(pick(m, members, mi) * pick(j, jobs, ji), axis=-1) for mi, ji in pairs]
 
     def __call__(
-        self, adapters: dict, splits: tuple[str, ...] = ("val",), extra: tuple = ()
+        self, params: Params, splits: tuple[str, ...] = ("val",), extra: tuple = ()
     ) -> tuple[dict[str, dict[str, float]], list[np.ndarray]]:
         """({split: {'auc', 'auc_cold_start'}}, cosines of the `extra` (member_id, job_id) pairs)."""
         frames = [self.pairs[s] for s in splits]
         ids = [(df["member_id"].to_numpy(), df["job_id"].to_numpy()) for df in frames]
-        scores = self.cosines(adapters, ids + list(extra))
+        scores = self.cosines(params, ids + list(extra))
         out = {}
         for split, df, (member_id, _), score in zip(splits, frames, ids, scores):
             label = df["label"].to_numpy()
@@ -208,66 +153,23 @@ class Evaluator:
         return out, scores[len(splits) :]
 
 
-def init_trainable(cfg: Config, arch: MistralConfig, mesh: Mesh, rules: Any) -> dict:
-    """`{'adapters': {name: LoRA tree}, 'head': {'log_scale', 'bias'}}`: fresh adapters (B = 0, so
-    step 0 is the frozen base) sharded by the logical rules, the head replicated."""
-    names = adapter_names(cfg.lora)
-    keys = jax.random.split(jax.random.key(cfg.llm_train.seed), len(names))
-    return {
-        "adapters": {n: init_lora(k, arch, cfg.lora, mesh=mesh, rules=rules) for n, k in zip(names, keys)},
-        "head": jax.jit(lambda: init_head(cfg.llm_train), out_shardings=replicated(mesh))(),
-    }
-
-
-def fit_head(cosines: np.ndarray, labels: np.ndarray, cfg: LLMTrainConfig) -> dict[str, float]:
-    """The BCE head fitted to the frozen towers: logistic regression of the label on the cosine.
-
-    A frozen last-token embedding is highly anisotropic (on the tiny demo base every cosine is
-    0.98 +- 0.01), so the configured scale and bias put every pair at p ~ 1; BCE's first gradients
-    then only push all cosines apart, which distorts the features the towers start from. Fitting
-    the head first (the linear probe of LP-FT, Kumar et al. 2022) makes BCE's gradients rank
-    pairs from the first step. A non-positive slope keeps `init_logit_scale` and fits the bias.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    if len(np.unique(labels)) < 2:
-        return {"log_scale": math.log(cfg.init_logit_scale), "bias": cfg.init_logit_bias}
-    x = cosines.astype(np.float64)[:, None]
-    fit = LogisticRegression(C=1e4).fit(x, labels)
-    scale = float(fit.coef_[0, 0])
-    if scale > 0:
-        return {"log_scale": math.log(scale), "bias": float(fit.intercept_[0])}
-    rate, scale = float(labels.mean()), cfg.init_logit_scale
-    return {"log_scale": math.log(scale), "bias": math.log(rate / (1 - rate)) - scale * float(x.mean())}
-
-
 def evaluate_frozen(
-    evaluator: Evaluator, adapters: dict, cfg: Config, data_dir: str, *, calibrate: bool
-) -> tuple[dict[str, dict[str, float]], dict[str, float] | None]:
-    """The frozen towers (adapters at zero) on val and test, and with `calibrate` the BCE head fitted
-    (`fit_head`) on up to `calibration_pairs` train pairs, embedded in the same pass."""
-    tcfg, extra = cfg.llm_train, ()
+    evaluator: TowerEvaluator, frozen: Params, tcfg: LLMTrainConfig, data_dir: str, *, calibrate: bool
+) -> tuple[dict[str, dict[str, float]], tuple[np.ndarray, np.ndarray] | None]:
+    """The frozen towers (`BiEncoder.frozen`) on val and test, and with `calibrate` the (cosines,
+    labels) of up to `calibration_pairs` train pairs, embedded in the same pass, to fit the BCE
+    head on (`BiEncoder.calibrate`)."""
+    extra = ()
     if calibrate:
         pairs = read_labels(data_dir, "train", ["member_id", "job_id", "label"])
         pairs = pairs.sample(min(tcfg.calibration_pairs, len(pairs)), random_state=tcfg.seed)
         extra = ((pairs["member_id"].to_numpy(), pairs["job_id"].to_numpy()),)
-    frozen, cosines = evaluator(_zeros(adapters), ("val", "test"), extra)
-    if not calibrate:
-        return frozen, None
-    head = fit_head(cosines[0], pairs["label"].to_numpy(), tcfg)
-    print(
-        f"train-llm: BCE head fitted to the frozen towers on {len(pairs):,} train pairs: "
-        f"scale {math.exp(head['log_scale']):.1f}, bias {head['bias']:.1f}"
-    )
-    return frozen, head
-
-
-def _zeros(tree: Any) -> Any:
-    return jax.tree.map(jnp.zeros_like, tree)
+    scores, cosines = evaluator(frozen, ("val", "test"), extra)
+    return scores, (cosines[0], pairs["label"].to_numpy()) if calibrate else None
 
 
 def _example_logger(out: Path, enabled: bool) -> Callable[[int, dict], None]:
-    def log(step: int, batch: dict) -> None:
+    def log_batch(step: int, batch: dict) -> None:
         if jax.process_index() != 0:
             return
         valid = batch["valid"]
@@ -279,7 +181,7 @@ def _example_logger(out: Path, enabled: bool) -> Callable[[int, dict], None]:
         with open(out / EXAMPLES, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    return log if enabled else (lambda step, batch: None)
+    return log_batch if enabled else (lambda step, batch: None)
 
 
 def train_llm(
@@ -301,28 +203,28 @@ def train_llm(
     data_dir, tokenizer_dir, base_dir = map(os.fspath, (data_dir, tokenizer_dir, base_dir))
     out, tcfg = Path(out_dir), cfg.llm_train
     check_data(data_dir)  # empty texts, dangling ids, ... are refused before anything trains
-    fp = run_fingerprint(cfg, data_dir, tokenizer_dir, base_dir)
+    fp = train_llm_fingerprint(cfg, data_dir, tokenizer_dir, base_dir)
     done = finished_result(Path(out) / RESULT, fp)
     if done is not None:
-        print(f"train-llm: {out} already holds a finished run with these inputs and config; skipped")
+        log.info(f"train-llm: {out} already holds a finished run with these inputs and config; skipped")
         return done
     tokenizer = load_tokenizer(tokenizer_dir)
     arch = runtime_arch(read_config(base_dir), cfg.llm.arch)
     check_vocab(tokenizer, tokenizer_dir, arch, base_dir)
+    bienc = build_biencoder(cfg.llm, cfg.lora, tcfg, arch=arch)
     mesh, rules = make_mesh(cfg.mesh, devices), logical_rules(cfg.mesh)
     loop.check_batch(tcfg.batch_size, tcfg.grad_accum, mesh, "llm_train")
     out.mkdir(parents=True, exist_ok=True)
 
     # Built outside the mesh context: the model's logical constraints apply only to traced steps.
     _, base = load_mistral(base_dir, arch.param_dtype, mesh=mesh, rules=rules)
-    model = MistralModel(arch, cfg.lora)
-    params = init_trainable(cfg, arch, mesh, rules)
+    params = bienc.init(jax.random.key(tcfg.seed), mesh, rules)
     tx, schedule = loop.make_optimizer(
         lr=tcfg.lr, warmup_steps=tcfg.warmup_steps, steps=tcfg.steps,
         weight_decay=tcfg.weight_decay, clip_norm=tcfg.clip_norm,
     )
     state = loop.init_state(params, tx, tcfg.seed, mesh)
-    step_fn = loop.make_train_step(make_loss(model, cfg), tx, schedule, tcfg.grad_accum, mesh, state)
+    step_fn = loop.make_train_step(bienc.loss, tx, schedule, tcfg.grad_accum, mesh, state)
     shard = loop.process_shard(mesh, tcfg.batch_size)
     batches = iter(
         pair_dataset(
@@ -333,11 +235,11 @@ def train_llm(
     lengths = count_truncated(data_dir, tokenizer, cfg.llm)
     for node_type, c in lengths.items():
         if c["truncated"]:
-            print(
+            log.info(
                 f"train-llm: {c['truncated']:,} of {c['texts']:,} {node_type} texts exceed "
                 f"{c['max_len']} tokens and are truncated"
             )
-    evaluator = Evaluator(data_dir, tokenizer, cfg, model, base, mesh)
+    evaluator = TowerEvaluator(data_dir, tokenizer, bienc, base, tcfg.eval_batch_size, mesh)
     log_examples = _example_logger(out, tcfg.log_examples)
 
     def seen(step: int, batch: dict) -> None:
@@ -349,17 +251,21 @@ def train_llm(
         ckpt = Checkpointer(out / "checkpoints", fingerprint=fp, max_to_keep=tcfg.keep_checkpoints)
         # A resumed run has its fitted head in the checkpoint, but needs the frozen scores again.
         calibrate = ckpt.latest_step() is None and tcfg.calibration_pairs > 0 and tcfg.bce_weight > 0
-        adapters = state.params["adapters"]
-        frozen, head = evaluate_frozen(evaluator, adapters, cfg, data_dir, calibrate=calibrate)
-        if head is not None:
-            values = {k: jnp.asarray(v, jnp.float32) for k, v in head.items()}
-            fitted = jax.jit(lambda: values, out_shardings=replicated(mesh))()
-            state = state._replace(params={**state.params, "head": fitted})
+        frozen, calibration = evaluate_frozen(
+            evaluator, bienc.frozen(state.params), tcfg, data_dir, calibrate=calibrate
+        )
+        if calibration is not None:
+            state = state._replace(params=bienc.calibrate(state.params, *calibration))
+            fitted = bienc.logit(state.params)
+            log.info(
+                f"train-llm: BCE head fitted to the frozen towers on {len(calibration[1]):,} train pairs: "
+                f"scale {fitted['logit_scale']:.1f}, bias {fitted['logit_bias']:.1f}"
+            )
 
         def evaluate(state: loop.TrainState) -> dict[str, float]:
-            if int(state.step) == 0:  # adapters at zero: the frozen base
+            if int(state.step) == 0:  # adapters at zero: the frozen towers
                 return frozen["val"]
-            return evaluator(state.params["adapters"])[0]["val"]
+            return evaluator(state.params)[0]["val"]
 
         with MetricsLogger(out) as logger:
             logger.log(0, "data", **{f"truncated_{t}": c["truncated"] for t, c in lengths.items()})
@@ -372,8 +278,8 @@ def train_llm(
                 desc="train-llm", eval_every=tcfg.eval_every,
                 evaluate=evaluate, on_batch=seen,
             )
-            adapters = loop.gather(state.params["adapters"], mesh)
-            final, _ = evaluator(adapters, ("val", "test"))
+            params = loop.gather(state.params, mesh)
+            final, _ = evaluator(params, ("val", "test"))
             logger.log(tcfg.steps, "val", **final["val"])
             scores = {
                 f"{split}_{metric}{suffix}": value
@@ -383,25 +289,22 @@ def train_llm(
             }
             logger.log(tcfg.steps, "result", **scores)
         ckpt.close()
-        head = {k: float(v) for k, v in jax.device_get(loop.gather(state.params["head"], mesh)).items()}
 
     result = {
         "fingerprint": fp,
         **scores,
         "steps": tcfg.steps,
         "train_seconds": seconds,
-        "logit_scale": float(np.exp(head["log_scale"])),
-        "logit_bias": head["bias"],
+        **bienc.logit(params),
         "lengths": lengths,
-        "adapters": {n: f"adapters/{n}" for n in adapters},
+        "adapters": {n: f"{EXPORT_DIR}/{n}" for n in params["adapters"]},
         "base": base_dir,
         "tokenizer": tokenizer_dir,
     }
     if jax.process_index() == 0:
-        for name, tree in adapters.items():
-            export_peft(tree, cfg.lora, arch, out / "adapters" / name, base_model_name_or_path=base_dir)
+        bienc.export(params, out / EXPORT_DIR, base_model_name_or_path=base_dir)
         atomic_write_json(out / RESULT, result)
-    print(
+    log.info(
         f"train-llm: test AUC {scores.get('test_auc', float('nan')):.4f} "
         f"(frozen base {scores.get('test_auc_frozen', float('nan')):.4f}), "
         f"val AUC {scores.get('val_auc', float('nan')):.4f}; {seconds:.0f}s of training -> {out}"
@@ -413,7 +316,7 @@ def train_llm(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from star_jax.cli import add_config_args
+    from star_jax.config import add_config_args
 
     parser.add_argument("--data", default=None, help="data directory (default: the config's data.dir)")
     parser.add_argument("--tokenizer", default=None, help="HF tokenizer directory (default: tokenizer.dir)")
@@ -423,7 +326,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from star_jax.cli import config_from_args, flag_or_config
+    from star_jax.config import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
     train_llm(

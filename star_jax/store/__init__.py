@@ -1,16 +1,16 @@
-"""The EmbeddingStore: versioned LLM embeddings on TensorStore zarr3, and version migration."""
+"""The EmbeddingStore: versioned, text-hash keyed LLM embeddings on TensorStore zarr3.
 
-from star_jax.store.migrate import VersionMap, fit_version_map, load_version_map
-from star_jax.store.store import (
-    EmbeddingSpec,
-    EmbeddingStore,
-    EmbeddingWriter,
-    Pending,
-    RefreshReport,
-    list_versions,
-    resolve_root,
-    text_hash,
-)
+kv (kvstore access) <- layout (keys, zarr metadata) <- manifest (versions) <- maps (stored version
+maps) <- reader (`EmbeddingStore`), writer (`EmbeddingWriter`) <- migrate (fitting maps) <- cli.
+"""
+
+from star_jax.store.kv import StoreRoot, resolve_root
+from star_jax.store.manifest import EmbeddingSpec, list_versions
+from star_jax.store.maps import VersionMap, load_version_map
+from star_jax.store.migrate import fit_version_map
+from star_jax.store.reader import EmbeddingStore
+from star_jax.store.rows import text_hash
+from star_jax.store.writer import EmbeddingWriter, Pending, RefreshReport
 
 __all__ = [
     "EmbeddingSpec",
@@ -18,6 +18,7 @@ __all__ = [
     "EmbeddingWriter",
     "Pending",
     "RefreshReport",
+    "StoreRoot",
     "VersionMap",
     "fit_version_map",
     "list_versions",

@@ -3,8 +3,8 @@
     star-jax store info --store ROOT [--version V] [--json]
     star-jax store migrate --store ROOT --from V1 --to V2 [--method ridge|procrustes] [--ridge 1e-3]
 
-`migrate` fits the map from V2 (new) onto V1 (old) described in `star_jax.store.migrate`, stores
-it with V2 and prints its fidelity; `EmbeddingStore.open(ROOT, V2, map_to=V1)` then reads V2 in
+`migrate` fits a map from V2 (new) onto V1 (old) with `star_jax.store.migrate`, stores it with
+V2 and prints its fidelity; `EmbeddingStore.open(ROOT, V2, map_to=V1)` then reads V2 in
 V1's space.
 """
 
@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from star_jax import cli
+from star_jax import config as cli_config
 from star_jax.errors import StarError
-from star_jax.store.migrate import METHODS, fit_version_map, list_maps
-from star_jax.store.store import _published, _read_manifest, _Root
+from star_jax.store.kv import StoreRoot
+from star_jax.store.manifest import published_versions, read_manifest
+from star_jax.store.maps import list_maps
+from star_jax.store.migrate import METHODS, fit_version_map
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     migrate = sub.add_parser("migrate", help="fit a linear map from a new version onto an old one")
     for p in (info, migrate):
         p.add_argument("--store", default=None, help="a path or kvstore URL (default: store.root)")
-        cli.add_config_args(p)
+        cli_config.add_config_args(p)
     info.add_argument("--version", default=None, help="show only this version")
     info.add_argument("--json", action="store_true", help="print the manifests and map records as JSON")
     add = migrate.add_argument
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _root(args: argparse.Namespace) -> tuple[str, str]:
-    cfg = cli.config_from_args(args).store
+    cfg = cli_config.config_from_args(args).store
     root = args.store or cfg.root
     if root is None:
         raise StarError("--store: required (or set store.root)")
@@ -68,9 +70,9 @@ def _print_version(m: dict, maps: list[dict]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     root, kvstore = _root(args)
-    r = _Root(root, kvstore)
+    r = StoreRoot(root, kvstore)
     if args.action == "info":
-        manifests = [_read_manifest(r, args.version)] if args.version else _published(r)
+        manifests = [read_manifest(r, args.version)] if args.version else published_versions(r)
         if not manifests:
             raise StarError(f"store not found: {r.name} (no published version under manifests/)")
         if args.json:

@@ -1,57 +1,29 @@
-"""Version migration: a linear map from a new embedding version onto an older one.
+"""Version migration: fit a linear map from a new embedding version onto an older one.
 
-STAR keeps downstream models working across LLM embedding versions with a linear transform from
-the new version onto the old (arXiv 2507.09797, abstract; docs/architecture.md decision 8). How STAR
-fits it is not published, so this module offers the two standard fits, both with a bias, on the
-rows (ids) the two versions share:
-
-- `ridge`: W = argmin ||(X_new - mean) W - (X_old - mean)||^2 + alpha ||W||^2, with
-  alpha = ridge * trace(cov(X_new)) / dim_new, so `--ridge` is relative to the mean feature
-  variance and means the same at any scale (sklearn's `Ridge(alpha)` solves the same problem);
-- `procrustes`: the same objective with W constrained orthogonal (W^T W = I, or W W^T = I when
-  dim_new < dim_old): W = U V^T from the SVD of the centred cross-covariance. It cannot shrink,
-  stretch or overfit, which suits versions that differ mostly by a rotation.
-
-One map per version pair, fitted jointly on every shared node type (decision): STAR scores
-members against jobs by comparing their vectors, and a single map keeps those cross-type
-comparisons consistent, which per-type maps would not. `node_types` restricts the rows used.
-
-Fidelity is the mean cosine between mapped new vectors and old vectors, over a deterministic
-held-out tenth of the shared rows (chosen by a hash of type and id, so refits agree) and over
-all shared rows, overall and per node type, next to the unmapped cosine when the dims agree.
-The fit streams sufficient statistics (d x d moments, float64) block by block, so its memory does
-not grow with the row count.
-
-The map is stored with the new version: arrays under `data/<new>/maps/<old>/<fit>/` and the
-record `maps/<new>/<old>.json`, written last. `EmbeddingStore.open(root, NEW, map_to=OLD)` reads
-through it.
+Two fits, both with a bias, on the ids the two versions share: `ridge` (least squares with an L2
+penalty relative to the mean feature variance) and `procrustes` (W orthogonal, from the SVD of the
+centred cross-covariance). One map per version pair, fitted jointly on every shared node type.
+Fidelity is the mean cosine between mapped new and old vectors, on a deterministic held-out
+tenth of the shared rows and overall. The fit streams d x d float64 moments block by block.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from star_jax.errors import StarError
-from star_jax.store.store import FORMAT_VERSION, EmbeddingStore, _now, _Root
+from star_jax.store.layout import FORMAT_VERSION
+from star_jax.store.manifest import utc_now
+from star_jax.store.maps import VersionMap, save_version_map
+from star_jax.store.reader import EmbeddingStore
+from star_jax.tracking import progress as progress_bar
 
 METHODS = ("ridge", "procrustes")
 _BLOCK = 4096  # rows read per step
-
-
-class VersionMap(NamedTuple):
-    """x_new @ weight + bias approximates x_old."""
-
-    weight: np.ndarray  # float32 [dim_new, dim_old]
-    bias: np.ndarray  # float32 [dim_old]
-    record: dict  # method, fidelity, ... as stored in maps/<new>/<old>.json
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, np.float32) @ self.weight + self.bias).astype(np.float32)
 
 
 class Moments(NamedTuple):
@@ -86,9 +58,13 @@ def solve_map(
     cov_no = m.new_old - m.n * np.outer(mu_new, mu_old)
     alpha = 0.0
     if method == "ridge":
+        # alpha scales with trace(cov)/dim, so `ridge` means the same at any scale (sklearn's
+        # Ridge(alpha) solves the same problem).
         alpha = float(ridge * np.trace(cov_nn) / len(mu_new))
         weight = np.linalg.lstsq(cov_nn + alpha * np.eye(len(mu_new)), cov_no, rcond=None)[0]
     else:
+        # W^T W = I (W W^T = I when dim_new < dim_old): it cannot shrink, stretch or overfit,
+        # which suits versions that differ mostly by a rotation.
         u, _, vt = np.linalg.svd(cov_no, full_matrices=False)
         weight = u @ vt
     bias = mu_old - mu_new @ weight
@@ -137,8 +113,6 @@ def fit_version_map(
     kvstore: str = "file",
 ) -> dict:
     """Fit, store and return the map from version `new` onto version `old` (its JSON record)."""
-    from star_jax.metrics import progress as progress_bar
-
     _check_method(method, ridge)
     if old == new:
         raise StarError(f"--from and --to name the same version {old!r}")
@@ -151,6 +125,8 @@ def fit_version_map(
         if t not in shared_types:
             raise StarError(f"--node-types {t}: not stored in both {old} and {new} "
                             f"(shared: {', '.join(shared_types) or 'none'})")
+    # One joint map, not one per type: members are scored against jobs by comparing vectors, and a
+    # single map keeps those cross-type comparisons consistent.
     types = list(node_types or shared_types)
     shared = {t: np.intersect1d(src.ids(t), dst.ids(t)) for t in types}
     if sum(len(s) for s in shared.values()) < 2:
@@ -192,11 +168,6 @@ def fit_version_map(
         per_type[t] = _means(acc) | {"rows": len(shared[t])}
     bar.close()
 
-    r: _Root = src._root
-    fit = f"fit-{time.time_ns()}"
-    prefix = f"data/{new}/maps/{old}/{fit}"
-    r.create_array(f"{prefix}/weight", _matrix_metadata(list(vmap.weight.shape))).write(vmap.weight).result()
-    r.create_array(f"{prefix}/bias", _matrix_metadata(list(vmap.bias.shape))).write(vmap.bias).result()
     record = {
         "format": FORMAT_VERSION,
         "source": new,
@@ -211,40 +182,6 @@ def fit_version_map(
         "rows_holdout": int(sum(h.sum() for h in held.values())),
         "fidelity": _means(sums) | {"per_type": per_type},
         "generations": {"source": src.manifest["generation"], "target": dst.manifest["generation"]},
-        "arrays": prefix,
-        "created": _now(),
+        "created": utc_now(),
     }
-    previous = r.read_json(f"maps/{new}/{old}.json")
-    r.write_json(f"maps/{new}/{old}.json", record)  # the publish: readers switch to the new arrays here
-    if previous is not None and previous.get("arrays") != prefix:
-        r.delete_prefix(previous["arrays"] + "/")
-    return record
-
-
-def _matrix_metadata(shape: list[int]) -> dict:
-    chunk = [min(512, shape[0]), *shape[1:]]
-    return {
-        "shape": shape,
-        "data_type": "float32",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
-        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-        "fill_value": 0,
-    }
-
-
-def load_version_map(root: _Root | str | os.PathLike | Mapping, new: str, old: str,
-                     kvstore: str = "file") -> VersionMap:
-    """The stored map from `new` onto `old`."""
-    r = root if isinstance(root, _Root) else _Root(root, kvstore)
-    record = r.read_json(f"maps/{new}/{old}.json")
-    if record is None:
-        raise StarError(f"store {r.name}: no map from version {new} onto {old}; fit one with "
-                        f"`star-jax store migrate --store {r.name} --from {old} --to {new}`")
-    weight = r.open_array(f"{record['arrays']}/weight").read().result()
-    bias = r.open_array(f"{record['arrays']}/bias").read().result()
-    return VersionMap(weight, bias, record)
-
-
-def list_maps(root: _Root, new: str) -> list[dict]:
-    """Records of every map stored with version `new`."""
-    return [m for key in root.list(f"maps/{new}/") if (m := root.read_json(f"maps/{new}/{key}")) is not None]
+    return save_version_map(src.store_root, new, old, vmap, record)

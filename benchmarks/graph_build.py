@@ -1,6 +1,6 @@
 """Graph build and sampler throughput on a random marketplace graph (not a test).
 
-    python -m star_jax.graph.bench --members 1000000 --dir /tmp/graph-bench
+    python -m benchmarks.graph_build --members 1000000 --dir /tmp/graph-bench
 
 writes a data directory with skewed (Zipf) skill, title, company and job popularity, times
 `star-jax build-graph` on it in a child process (wall time, peak memory), then draws training

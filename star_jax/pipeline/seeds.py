@@ -1,27 +1,28 @@
 """The demo over several synthetic-data seeds: do the paper's orderings hold, or did one seed get lucky?
 
-    python -m star_jax.eval.seeds --config configs/tiny.yaml --out runs/seeds --seeds 0 1 2 3 \\
+    python -m star_jax.pipeline.seeds --config configs/tiny.yaml --out runs/seeds --seeds 0 1 2 3 \\
         [--doc docs/seeds.md] [--set key=value ...]
 
-Each seed S is one `star-jax pipeline` run in `OUT/seed<S>` with `--set data.seed=S` (the data,
-and so everything trained on it, changes; model seeds stay as configured). The runs go through
-`run_pipeline`, so an interrupted sweep resumes where it stopped and a finished seed is skipped.
-The summary (`--doc`, default `OUT/seeds.md`) tabulates every seed's test and cold-start AUC and
-each seed's verdict on every check of the report (`report.CHECKS`). `star_jax.eval.repro` pools them.
+Each seed S is one pipeline run in `OUT/seed<S>` with `--set data.seed=S` (resumable, finished
+seeds skipped). The summary tabulates each seed's AUCs and verdicts; `pipeline.repro` pools them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from star_jax.config import Config
+from star_jax.config import VARIANTS, Config
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_text, read_json
-from star_jax.pipeline import VARIANTS
+from star_jax.pipeline.stages import run_pipeline
+from star_jax.tracking import log_to_stderr
+
+log = logging.getLogger(__name__)
 
 
 def seed_config(cfg: Config, seed: int) -> Config:
@@ -31,13 +32,12 @@ def seed_config(cfg: Config, seed: int) -> Config:
 def run_seeds(cfg: Config, out: str | Path, seeds: Sequence[int]) -> dict[int, dict]:
     """Run (or resume, or skip) the pipeline for each data seed; returns each seed's report.json."""
     from star_jax.eval.report import REPORT_JSON
-    from star_jax.pipeline import run_pipeline
 
     if cfg.data.dir:
         raise StarError("data.dir: set; the seed sweep varies the synthetic data, so leave data.dir null")
     reports = {}
     for seed in seeds:
-        print(f"seeds: data.seed={seed}", flush=True)
+        log.info(f"seeds: data.seed={seed}")
         result = run_pipeline(seed_config(cfg, seed), Path(out) / f"seed{seed}")
         reports[seed] = read_json(Path(result["report"]).parent / REPORT_JSON)
     return reports
@@ -95,7 +95,7 @@ def seeds_markdown(reports: dict[int, dict], command: str) -> str:
 
     out += ["## Gaps", "",
             "Last column but one: the 95% bootstrap interval, over test members, of the cold-start gap "
-            "minus the overall gap (`star_jax.eval.metrics.subset_gap_interval`); an interval that "
+            "minus the overall gap (`star_jax.metrics.subset_gap_interval`); an interval that "
             "spans zero means this test set cannot tell the two gaps apart.", "",
             "| seed | finetuned - frozen | id_cat_llm - id_cat | same, cold start | cold - overall, 95% "
             "interval | pipeline wall s |",
@@ -124,10 +124,12 @@ def sweep_main(argv: Sequence[str] | None, *, name: str, default_out: str | None
 
     `default_out` None makes --out required; `default_doc` None writes OUT/<name>.md.
     """
-    from star_jax.cli import OneLineParser, add_config_args, config_from_args
+    from star_jax.config import add_config_args, config_from_args
+    from star_jax.errors import OneLineParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    module = f"star_jax.eval.{name}"
+    log_to_stderr()
+    module = f"star_jax.pipeline.{name}"
     about = sys.modules[module].__doc__.splitlines()[0]
     parser = OneLineParser(prog=f"python -m {module}", description=about)
     parser.add_argument("--out", required=default_out is None, default=default_out,
@@ -147,7 +149,7 @@ def sweep_main(argv: Sequence[str] | None, *, name: str, default_out: str | None
         return e.exit_code
     doc = Path(args.doc) if args.doc else Path(args.out) / f"{name}.md"
     atomic_write_text(doc, markdown(reports, shlex.join(["python", "-m", module, *argv])))
-    print(f"{name}: summary in {doc}")
+    log.info(f"{name}: summary in {doc}")
     return 0
 
 

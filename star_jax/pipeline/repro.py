@@ -1,9 +1,9 @@
 """`make repro`: the tiny demo on several data seeds, each check of the report pooled over them.
 
-    python -m star_jax.eval.repro --config configs/tiny.yaml [--out runs/repro] [--seeds 100 101 102 103]
+    python -m star_jax.pipeline.repro --config configs/tiny.yaml [--out runs/repro] [--seeds 100 101 102 103]
         [--doc docs/repro.md] [--set key=value ...]
 
-Seed S runs in OUT/seed<S> through `star_jax.eval.seeds.run_seeds`: finished runs and stages are
+Seed S runs in OUT/seed<S> through `star_jax.pipeline.seeds.run_seeds`: finished runs and stages are
 skipped, so an interrupted command resumes. Runs are sequential (one at a time, no --jobs: a tiny
 run keeps both cores busy). The doc gives, per check (`report.CHECKS`), each seed's effect with its
 member-bootstrap interval and the pooled effect (`pool`), with one verdict word each.
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import norm
 
-from star_jax.eval.metrics import verdict
 from star_jax.eval.report import BASELINE_KEYS, BEST_GNN, CHECKS
-from star_jax.eval.seeds import auc_table, sweep_main
+from star_jax.metrics import verdict
+from star_jax.pipeline.seeds import auc_table, sweep_main
 
 DEFAULT_SEEDS = (100, 101, 102, 103)  # used nowhere else; each is one ~10-minute tiny run on 2 cores
 POOLING = (

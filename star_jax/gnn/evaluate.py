@@ -1,0 +1,62 @@
+"""Validation during `train-gnn`: val AUC of the current parameters, overall and for cold-start members.
+
+Val pairs are embedded through the sampler without negatives and scored by the dot product of the
+two embeddings, exactly as exported embeddings are scored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from star_jax.config import GNNTrainConfig, SamplerConfig
+from star_jax.data.splits import train_applies
+from star_jax.gnn.embed import export_sampler_config, make_embed_fn
+from star_jax.gnn.model import GNN
+from star_jax.graph.hetero import HeteroGraph
+from star_jax.graph.sampler import FeatureSource, NeighborSampler, PairSeeds, eval_seeds, make_dataset
+from star_jax.metrics import activity_bucket, auc, auc_by_group
+
+
+def val_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainConfig,
+              sampler: SamplerConfig) -> PairSeeds:
+    """The val pairs scored at each evaluation: `eval_pairs` of them (a fixed random subset)."""
+    pairs = eval_seeds(data_dir, graph, sampler, "val")
+    n = pairs.member_rows.shape[0]
+    keep = np.arange(n)
+    if t.eval_pairs and n > t.eval_pairs:
+        keep = np.sort(np.random.default_rng([t.seed, 2]).choice(n, t.eval_pairs, replace=False))
+    return PairSeeds(pairs.member_rows[keep], pairs.job_rows[keep], pairs.labels[keep], t.eval_batch_size,
+                     shuffle=False)
+
+
+class Evaluator:
+    """Val AUC of the current parameters: pairs embedded through the sampler, scored by dot product."""
+
+    def __init__(self, gnn: GNN, graph: HeteroGraph, sampler: SamplerConfig, batch_size: int,
+                 features: FeatureSource | None, pairs: PairSeeds, data_dir: str | os.PathLike):
+        self.gnn, self.graph, self.features, self.pairs = gnn, graph, features, pairs
+        self.embed = make_embed_fn(gnn)
+        self.sampler_cfg = export_sampler_config(sampler, batch_size)
+        # The report's definition of a cold-start member (star_jax.data.splits), not the graph's degree.
+        self.groups = activity_bucket(train_applies(data_dir, graph.ids["member"][pairs.member_rows]))
+        self._samplers: dict[tuple[int, ...], NeighborSampler] = {}
+
+    def __call__(self, params: Any, hop_fanouts: tuple[int, ...]) -> dict[str, float]:
+        if hop_fanouts not in self._samplers:
+            self._samplers[hop_fanouts] = NeighborSampler(self.graph, self.sampler_cfg,
+                                                          features=self.features, hop_fanouts=hop_fanouts)
+        sampler = self._samplers[hop_fanouts]
+        scores = []
+        for batch in make_dataset(sampler, self.pairs, workers=0):
+            member, job = self.embed(params, batch, sampler.layout)
+            s = np.einsum("bd,bd->b", np.asarray(member), np.asarray(job))
+            scores.append(s[batch.pair_mask])
+        scores = np.concatenate(scores)
+        out = {"auc": auc(self.pairs.labels, scores)}
+        cold = auc_by_group(self.pairs.labels, scores, self.groups).get("cold_start")
+        if cold is not None:
+            out["auc_cold_start"] = cold
+        return out

@@ -1,0 +1,151 @@
+"""`EmbeddingStore`: the reader of one published version of an embedding store.
+
+A reader resolves the version's manifest once, at open, and then reads only immutable
+generations, so it never sees a half-written refresh or a torn row. Arrays are opened with
+`fill_missing_data_reads=False`: data deleted under a reader raises instead of reading as zeros.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import tensorstore as ts
+
+from star_jax.errors import StarError
+from star_jax.store.kv import StoreRoot, cache_context
+from star_jax.store.layout import gen_dir
+from star_jax.store.manifest import EmbeddingSpec, latest_manifest, read_manifest
+from star_jax.store.maps import VersionMap, load_version_map
+from star_jax.store.rows import as_ids, read_rows
+
+
+class EmbeddingStore:
+    """A reader of one published version (or of a newer version mapped onto it, `map_to`).
+
+    The manifest is resolved once, at open: the handle keeps reading the same immutable state
+    however often a writer refreshes the version afterwards (until the generation it reads is
+    two publishes old and garbage-collected). Reopen to see new data.
+    """
+
+    def __init__(self, root: StoreRoot, manifest: dict, cache: ts.Context | None,
+                 vmap: VersionMap | None = None):
+        self.store_root = root
+        self.manifest = manifest
+        self.version: str = manifest["version"]
+        self.spec = EmbeddingSpec.from_json(manifest)
+        self.version_map = vmap  # set when opened with map_to
+        self._cache = cache
+        self._arrays: dict[tuple[str, str], ts.TensorStore] = {}
+        self._ids: dict[str, np.ndarray] = {}
+        self._hashes: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike | Mapping,
+        version: str | None = None,
+        *,
+        map_to: str | None = None,
+        kvstore: str = "file",
+        cache_bytes: int = 0,
+    ) -> EmbeddingStore:
+        """Open `version` (None: the latest published) of the store at `root`.
+
+        `map_to=OLD` returns vectors of `version` mapped into OLD's space with the map fitted by
+        `star-jax store migrate`, so models trained on OLD keep working. `cache_bytes` sizes an
+        in-memory cache of decoded chunks (worth it for repeated random reads, as in GNN training).
+        """
+        r = StoreRoot(root, kvstore)
+        manifest = latest_manifest(r) if version is None else read_manifest(r, version)
+        cache = cache_context(cache_bytes) if cache_bytes else None
+        vmap = None if map_to is None else load_version_map(r, manifest["version"], map_to)
+        return cls(r, manifest, cache, vmap)
+
+    @property
+    def root(self) -> str:
+        return self.store_root.name
+
+    @property
+    def node_types(self) -> list[str]:
+        return list(self.manifest["node_types"])
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors `lookup` returns (the target version's when mapped)."""
+        return self.version_map.weight.shape[1] if self.version_map is not None else self.manifest["dim"]
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["dtype"]
+
+    def num_rows(self, node_type: str) -> int:
+        return self._type(node_type)["rows"]
+
+    def _type(self, node_type: str) -> dict:
+        types = self.manifest["node_types"]
+        if node_type not in types:
+            raise StarError(
+                f"store {self.root} version {self.version}: unknown node type {node_type!r}; "
+                f"stored: {', '.join(types)}"
+            )
+        return types[node_type]
+
+    def _array(self, node_type: str, name: str) -> ts.TensorStore:
+        if (node_type, name) not in self._arrays:
+            gen = self._type(node_type)["generation"]
+            key = f"{gen_dir(self.version, gen)}/{node_type}/{name}"
+            try:
+                self._arrays[node_type, name] = self.store_root.open_array(key, cache=self._cache)
+            except StarError as e:
+                raise self._gone(node_type, str(e)) from None
+        return self._arrays[node_type, name]
+
+    def _gone(self, node_type: str, error: str) -> StarError:
+        """The error for data missing under this handle: superseded (reopen), or a damaged store."""
+        gen = self._type(node_type)["generation"]
+        now = (self.store_root.read_json(f"manifests/{self.version}.json") or {}).get("node_types", {})
+        if now.get(node_type, {}).get("generation") != gen:
+            return StarError(f"store {self.root} version {self.version}: generation {gen} of {node_type} was "
+                             "removed by newer refreshes; reopen the store")
+        first = error.splitlines()[0].split(" [tensorstore_spec=")[0]
+        return StarError(first if first.startswith(self.root) else f"store {self.root}: {first}")
+
+    def ids(self, node_type: str) -> np.ndarray:
+        """int64 [rows]: the stored node ids, ascending (row r holds ids[r])."""
+        if node_type not in self._ids:
+            self._ids[node_type] = self._array(node_type, "ids").read().result()
+        return self._ids[node_type]
+
+    def text_hashes(self, node_type: str) -> np.ndarray:
+        """uint64 [rows]: `text_hash` of the text each row was embedded from."""
+        if node_type not in self._hashes:
+            self._hashes[node_type] = self._array(node_type, "hash").read().result()
+        return self._hashes[node_type]
+
+    def rows(self, node_type: str, ids: np.ndarray) -> np.ndarray:
+        """int64 [n]: the row of each id; an id that is not stored is a `StarError`."""
+        ids = as_ids(f"store {self.root} version {self.version}: {node_type} ids", ids)
+        stored = self.ids(node_type)
+        rows = np.searchsorted(stored, ids).clip(max=max(len(stored) - 1, 0))
+        missing = stored[rows] != ids if len(stored) else np.ones(len(ids), bool)
+        if missing.any():
+            raise StarError(
+                f"store {self.root} version {self.version}: unknown {node_type} id {int(ids[missing][0])} "
+                f"({int(missing.sum())} of {len(ids)} requested ids are not stored)"
+            )
+        return rows
+
+    def lookup(self, node_type: str, ids: np.ndarray) -> np.ndarray:
+        """float32 [n, dim]: the vector of each id, in the order given (repeats allowed)."""
+        rows = self.rows(node_type, ids)
+        try:
+            out = read_rows(self._array(node_type, "emb"), rows).astype(np.float32)
+        except ValueError as e:  # a chunk deleted under this handle: never read it as zeros
+            if "NOT_FOUND" not in str(e):
+                raise
+            raise self._gone(node_type, str(e)) from None
+        if self.version_map is not None:
+            out = self.version_map.apply(out)
+        return out
