@@ -46,8 +46,12 @@ demo: $(VENV)/.installed-base
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check star_jax tests benchmarks
 
+# Tests run in a random order (pytest-randomly); the seed is printed first, and `make test SEED=N`
+# replays an order.
 test: lint
-	$(BIN)/pytest -q
+	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "test order: --randomly-seed=$$seed (replay: make test SEED=$$seed)"; \
+	$(BIN)/pytest -q -p randomly --randomly-seed=$$seed
 
 test-slow: $(VENV)/.installed-test
 	$(BIN)/pytest -q -m slow

@@ -19,6 +19,8 @@
 #
 # --dry-run prints the command of every host (process 0 .. N-1) and runs nothing.
 # STAR_JAX overrides the star-jax executable (default: the repository's .venv, else PATH).
+# A SIGTERM to this script is forwarded to star-jax, and the script exits with its status: a
+# training stage checkpoints the step every process agrees on and exits with 143 (docs/pipeline.md).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +30,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
     --port) port="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
   esac
 done
@@ -92,7 +94,24 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Overlap the FSDP all-gathers and reduce-scatters with compute (MaxText's GPU recipes do the same).
 export XLA_FLAGS="${XLA_FLAGS:---xla_gpu_enable_latency_hiding_scheduler=true}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
-exec "${star_jax[@]}" "$command" "$@" \
-  --set "mesh.coordinator_address=$coordinator" \
-  --set "mesh.num_processes=$num_processes" \
-  --set "mesh.process_id=$pid"
+# A child rather than exec, to forward SIGTERM. Background jobs start with SIGINT ignored: the
+# subshell restores it, so Ctrl-C (sent to the whole process group) still reaches star-jax.
+(
+  trap - INT QUIT
+  exec "${star_jax[@]}" "$command" "$@" \
+    --set "mesh.coordinator_address=$coordinator" \
+    --set "mesh.num_processes=$num_processes" \
+    --set "mesh.process_id=$pid"
+) &
+child=$!
+forwarded=0
+trap 'forwarded=1; kill -TERM "$child" 2>/dev/null || true' TERM
+trap 'forwarded=1' INT  # the child has its own SIGINT from the terminal
+status=0
+wait "$child" || status=$?
+while [[ $forwarded -eq 1 ]]; do  # a trapped signal ended the wait, not the child: wait again
+  forwarded=0
+  status=0
+  wait "$child" || status=$?
+done
+exit "$status"

@@ -10,6 +10,7 @@
 #   launch/local.sh --cpu-devices 8 train-llm --config configs/tiny.yaml --set mesh.data=2 ...
 # --dry-run prints the environment and command instead of running it.
 # STAR_JAX overrides the star-jax executable (default: the repository's .venv, else PATH).
+# star-jax replaces this script (exec), so a SIGTERM reaches it directly (docs/pipeline.md).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

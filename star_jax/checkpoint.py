@@ -18,13 +18,23 @@ import orbax.checkpoint as ocp
 from star_jax.errors import StarError
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, less its own questions to JAX's preemption sync point. The training loop asks
+    it once per step (star_jax.train_loop.Preemption) and decides when to save; orbax also asks from
+    its finalize thread with the step of an older save, which would report a step this process has
+    already passed, and the sync point could then fall behind it."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class Checkpointer:
     """Save and resume `(state, data iterator, meta)` under `directory`, keeping the last few."""
 
     def __init__(self, directory: str | os.PathLike, *, fingerprint: str, max_to_keep: int = 2):
         self.directory = os.path.abspath(os.fspath(directory))
         self.fingerprint = fingerprint
-        self._mngr = ocp.CheckpointManager(
+        self._mngr = _Manager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
@@ -78,3 +88,9 @@ class Checkpointer:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:  # also when a stage stops early (a preemption, an error)
+        self.close()

@@ -5,7 +5,8 @@ Each subcommand lives in the module that implements its stage. That module expos
 runs, so `star-jax validate` never pays for importing JAX.
 
 Every `StarError` (a mistake the user can fix) is printed as one line on stderr with exit
-status 2; anything else is a bug and keeps its traceback.
+status 2 (143 for `Preempted`: SIGTERM stopped a training stage after a checkpoint); anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("star_jax.eval.recommend", "print the top-k jobs for a member"),
 }
 
+# Directory flags, by argparse dest, checked before a command starts any work: an input must be an
+# existing directory; an output must not be, or lie under, a file (one would be replaced or fail
+# deep inside the stage). kvstore URLs are left to the store.
+INPUT_DIRS = ("data", "tokenizer", "base", "graph", "ckpt", "run")
+OUTPUT_DIRS = ("out", "out_store", "log_dir", "store")
+
 
 def _top_parser() -> argparse.ArgumentParser:
     epilog = "commands:\n" + "\n".join(f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items())
@@ -48,6 +55,25 @@ def _top_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("command", nargs="?", help="one of the commands below")
     return p
+
+
+def _check_dirs(args: argparse.Namespace) -> None:
+    for dest in INPUT_DIRS + OUTPUT_DIRS:
+        path = getattr(args, dest, None)
+        if not isinstance(path, str) or "://" in path:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest in INPUT_DIRS:
+            if not os.path.isdir(path):
+                why = "not a directory" if os.path.exists(path) else "no such directory"
+                raise StarError(f"{flag} {path}: {why}")
+            continue
+        existing = os.path.abspath(path)
+        while not os.path.exists(existing):  # ends at the root at the latest
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            under = "" if existing == os.path.abspath(path) else f" ({existing} is a file)"
+            raise StarError(f"{flag} {path}: not a directory{under}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = OneLineParser(prog=f"star-jax {name}", description=help_)
         module.add_arguments(parser)
         args = parser.parse_args(argv[1:])
+        _check_dirs(args)
         return int(module.main(args) or 0)
     except StarError as e:
         print(f"star-jax: error: {e}", file=sys.stderr)

@@ -30,7 +30,7 @@ LLM_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_NAMES = ("none", "full", "save_projections")  # star_jax.llm.mistral.REMAT_POLICIES
 ATTENTION_NAMES = (None, "xla", "cudnn", "chunked")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # star_jax.llm.lora.TARGET_MODULES
-STORE_DTYPES = ("bfloat16", "float32")  # star_jax.store.layout.DTYPES
+STORE_DTYPES = ("bfloat16", "float32", "float16")  # star_jax.store.layout.DTYPES
 COMPRESSIONS = ("zstd", "blosc", "none")
 WEIGHTINGS = ("uniform", "degree", "weight")  # sampler.neighbor_weighting
 
@@ -209,7 +209,7 @@ class LoraConfig(Checked):
 
 @dataclass
 class LLMTrainConfig(Checked):
-    """Bi-encoder fine-tuning (star_jax/llm/train.py); losses in star_jax/llm/biencoder.py.
+    """Bi-encoder fine-tuning (star_jax/llm/train.py); losses in star_jax/llm/losses.py.
 
     The defaults fit the demo's budget of about 2.5 minutes on 2 CPU cores at the tiny scale
     (1,600 of the 16.6k train pairs seen, plus two embedding passes over the val and test texts).
@@ -280,7 +280,7 @@ class EmbedConfig(Checked):
 class StoreConfig(Checked):
     root: str | None = None  # local path or kvstore URL (file://, gs://, s3://, memory://); None: RUN/store
     kvstore: str = "file"  # kvstore driver for a root given as a bare path: file | gcs | s3 | memory
-    dtype: str = "bfloat16"  # bfloat16 | float32
+    dtype: str = "bfloat16"  # bfloat16 | float32 | float16 (zarr-python reads float32 and float16, not bf16)
     shard_rows: int = 1024  # rows per stored shard (one file)
     # Rows per inner chunk, the unit a random-row read decodes. 0: about 8 KiB per chunk, e.g. 1 row
     # of 4096-d bf16, which reads random rows 5-7x faster than 16 rows (docs/benchmarks.md).
@@ -423,7 +423,7 @@ class GNNTrainConfig(Checked):
     # (member, job, label) tuples), not on the applies alone.
     labelled_negatives: bool = False
     # Per training batch, the share of member and job seeds stripped of their own apply edges, so
-    # the encoder also learns to embed cold-start nodes (star_jax.gnn.train.ColdStartSampler).
+    # the encoder also learns to embed cold-start nodes (star_jax.gnn.cold_start.ColdStartSampler).
     cold_start_rate: float = 0.5
     weight_decay: float = 1e-4
     clip_norm: float = 1.0

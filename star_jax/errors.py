@@ -16,6 +16,12 @@ class StarError(Exception):
     exit_code = 2
 
 
+class Preempted(StarError):
+    """SIGTERM stopped a training stage after it checkpointed a step: the same command resumes it."""
+
+    exit_code = 143  # 128 + SIGTERM: what a shell reports for a process SIGTERM ended
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one-line `StarError`s."""
 

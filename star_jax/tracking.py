@@ -48,6 +48,15 @@ def log_to_stderr(level: int = logging.INFO) -> None:
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+    root = logging.getLogger()
+    if not root.handlers:
+        # A dependency's module-level `logging.info` would otherwise configure the root logger
+        # (basicConfig) on first use and print every star_jax line twice. Other libraries'
+        # warnings still show.
+        others = _CurrentStderr()
+        others.setLevel(logging.WARNING)
+        others.addFilter(lambda record: not record.name.startswith("star_jax"))
+        root.addHandler(others)
 
 
 class MetricsLogger:

@@ -5,7 +5,8 @@ params, the frozen argument of its step (the base model, the GNN's `Static` layo
 grain iterator of batches and its evaluation. This module owns the rest: the optax chain, the
 `TrainState`, the jitted step (state donated), evaluation every `eval_every` steps, orbax
 checkpoints of the state and the iterator (star_jax.checkpoint: a killed run resumes bit-exactly),
-metrics.jsonl / TensorBoard / tqdm (star_jax.tracking) and the count of the step's compilations.
+SIGTERM (`Preemption`: checkpoint the step, raise `Preempted`), metrics.jsonl / TensorBoard / tqdm
+(star_jax.tracking) and the count of the step's compilations.
 `TrainLoop` is the loop; a stage subclasses it for what it adds (the GNN: keep-best, fan-out stages).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from star_jax.checkpoint import Checkpointer
-from star_jax.errors import StarError
+from star_jax.errors import Preempted, StarError
 from star_jax.parallel import batch_sharding, replicated
 from star_jax.tracking import MetricsLogger, progress
 
@@ -278,6 +281,67 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._callback)
 
 
+# -- preemption ----------------------------------------------------------------------------------
+
+
+def spans_processes(tree: Any) -> bool:
+    """True when some leaf of `tree` (arrays or abstract arrays) has shards on other processes: every
+    process runs the loop that trains it."""
+    shardings = (getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(tree))
+    return any(s is not None and not s.is_fully_addressable for s in shardings)
+
+
+class Preemption:
+    """`with Preemption(collective) as p:` ... `p.reached(step)` after each step: True when a SIGTERM
+    asks the loop to checkpoint `step` and stop.
+
+    One process, or a loop that runs on this process alone (`collective=False`): a SIGTERM handler,
+    installed in the main thread for the `with` block (the previous one restored after), sets
+    `requested`. On a pod it replaces the notifier JAX installs (below) for the rest of the process.
+    A loop every process runs (`collective=True`) asks JAX's preemption sync point instead:
+    `jax.distributed.initialize` installs a SIGTERM notifier that tells every process, and the sync
+    point is one step for all (the largest step any process had reported, plus one), so every
+    process checkpoints the same step. It must be asked at every step, on every process, and only
+    here (star_jax.checkpoint keeps orbax from asking it too).
+    """
+
+    def __init__(self, collective: bool):
+        self.collective = collective
+        self.requested = threading.Event()  # set by the SIGTERM handler (collective=False)
+        self._previous: Any = None
+        self._installed = self._disabled = False
+
+    def __enter__(self) -> Preemption:
+        if self.collective:
+            return self
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        else:  # Python sets signal handlers in the main thread only
+            log.debug("SIGTERM will not checkpoint: the training loop runs outside the main thread")
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:  # None: the previous handler was not set from Python; restore the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+            self._installed = False
+
+    def reached(self, step: int) -> bool:
+        if not self.collective:
+            return self.requested.is_set()
+        if self._disabled:
+            return False
+        try:
+            return multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError as e:  # jax_enable_preemption_service is off
+            log.warning(f"SIGTERM will not checkpoint: {e}")
+            self._disabled = True
+            return False
+
+
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -293,7 +357,9 @@ class TrainLoop:
     iterator, restored in place; `state` may then be abstract), else starts from `state`. It
     checkpoints every `checkpoint_every` steps and at the end, logs the step's metrics every
     `log_every` steps and `evaluate(state)` every `eval_every` steps; `on_batch(step, host_batch)`
-    sees every batch before its step runs. The methods below the constructor are a stage's hooks.
+    sees every batch before its step runs. After a SIGTERM (`Preemption`) it finishes the step
+    (evaluation included), checkpoints it, waits for the checkpoint and raises `Preempted`.
+    The methods below the constructor are a stage's hooks.
     """
 
     eval_at_start = True  # a fresh run logs `evaluate(state)` at step 0
@@ -324,6 +390,7 @@ class TrainLoop:
         self.tokens, self.evaluate, self.on_batch = tokens, evaluate, on_batch
         self.compiles = 0  # the step's compilations in this session
         self.compiled: list[str] = []  # the names of the functions compiled
+        self.preemption: Preemption | None = None  # the running session's
 
     def pack(self, state: TrainState) -> Any:
         """The tree a checkpoint holds for `state` (also called on an abstract state)."""
@@ -353,15 +420,30 @@ class TrainLoop:
             return self.eval_at_end
         return bool(self.eval_every) and step % self.eval_every == 0
 
+    def preempted(self, step: int) -> bool:
+        """Called once after every step: True when SIGTERM asked to stop after this step."""
+        return self.preemption.reached(step)
+
     def run(self, state: TrainState) -> tuple[TrainState, float]:
         """Returns the final state and the training seconds of all sessions."""
+        self.preemption = Preemption(collective=jax.process_count() > 1 and spans_processes(state))
+        with self.preemption:
+            return self._run(state)
+
+    def _run(self, state: TrainState) -> tuple[TrainState, float]:
         start, seconds_before = 0, 0.0
-        if self.ckpt.latest_step() is not None:
+        resumed = self.ckpt.latest_step() is not None
+        if resumed:
             tree, meta = self.ckpt.restore(abstract_like(self.pack(state)), data_iter=self.batches)
             state = self.unpack(tree)
             start, seconds_before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
             log.info(f"{self.desc}: resumed from the step-{start} checkpoint in {self.ckpt.directory}")
-        elif self.evaluate is not None and self.eval_at_start:
+        # A SIGTERM during the set-up or the restore stops the loop before its first step. Asked with
+        # `start`, the sync point also learns where every process starts.
+        if self.preempted(start):
+            raise Preempted(f"{self.desc}: stopped by SIGTERM before step {start + 1} of {self.steps}; "
+                            "rerun the same command to resume")
+        if not resumed and self.evaluate is not None and self.eval_at_start:
             self.logger.log(0, "val", **self.evaluate(state))
         counter = CompileCounter()
         t0 = tick = time.perf_counter()
@@ -398,11 +480,18 @@ class TrainLoop:
                             postfix["val_auc"] = f"{values['auc']:.4f}"
                             bar.set_postfix(postfix, refresh=False)
                         relayout = self.after_eval(step, state, values)
-                    if step % self.checkpoint_every == 0 or step == self.steps or relayout:
+                    stop = self.preempted(step)
+                    if step % self.checkpoint_every == 0 or step == self.steps or relayout or stop:
                         elapsed = seconds_before + time.perf_counter() - t0
                         self.ckpt.save(step, self.pack(state), data_iter=self.batches,
                                        meta=self.meta(elapsed))
                     bar.update()
+                    if stop:
+                        self.ckpt.wait()
+                        raise Preempted(
+                            f"{self.desc}: stopped by SIGTERM after step {step} of {self.steps}, "
+                            f"checkpointed in {self.ckpt.directory}; rerun the same command to resume"
+                        )
             self.ckpt.wait()
         finally:
             counter.close()

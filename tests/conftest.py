@@ -14,3 +14,4 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain 0.2.18 worker processes read an absl flag (google/grain#1355)
+

@@ -5,8 +5,9 @@
 
 `--kill-at S` SIGKILLs this process just before step S runs, once the checkpoint of step
 `--after-checkpoint` is committed (orbax renames its temporary directory to the step number last),
-the way a preempted job dies. `--num-processes N` joins N processes through
-`jax.distributed.initialize` with the coordinator on localhost:PORT.
+the way a preempted job dies (exit status 1 instead if that checkpoint is not committed in 120 s).
+`--num-processes N` joins N processes through `jax.distributed.initialize` with the coordinator on
+localhost:PORT.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def main() -> None:
     def die(step: int, batch: dict) -> None:
         if step == args.kill_at:
             committed = Path(args.out) / "checkpoints" / str(args.after_checkpoint)
-            while not committed.is_dir():
+            deadline = time.monotonic() + 120
+            while not committed.is_dir():  # a poll with a deadline: the async save is still writing
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"llm_worker: {committed} not committed after 120 s")
                 time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
 

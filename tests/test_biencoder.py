@@ -141,15 +141,30 @@ def test_triplet_excludes_same_job_and_other_positives():
 def test_loss_weights_and_gradients():
     m, j, mid, jid, label, valid = batch_case(3)
     batch = {"label": label, "valid": valid, "member_key": id_keys(mid), "job_key": id_keys(jid)}
-    cfg = LLMTrainConfig(bce_weight=0.5, triplet_weight=2.0, infonce_weight=0.25, triplet_margin=0.3)
+    cfg = LLMTrainConfig(bce_weight=0.5, triplet_weight=2.0, infonce_weight=0.25, triplet_margin=0.3,
+                         init_logit_scale=7.0, init_logit_bias=-2.0, infonce_temperature=0.1)
     head = init_head(cfg)
     losses = jax.jit(lambda m, j, h, b: biencoder_losses(m, j, h, b, cfg))
     terms = losses(m, j, head, batch)
-    expected = 0.5 * terms["bce"] + 2.0 * terms["triplet"] + 0.25 * terms["infonce"]
-    np.testing.assert_allclose(float(terms["loss"]), float(expected), rtol=1e-6)
-    # The scale and bias are learnable: BCE moves them.
+    # Each term and the weighted sum against the NumPy references above.
+    want = {
+        "bce": np_bce(m, j, label, valid, 7.0, -2.0),
+        "triplet": np_triplet(m, j, mid, jid, label, valid, 0.3)[0],
+        "infonce": np_infonce(m, j, mid, jid, label, valid, 0.1),
+    }
+    assert set(terms) == {*want, "loss"}
+    for name, value in want.items():
+        np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+        float(terms["loss"]), 0.5 * want["bce"] + 2.0 * want["triplet"] + 0.25 * want["infonce"], rtol=1e-5
+    )
+    # The scale and bias are learnable: only BCE reaches them. With z = s * cos + b and p = sigmoid(z),
+    # d BCE / dz = p - y per valid row, so d/d log s = mean((p - y) s cos) and d/d b = mean(p - y).
     grads = jax.jit(jax.grad(lambda h: losses(m, j, h, batch)["loss"]))(head)
-    assert all(abs(float(g)) > 0 for g in jax.tree.leaves(grads))
+    cos = np.sum(m * j, axis=1)[valid].astype(np.float64)
+    residual = 1 / (1 + np.exp(-(7.0 * cos - 2.0))) - label[valid]
+    np.testing.assert_allclose(float(grads["log_scale"]), 0.5 * np.mean(residual * 7.0 * cos), rtol=1e-4)
+    np.testing.assert_allclose(float(grads["bias"]), 0.5 * np.mean(residual), rtol=1e-4)
     # Fill rows (valid = False) change nothing.
     moved = j.copy()
     moved[-1] = -moved[-1]

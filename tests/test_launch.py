@@ -7,8 +7,10 @@ import os
 import shlex
 import socket
 import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +104,12 @@ MICRO = ["llm.member_max_len=48", "llm.job_max_len=48", "llm.buckets=[]", "lora.
 @pytest.mark.slow  # two processes that each import the stack and compile: about a minute and a half
 def test_two_local_processes_train_together(inputs, tmp_path):
     """`train-llm` through gpu_pod.sh as processes 0 and 1 of one job: one global mesh of their two
-    CPU devices, the same batches and steps on both, so both finish with the same numbers."""
+    CPU devices, the same batches and steps on both, so both finish with the same numbers, and those
+    of the same config trained in this process on one device."""
+    import jax
+
+    from star_jax.config import load_config
+    from star_jax.llm.train import train_llm
     from star_jax.tracking import read_metrics
 
     with socket.socket() as s:
@@ -113,12 +120,30 @@ def test_two_local_processes_train_together(inputs, tmp_path):
             "--out", str(out), *[a for kv in MICRO for a in ("--set", kv)]]
     env = {**CLEAN, "COORDINATOR_ADDRESS": f"localhost:{port}", "NUM_PROCESSES": "2", "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen(["bash", str(POD), *args], env={**env, "PROCESS_ID": str(i)}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-    logs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    finals = [[line for line in log.splitlines() if line.startswith("train-llm: test AUC")] for log in logs]
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as f:  # files, not pipes: nothing can block on a full pipe
+            procs.append(subprocess.Popen(["bash", str(POD), *args], env={**env, "PROCESS_ID": str(i)},
+                                          stdout=f, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 900
+    try:
+        for p in procs:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], texts[0][-3000:] + texts[1][-3000:]
+    finals = [[line for line in t.splitlines() if line.startswith("train-llm: test AUC")] for t in texts]
     assert len(finals[0]) == 1 and finals[0] == finals[1]  # the same metrics, computed by both processes
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
-    assert len(losses) == 3 and all(x == x for x in losses)  # process 0 logged every step
+    one = tmp_path / "one"
+    train_llm(load_config(None, MICRO), inputs["data"], inputs["tok"], inputs["base"], one,
+              devices=jax.devices()[:1])
+    expected = [r["loss"] for r in read_metrics(one / "metrics.jsonl") if r["split"] == "train"]
+    assert len(losses) == len(expected) == 3  # process 0 logged every step
+    np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-4)
     assert (out / "adapters" / "shared").is_dir()

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from star_jax import cli
@@ -219,7 +221,21 @@ def test_pipeline_runs_skips_and_refreshes_only_what_changed(own_inputs, tmp_pat
 
     run_pipeline(cfg, out)  # the public entry: writes config.yaml, runs every stage
     report = read_json(out / "report.json")
-    assert set(report["variants"]) == {"llm_frozen"} and 0 < report["variants"]["llm_frozen"]["auc"] < 1
+    assert set(report["variants"]) == {"llm_frozen"}
+    # The report's AUC, recomputed from the stored vectors and the label file: cosine by numpy,
+    # AUC by scikit-learn.
+    from sklearn.metrics import roc_auc_score
+
+    from star_jax.data.schema import read_schema
+
+    labels = pd.read_parquet(tmp_path / "data" / read_schema(tmp_path / "data").labels)
+    test = labels[labels["split"] == "test"]
+    store = EmbeddingStore.open(*read_run(out).store_version("llm_frozen"))
+    m = store.lookup("member", test["member_id"].to_numpy())
+    j = store.lookup("job", test["job_id"].to_numpy())
+    cos = (m * j).sum(1) / np.linalg.norm(m, axis=1) / np.linalg.norm(j, axis=1)
+    want = roc_auc_score(test["label"], cos)
+    assert report["variants"]["llm_frozen"]["auc"] == pytest.approx(want, abs=1e-6)
     assert read_run(out).cfg == cfg
     assert ran() == []  # every stage up to date
 
@@ -427,3 +443,19 @@ def test_every_section_checks_itself_when_the_config_loads(tmp_path, capsys, ove
     line = one_line_error(capsys, ["pipeline", "--out", str(tmp_path / "run"), "--set", override])
     assert message in line, line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("redo", ["bogus", "../x", "train-gnn-../x"])
+def test_redo_names_a_stage(tmp_path, capsys, redo):
+    line = one_line_error(capsys, ["pipeline", "--out", str(tmp_path / "run"), "--redo", redo])
+    assert f"--redo {redo}: not a stage" in line and not (tmp_path / "run").exists()
+
+
+def test_build_graph_never_replaces_a_directory_that_is_not_a_graph(tmp_path, capsys):
+    from data_fixtures import write_tiny_data
+
+    data = write_tiny_data(tmp_path / "data")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    line = one_line_error(capsys, ["build-graph", "--data", str(data), "--out", str(tmp_path / "mine")])
+    assert "not a graph" in line and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

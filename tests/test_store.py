@@ -22,7 +22,7 @@ import sklearn.linear_model
 import store_worker as sw  # tests/ is on sys.path under pytest's default import mode
 import tensorstore as ts
 
-from star_jax import cli
+from star_jax import cli, config
 from star_jax.config import StoreConfig, load_config
 from star_jax.errors import StarError
 from star_jax.store import (
@@ -96,9 +96,16 @@ def test_text_hash_is_stable_across_processes():
     assert len(set(ours.tolist())) == len(texts)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.fixture
+def float16_allowed(monkeypatch):
+    """store.dtype float16, which layout.DTYPES supports, whether or not config.STORE_DTYPES lists it yet."""
+    if "float16" not in config.STORE_DTYPES:
+        monkeypatch.setattr(config, "STORE_DTYPES", (*config.STORE_DTYPES, "float16"))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float16"])
 @pytest.mark.parametrize("where", ["path", "file_url", "memory"])
-def test_round_trip(tmp_path, dtype, where):
+def test_round_trip(tmp_path, dtype, where, float16_allowed):
     root = {"path": tmp_path / "s", "file_url": f"file://{tmp_path}/s", "memory": f"memory://rt-{dtype}"}[where]
     rng = np.random.default_rng(0)
     ids = rng.permutation(5000)[:300].astype(np.int64)  # unsorted, sparse
@@ -121,10 +128,34 @@ def test_round_trip(tmp_path, dtype, where):
     if dtype == "float32":
         np.testing.assert_array_equal(got, x[order])
     else:
-        np.testing.assert_array_equal(got, x[order].astype(ml_dtypes.bfloat16).astype(np.float32))
-        np.testing.assert_allclose(got, x[order], rtol=2**-8, atol=0)
+        store_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+        np.testing.assert_array_equal(got, x[order].astype(store_dtype).astype(np.float32))
+        np.testing.assert_allclose(got, x[order], rtol=2**-8, atol=1e-6 if dtype == "float16" else 0)
     np.testing.assert_array_equal(s.lookup("job", job_ids[10:20]), s.lookup("job", job_ids)[10:20])
     assert s.lookup("job", np.zeros(0, np.int64)).shape == (0, 24)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_float_versions_open_in_zarr_python(tmp_path, dtype, float16_allowed):
+    # bfloat16 is no zarr v3 core data type: only TensorStore reads a bf16 version.
+    zarr = pytest.importorskip("zarr", minversion="3", reason="zarr-python 3 is not installed here; this "
+                               "checks that float32/float16 versions open in it")
+    root = tmp_path / "s"
+    rng = np.random.default_rng(6)
+    ids = rng.permutation(1000)[:150].astype(np.int64)
+    x = rng.normal(size=(150, 24)).astype(np.float32)
+    texts = [f"m{i}" for i in ids]
+    cfg = StoreConfig(dtype=dtype, shard_rows=64, chunk_rows=8)
+    write_version(root, "v1", {"member": (ids, texts, x)}, cfg)
+    gen = StoreRoot(root).read_json("manifests/v1.json")["node_types"]["member"]["generation"]
+    arrays = root / "data" / "v1" / f"g{gen:08d}" / "member"  # the manifest's generation, not the newest
+    order = np.argsort(ids)
+    emb = zarr.open_array(str(arrays / "emb"), mode="r")
+    assert emb.shape == (150, 24) and emb.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(emb[:], x[order].astype(dtype))
+    np.testing.assert_array_equal(zarr.open_array(str(arrays / "ids"), mode="r")[:], ids[order])
+    np.testing.assert_array_equal(zarr.open_array(str(arrays / "hash"), mode="r")[:],
+                                  text_hash([texts[i] for i in order]))
 
 
 def test_writer_accepts_any_row_order_and_does_not_keep_the_callers_buffer(tmp_path):
@@ -413,7 +444,7 @@ BAD_WRITES = {
     "tokenizer": (dict(spec_=spec(tokenizer="bpe-2")),
                   "spec.tokenizer is 'bpe-2', but the manifest has 'bpe-1'"),
     # A bad store config fails when it is built (config.StoreConfig.check), inside the same one line.
-    "bad dtype name": (dict(cfg=lambda: StoreConfig(dtype="float16")), "store.dtype: expected one of"),
+    "bad dtype name": (dict(cfg=lambda: StoreConfig(dtype="float64")), "store.dtype: expected one of"),
     "bad layout": (dict(cfg=lambda: StoreConfig(shard_rows=100, chunk_rows=16)), "store.shard_rows=100"),
     "bad version name": (dict(version="../v1"), "version '../v1'"),
 }

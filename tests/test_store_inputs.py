@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from star_jax import config
 from star_jax.config import StoreConfig
 from star_jax.errors import StarError
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, list_versions, text_hash
@@ -112,13 +113,17 @@ def test_writer_refuses_ids_that_are_not_integers_or_overflow_int64(store):
            {k: v for k, v in before.items() if k.startswith("manifests/")}
 
 
-@pytest.mark.parametrize("dtype, big", [("bfloat16", np.float32(3.4e38)), ("float32", np.float64(1e39))])
-def test_values_that_overflow_the_store_dtype_are_refused_before_anything_is_written(store, dtype, big):
+@pytest.mark.parametrize("dtype, big", [("bfloat16", np.float32(3.4e38)), ("float32", np.float64(1e39)),
+                                        ("float16", np.float32(7e4))])
+def test_values_that_overflow_the_store_dtype_are_refused_before_anything_is_written(store, dtype, big,
+                                                                                    monkeypatch):
     root, _ = store
-    if dtype == "float32":  # a version of its own: v1 is bf16
-        root = root + "-f32"
+    if "float16" not in config.STORE_DTYPES:  # layout.DTYPES has it; the config list may not yet
+        monkeypatch.setattr(config, "STORE_DTYPES", (*config.STORE_DTYPES, "float16"))
+    if dtype != "bfloat16":  # a version of its own: v1 is bf16
+        root = f"{root}-{dtype}"
         publish(root, dtype, vectors(len(IDS)))
-    store_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[dtype]
+    store_dtype = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}[dtype]
     limit = float(ml_dtypes.finfo(store_dtype).max)
     # The precondition the old check missed: finite as given, inf in the store's dtype.
     assert np.isfinite(big) and big > limit

@@ -91,7 +91,8 @@ def build_bpe(texts: Iterator[list[str]], cfg: TokenizerConfig, *, total: int | 
 def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: TokenizerConfig) -> Path:
     """Train the BPE on `data_dir`'s texts and save it in HF format to `out_dir` (atomically).
 
-    Skipped when `out_dir` already holds a tokenizer trained on the same texts with the same config.
+    Skipped when `out_dir` already holds a tokenizer trained on the same texts with the same config;
+    any other non-empty directory there is refused rather than replaced.
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -106,6 +107,11 @@ def train_tokenizer(data_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     if (out / STAMP_FILE).is_file() and read_json(out / STAMP_FILE) == stamp:
         log.info(f"tokenizer: {out} is up to date; skipped")
         return out
+    if out.exists() and not out.is_dir():
+        raise StarError(f"--out {out}: not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / STAMP_FILE).is_file():
+        raise StarError(f"--out {out}: exists and is not a tokenizer directory (no {STAMP_FILE}); "
+                        "refusing to replace it")
     tok = build_bpe(_texts(data_dir), cfg, total=total)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
@@ -124,15 +130,28 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     """`AutoTokenizer.from_pretrained(path)`, offline; a clear `StarError` when it cannot load."""
     from transformers import AutoTokenizer
 
+    from star_jax.fileio import read_json
+
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise StarError(f"tokenizer directory not found: {path}")
     if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
         raise StarError(f"{path}: no tokenizer.json or tokenizer_config.json (not an HF tokenizer directory)")
+    config = os.path.join(path, "tokenizer_config.json")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        custom = os.path.isfile(config) and "auto_map" in (read_json(config) or {})
     except (OSError, ValueError) as e:
-        raise StarError(f"{path}: cannot load tokenizer: {str(e).splitlines()[0]}") from None
+        raise StarError(f"{config}: not valid JSON: {e}") from None
+    if custom:  # transformers would run the directory's own Python code (or ask on a terminal)
+        raise StarError(f"{config}: auto_map names custom tokenizer code; star-jax never runs it "
+                        "(trust_remote_code is off)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # a malformed tokenizer.json fails with KeyError, TypeError, ... too
+        detail = " ".join(str(e).split())
+        if not isinstance(e, (OSError, ValueError)):
+            detail = f"{type(e).__name__} {detail}"
+        raise StarError(f"{path}: cannot load tokenizer: {detail}") from None
     if tokenizer.eos_token_id is None:
         raise StarError(f"{path}: tokenizer has no eos_token (E5 pooling needs one)")
     return tokenizer

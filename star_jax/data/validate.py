@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,28 @@ class Summary:
         )
 
 
+class _Unreadable(Exception):
+    """A column whose Parquet pages cannot be decoded (a corrupt file whose footer still reads)."""
+
+    def __init__(self, table: str, column: str, error: Exception):
+        super().__init__(table, column)
+        self.fault = Fault(table, column, f"not readable as Parquet: {' '.join(str(error).split())}")
+
+
+def _batches(dataset: Any, rel: str, col: str) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from dataset.to_batches(columns=[col])
+    except (OSError, pa.ArrowException) as e:
+        raise _Unreadable(rel, col, e) from None
+
+
+def _read(dataset: Any, rel: str, col: str) -> pa.ChunkedArray:
+    try:
+        return dataset.to_table(columns=[col])[col]
+    except (OSError, pa.ArrowException) as e:
+        raise _Unreadable(rel, col, e) from None
+
+
 class _Checker:
     def __init__(self, data_dir: str, schema: Schema, shown: int):
         self.data_dir = data_dir
@@ -126,7 +149,7 @@ class _Checker:
 
     def column(self, dataset: Any, rel: str, col: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(values as numpy with nulls zeroed, non-null mask); nulls become a fault."""
-        arr = canonical(dataset.to_table(columns=[col])[col], kind).combine_chunks()
+        arr = canonical(_read(dataset, rel, col), kind).combine_chunks()
         valid = np.ones(len(arr), bool)
         if arr.null_count:
             valid = ~pc.is_null(arr).to_numpy(zero_copy_only=False)
@@ -179,7 +202,7 @@ class _Checker:
         # Streamed in record batches: the text column is the one that does not fit comfortably in memory.
         nulls, empties, offset = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
         null_values, empty_values = [], []
-        for batch in dataset.to_batches(columns=["text"]):
+        for batch in _batches(dataset, rel, "text"):
             col = canonical(batch.column("text"), "string")
             is_null = pc.is_null(col).to_numpy(zero_copy_only=False)
             blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0).fill_null(False)
@@ -213,7 +236,7 @@ class _Checker:
         valid = np.ones(n, bool)
         code = np.full(n, -1, np.int64)  # index into SPLITS; -1 for an unknown or null split
         if "split" in ok:
-            split = canonical(dataset.to_table(columns=["split"])["split"], "string").combine_chunks()
+            split = canonical(_read(dataset, rel, "split"), "string").combine_chunks()
             if split.null_count:
                 self.add(
                     rel,
@@ -367,7 +390,10 @@ def _run(
     steps += [(checker.edges, r) for r in schema.relations]
     bar = progress(total=len(steps), desc="validate", unit="table") if progress_bar else None
     for fn, name in steps:
-        fn(name)
+        try:
+            fn(name)
+        except _Unreadable as e:  # the table's other checks need that column: they are skipped
+            checker.faults.append(e.fault)
         if bar is not None:
             bar.set_postfix_str(name, refresh=False)
             bar.update()

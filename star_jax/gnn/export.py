@@ -72,8 +72,12 @@ def gnn_embed(
     from star_jax.graph.hetero import HeteroGraph
     from star_jax.graph.sampler import NeighborSampler, make_dataset, node_seeds
     from star_jax.store import EmbeddingSpec, EmbeddingWriter
+    from star_jax.store.manifest import check_name
     from star_jax.tracking import progress
 
+    check_name("--version", version)  # names, not paths: refused before anything is read
+    if store_version is not None:
+        check_name("--store-version", store_version)
     graph = HeteroGraph.load(graph_dir)
     # Node features come from the store the run trained on, unless --store/--store-version name
     # another one of the same dimension (new texts, same embedding model).

@@ -246,6 +246,10 @@ def train_gnn(
     store_version: str | None = None,
 ) -> dict:
     """Train (or resume, or skip when done) one variant; returns the contents of OUT/result.json."""
+    from star_jax.store.manifest import check_name
+
+    if store_version is not None:  # a name, not a path: refused before anything is read
+        check_name("--store-version", store_version)
     cfg = variant_config(cfg, variant)
     cfg.gnn_train.check()  # again: a config changed in code after it was built
     data_dir, out = os.fspath(data_dir), Path(out_dir)

@@ -348,6 +348,11 @@ def ensure_graph(
     digest = graph_digest(data_dir, schema)
     if not force and is_up_to_date(out_dir, digest):
         return HeteroGraph.load(out_dir), False
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / GRAPH_FILE).is_file():
+        # The build replaces the directory whole: never a directory that is not a graph.
+        raise StarError(f"--out {out}: a non-empty directory that is not a graph (no {GRAPH_FILE}); "
+                        "choose a new or empty directory")
 
     ids, index, id_order, vocab = {}, {}, {}, {}
     with atomic_dir(out_dir) as tmp:

@@ -37,6 +37,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 LM_HEAD = "lm_head.weight"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # PyTorch's pickle formats: never read
 
 # transformers' MistralConfig defaults for keys a config.json may leave out.
 _HF_DEFAULTS: dict[str, Any] = {
@@ -125,6 +126,10 @@ class _Tensors:
         elif (path / WEIGHTS).is_file():
             files = [WEIGHTS]
         else:
+            pickled = sorted(f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES)
+            if pickled:  # torch.load would unpickle, i.e. run whatever code the file holds
+                raise StarError(f"{path}: only pickle weights ({', '.join(pickled[:3])}), and star-jax "
+                                f"loads safetensors only; convert them to {WEIGHTS}")
             raise StarError(f"{path}: no {WEIGHTS} or {INDEX} (missing weights)")
         self.where: dict[str, tuple[str, Any]] = {}  # name without `model.` -> (file, handle)
         self.raw: dict[str, str] = {}  # name without `model.` -> name in the file

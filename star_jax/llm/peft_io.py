@@ -141,9 +141,17 @@ def import_peft(adapter_dir: str | os.PathLike) -> tuple[dict, LoraConfig]:
     lora_cfg = read_lora_config(adapter_dir)
     weights = adapter_dir / ADAPTER_WEIGHTS
     if not weights.is_file():
+        pickled = adapter_dir / "adapter_model.bin"
+        if pickled.is_file():  # torch.load would unpickle, i.e. run whatever code the file holds
+            raise StarError(f"{weights}: not found, only the pickle {pickled.name}, and star-jax loads "
+                            "safetensors only; save the adapter with safe_serialization=True")
         raise StarError(f"{weights}: not found")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise StarError(f"{weights}: not a readable safetensors file ({e})") from None
     found: dict[tuple[str, str, str], dict[int, np.ndarray]] = {}
-    for key, value in load_file(str(weights)).items():
+    for key, value in tensors.items():
         m = _PEFT_KEY.match(key)
         if m is None:
             raise StarError(f"{weights}: unexpected tensor {key}")

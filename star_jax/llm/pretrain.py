@@ -126,15 +126,14 @@ def pretrain(
         )
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        ckpt = Checkpointer(out / "checkpoints", fingerprint=fp, max_to_keep=pcfg.keep_checkpoints)
-        with MetricsLogger(out) as logger:
+        with (Checkpointer(out / "checkpoints", fingerprint=fp, max_to_keep=pcfg.keep_checkpoints) as ckpt,
+              MetricsLogger(out) as logger):
             state, seconds = loop.train(
                 state, step_fn, None, batches,
                 put=lambda b: loop.put_batch(b, mesh, shard), ckpt=ckpt, logger=logger,
                 steps=pcfg.steps, log_every=pcfg.log_every, checkpoint_every=pcfg.checkpoint_every,
                 tokens=lambda b: int(b["input_ids"][:, 1:].size), desc="pretrain",
             )
-        ckpt.close()
         final = loop.gather(state.params, mesh)
 
     # The last logged loss of the final step (a step redone after a resume is logged twice).

@@ -247,8 +247,8 @@ def train_llm(
         if on_batch is not None:
             on_batch(step, batch)
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        ckpt = Checkpointer(out / "checkpoints", fingerprint=fp, max_to_keep=tcfg.keep_checkpoints)
+    with (jax.set_mesh(mesh), nn.logical_axis_rules(rules),
+          Checkpointer(out / "checkpoints", fingerprint=fp, max_to_keep=tcfg.keep_checkpoints) as ckpt):
         # A resumed run has its fitted head in the checkpoint, but needs the frozen scores again.
         calibrate = ckpt.latest_step() is None and tcfg.calibration_pairs > 0 and tcfg.bce_weight > 0
         frozen, calibration = evaluate_frozen(
@@ -288,7 +288,6 @@ def train_llm(
                 for metric, value in values.items()
             }
             logger.log(tcfg.steps, "result", **scores)
-        ckpt.close()
 
     result = {
         "fingerprint": fp,

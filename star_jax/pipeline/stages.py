@@ -9,6 +9,7 @@ Only the stages `eval.variants` needs run. docs/pipeline.md describes the run di
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -21,6 +22,7 @@ from star_jax.config import GNN_VARIANTS, Config, check_variants, fingerprint, t
 from star_jax.errors import StarError
 from star_jax.eval.runs import CONFIG_FILE, read_run, run_paths
 from star_jax.fileio import atomic_write_text
+from star_jax.pipeline.lock import run_lock
 from star_jax.pipeline.stamps import Runner
 from star_jax.tracking import is_lead
 
@@ -301,9 +303,24 @@ class Pipeline:
         return self.evaluate()
 
 
+# Stage families; a stamp name is a family or `<family>-<variant or seed>` (docs/pipeline.md).
+STAGES = ("synth", "validate", "tokenizer", "pretrain", "train-llm", "embed", "build-graph", "train-gnn",
+          "gnn-embed", "migration", "evaluate")
+
+
+def check_redo(names: tuple[str, ...]) -> None:
+    for name in names:
+        if not any(name == f or (name.startswith(f + "-") and name[len(f) + 1:].replace("_", "").isalnum())
+                   for f in STAGES):
+            raise StarError(f"--redo {name}: not a stage; expected one of {', '.join(STAGES)} or a stamp "
+                            "name such as train-gnn-gnn_id_cat (RUN_DIR/stamps)")
+
+
 def run_pipeline(cfg: Config, run_dir: str | os.PathLike, *, log: Callable[[str], None] = logger.info,
                  redo: tuple[str, ...] = ()) -> dict:
     """Write RUN_DIR/config.yaml and run (or resume, or skip) every stage; returns evaluate's result.
+
+    RUN_DIR/.lock is held throughout (pipeline/lock.py): a second pipeline on RUN_DIR stops at once.
 
     `redo`: stages to run even when up to date (a name such as `train-gnn-gnn_id_cat`, or a family
     such as `train-gnn`), with every stage downstream of them.
@@ -311,18 +328,22 @@ def run_pipeline(cfg: Config, run_dir: str | os.PathLike, *, log: Callable[[str]
     from star_jax.parallel import initialize_distributed
 
     check_variants(cfg.eval.variants)
+    check_redo(redo)
     if cfg.data.dir and not os.path.isdir(cfg.data.dir):
         raise StarError(f"data.dir: directory not found: {cfg.data.dir}")
     initialize_distributed(cfg.mesh)
     root = Path(run_dir)
-    if is_lead():
-        root.mkdir(parents=True, exist_ok=True)
-        # Without this invocation's process layout: the file must also serve a single-process rerun.
-        solo = dataclasses.replace(cfg.mesh, coordinator_address=None, num_processes=1, process_id=None)
-        atomic_write_text(root / CONFIG_FILE, to_yaml(dataclasses.replace(cfg, mesh=solo)))
-    pipeline = Pipeline(cfg, root, log=log, redo=redo)
-    t0 = time.perf_counter()
-    result = pipeline()
+    lead = is_lead()
+    # RUN_DIR/.lock, taken by process 0 before anything is written: a second pipeline on the same
+    # directory stops here.
+    with run_lock(root, log=log) if lead else contextlib.nullcontext():
+        if lead:
+            # Without this invocation's process layout: the file must also serve a single-process rerun.
+            solo = dataclasses.replace(cfg.mesh, coordinator_address=None, num_processes=1, process_id=None)
+            atomic_write_text(root / CONFIG_FILE, to_yaml(dataclasses.replace(cfg, mesh=solo)))
+        pipeline = Pipeline(cfg, root, log=log, redo=redo)
+        t0 = time.perf_counter()
+        result = pipeline()
     ran = [r for r in pipeline.run.records if not r.skipped]
     log(f"pipeline: {len(ran)} stage(s) ran, {len(pipeline.run.records) - len(ran)} skipped; "
         f"{time.perf_counter() - t0:.0f}s -> {root}")

@@ -136,9 +136,10 @@ class Runner:
         code_fp = code_digest(*code)[:16] if code else None
         key = fingerprint(name, inputs, config_fp, *([code_fp] if code else []))
         stamp = self.stamp(name)
-        forced = self.forced(name, after)
-        if (stamp is not None and stamp.get("key") == key and (exists is None or exists(stamp["result"]))
-                and not forced):
+        up_to_date = (stamp is not None and stamp.get("key") == key
+                      and (exists is None or exists(stamp["result"])))
+        forced = up_to_date and self.forced(name, after)
+        if up_to_date and not forced:
             self.log(f"pipeline: {name}: up to date (ran in {stamp['seconds']:.0f}s); skipped")
             self.records.append(StageRecord(name, True, float(stamp["seconds"])))
             return stamp["result"]

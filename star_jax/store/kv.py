@@ -6,11 +6,14 @@ disk and on object stores (`file://`, `gs://`, `s3://`, `memory://`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import tensorstore as ts
 
 from star_jax.errors import StarError
@@ -64,6 +67,28 @@ def cache_context(total_bytes: int) -> ts.Context:
     return ts.Context({"cache_pool": {"total_bytes_limit": int(total_bytes)}}, _CONTEXT)
 
 
+def error_code(e: BaseException) -> str:
+    """The status code a TensorStore error starts with ('DATA_LOSS', 'NOT_FOUND', ...), else ''."""
+    m = re.match(r"([A-Z][A-Z_]+): ", str(e))
+    return m.group(1) if m else ""
+
+
+def error_reason(e: BaseException) -> str:
+    """The innermost cause of a TensorStore error on one line, without the spec and file names."""
+    # 'DATA_LOSS: Error reading shard entry {0, 0}/{4, 1} in local file "<path>": Digest mismatch, ...'
+    first = (str(e).splitlines() or [""])[0].split(" [tensorstore_spec=")[0]
+    code = error_code(e)
+    return first.rsplit('": ', 1)[-1] if '": ' in first else first[len(code) + 2 if code else 0 :]
+
+
+def is_no_space(e: BaseException) -> bool:
+    """Whether `e` (an OSError, or a TensorStore error from a kvstore write) means a full disk."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    return "os_error_code='28'" in text or "No space left on device" in text
+
+
 def _end(prefix: str) -> str:
     """The first key past every key that starts with `prefix`."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
@@ -104,6 +129,10 @@ class StoreRoot:
     def list(self, prefix: str) -> list[str]:
         keys = self.kv.list(ts.KvStore.KeyRange(prefix, _end(prefix)), strip_prefix_length=len(prefix))
         return sorted(k.decode() for k in keys.result())
+
+    def write_rows(self, array: ts.TensorStore, start: int, block: np.ndarray) -> ts.WriteFutures:
+        """Start writing `block` into rows start.. of `array`: the one path shard data takes to disk."""
+        return array[start : start + len(block)].write(block)
 
     def kvstore(self, key_prefix: str) -> dict:
         return {**self.spec, "path": self.spec["path"] + key_prefix.rstrip("/") + "/"}

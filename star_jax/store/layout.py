@@ -5,7 +5,8 @@
     maps/<version>/<target>.json          a fitted linear map onto an older version (maps.py)
     data/<version>/g<NNNNNNNN>/<type>/    emb (zarr3 [rows, dim]; shards of `shard_rows` rows, inner
                                           chunks of `chunk_rows`), hash (uint64 [rows] text_hash),
-                                          ids (int64 [rows], ascending; row r holds ids[r])
+                                          ids (int64 [rows], ascending; row r holds ids[r]); from
+                                          format 2 every chunk and shard index ends in a crc32c
     data/<version>/maps/<target>/<fit>/   a map's weight and bias arrays
 """
 
@@ -19,11 +20,19 @@ import numpy as np
 from star_jax.config import StoreConfig
 from star_jax.errors import StarError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this code writes: 2 adds crc32c checksums to every chunk
+# What readers accept. A manifest names generations written under older formats as they were: a
+# refresh rewrites only the node types whose texts changed.
+READ_FORMATS = (1, 2)
 # bfloat16 is not a zarr v3 core data type: zarr-python 3 refuses a bf16 `emb` array, so only
-# versions written with store.dtype=float32 are readable by zarr readers other than TensorStore.
-# Such a reader must take each node type's generation from the manifest, never the newest g* folder.
-DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+# versions written with store.dtype float32 or float16 are readable by zarr readers other than
+# TensorStore. Such a reader must take each node type's generation from the manifest, never the
+# newest g* folder.
+DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}
+_LE = {"name": "bytes", "configuration": {"endian": "little"}}
+# Appended to each encoded chunk (after compression) and to each shard index: a flipped or lost
+# byte anywhere in a shard fails the read (DATA_LOSS) instead of decoding to other numbers.
+_CRC = {"name": "crc32c"}
 _META_CHUNK = 1 << 16  # rows per chunk of the ids and hash arrays (read whole at open)
 _CHUNK_BYTES = 8192  # target size of an inner chunk when store.chunk_rows is 0
 
@@ -65,13 +74,12 @@ def emb_metadata(rows: int, dim: int, cfg: StoreConfig) -> dict:
     """zarr3 metadata of an `emb` array [rows, dim]."""
     # Sharded: one object per `shard_rows` rows keeps object counts low, and small inner chunks
     # make a random-row read decode `chunk_rows` rows, not a whole shard.
-    le = {"name": "bytes", "configuration": {"endian": "little"}}
     sharding = {
         "name": "sharding_indexed",
         "configuration": {
             "chunk_shape": [inner_chunk_rows(cfg, dim), dim],
-            "codecs": [le, *_compressor(cfg, np.dtype(DTYPES[cfg.dtype]).itemsize)],
-            "index_codecs": [le, {"name": "crc32c"}],
+            "codecs": [_LE, *_compressor(cfg, np.dtype(DTYPES[cfg.dtype]).itemsize), _CRC],
+            "index_codecs": [_LE, _CRC],
         },
     }
     return {
@@ -86,12 +94,11 @@ def emb_metadata(rows: int, dim: int, cfg: StoreConfig) -> dict:
 
 def meta_metadata(rows: int, dtype: str) -> dict:
     """zarr3 metadata of an `ids` (int64) or `hash` (uint64) array [rows]."""
-    le = {"name": "bytes", "configuration": {"endian": "little"}}
     return {
         "shape": [rows],
         "data_type": dtype,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [_META_CHUNK]}},
-        "codecs": [le, {"name": "zstd", "configuration": {"level": 3}}],
+        "codecs": [_LE, {"name": "zstd", "configuration": {"level": 3}}, _CRC],
         "fill_value": 0,
         "dimension_names": ["row"],
     }
@@ -104,6 +111,6 @@ def matrix_metadata(shape: list[int]) -> dict:
         "shape": shape,
         "data_type": "float32",
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
-        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "codecs": [_LE, _CRC],
         "fill_value": 0,
     }

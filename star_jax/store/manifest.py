@@ -16,7 +16,7 @@ from typing import Any
 
 from star_jax.errors import StarError
 from star_jax.store.kv import StoreRoot
-from star_jax.store.layout import FORMAT_VERSION
+from star_jax.store.layout import READ_FORMATS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -84,10 +84,16 @@ def read_manifest(r: StoreRoot, version: str) -> dict:
         if not names:
             raise StarError(f"store not found: {r.name} (no published version under manifests/)")
         raise StarError(f"store {r.name}: unknown version {version!r}; published: {', '.join(names)}")
-    if m.get("format") != FORMAT_VERSION or m.get("version") != version:
+    return _checked(r, m, version)
+
+
+def _checked(r: StoreRoot, m: dict, version: str) -> dict:
+    """`m` if it is the manifest of `version` in a format this code reads, else a `StarError`."""
+    if m.get("format") not in READ_FORMATS or m.get("version") != version:
+        formats = " or ".join(map(str, READ_FORMATS))
         raise StarError(
             f"{r.name}/manifests/{version}.json: manifest is for version {m.get('version')!r}, "
-            f"format {m.get('format')!r}; expected version {version!r}, format {FORMAT_VERSION}"
+            f"format {m.get('format')!r}; expected version {version!r}, format {formats}"
         )
     return m
 
@@ -97,7 +103,7 @@ def latest_manifest(r: StoreRoot) -> dict:
     published = published_versions(r)
     if not published:
         raise StarError(f"store not found: {r.name} (no published version under manifests/)")
-    return published[-1]
+    return _checked(r, published[-1], published[-1]["version"])
 
 
 def check_compatible(where: str, manifest: dict, spec: EmbeddingSpec, dtype: str, what: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from star_jax.errors import StarError
 from star_jax.store.kv import StoreRoot
 from star_jax.store.layout import matrix_metadata
+from star_jax.store.rows import read_checked
 
 
 class VersionMap(NamedTuple):
@@ -51,8 +52,9 @@ def load_version_map(root: StoreRoot | str | os.PathLike | Mapping, new: str, ol
     if record is None:
         raise StarError(f"store {r.name}: no map from version {new} onto {old}; fit one with "
                         f"`star-jax store migrate --store {r.name} --from {old} --to {new}`")
-    weight = r.open_array(f"{record['arrays']}/weight").read().result()
-    bias = r.open_array(f"{record['arrays']}/bias").read().result()
+    weight, bias = (read_checked(r.open_array(f"{record['arrays']}/{name}"), None,
+                                 f"store {r.name}: map {new} -> {old} {name}", f"{record['arrays']}/{name}")
+                    for name in ("weight", "bias"))
     return VersionMap(weight, bias, record)
 
 

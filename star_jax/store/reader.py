@@ -14,11 +14,11 @@ import numpy as np
 import tensorstore as ts
 
 from star_jax.errors import StarError
-from star_jax.store.kv import StoreRoot, cache_context
+from star_jax.store.kv import StoreRoot, cache_context, error_code
 from star_jax.store.layout import gen_dir
 from star_jax.store.manifest import EmbeddingSpec, latest_manifest, read_manifest
 from star_jax.store.maps import VersionMap, load_version_map
-from star_jax.store.rows import as_ids, read_rows
+from star_jax.store.rows import as_ids, read_checked
 
 
 class EmbeddingStore:
@@ -92,15 +92,27 @@ class EmbeddingStore:
             )
         return types[node_type]
 
+    def _key(self, node_type: str, name: str) -> str:
+        return f"{gen_dir(self.version, self._type(node_type)['generation'])}/{node_type}/{name}"
+
     def _array(self, node_type: str, name: str) -> ts.TensorStore:
         if (node_type, name) not in self._arrays:
-            gen = self._type(node_type)["generation"]
-            key = f"{gen_dir(self.version, gen)}/{node_type}/{name}"
             try:
-                self._arrays[node_type, name] = self.store_root.open_array(key, cache=self._cache)
+                self._arrays[node_type, name] = self.store_root.open_array(self._key(node_type, name),
+                                                                           cache=self._cache)
             except StarError as e:
                 raise self._gone(node_type, str(e)) from None
         return self._arrays[node_type, name]
+
+    def _read(self, node_type: str, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """array[rows] (None: all) of one of the node type's arrays; a damaged chunk is a StarError."""
+        where = f"store {self.root} version {self.version}: {node_type} {name}"
+        try:
+            return read_checked(self._array(node_type, name), rows, where, self._key(node_type, name))
+        except ValueError as e:  # a chunk deleted under this handle: never read it as zeros
+            if error_code(e) != "NOT_FOUND":
+                raise
+            raise self._gone(node_type, str(e)) from None
 
     def _gone(self, node_type: str, error: str) -> StarError:
         """The error for data missing under this handle: superseded (reopen), or a damaged store."""
@@ -115,13 +127,13 @@ class EmbeddingStore:
     def ids(self, node_type: str) -> np.ndarray:
         """int64 [rows]: the stored node ids, ascending (row r holds ids[r])."""
         if node_type not in self._ids:
-            self._ids[node_type] = self._array(node_type, "ids").read().result()
+            self._ids[node_type] = self._read(node_type, "ids")
         return self._ids[node_type]
 
     def text_hashes(self, node_type: str) -> np.ndarray:
         """uint64 [rows]: `text_hash` of the text each row was embedded from."""
         if node_type not in self._hashes:
-            self._hashes[node_type] = self._array(node_type, "hash").read().result()
+            self._hashes[node_type] = self._read(node_type, "hash")
         return self._hashes[node_type]
 
     def rows(self, node_type: str, ids: np.ndarray) -> np.ndarray:
@@ -138,14 +150,12 @@ class EmbeddingStore:
         return rows
 
     def lookup(self, node_type: str, ids: np.ndarray) -> np.ndarray:
-        """float32 [n, dim]: the vector of each id, in the order given (repeats allowed)."""
-        rows = self.rows(node_type, ids)
-        try:
-            out = read_rows(self._array(node_type, "emb"), rows).astype(np.float32)
-        except ValueError as e:  # a chunk deleted under this handle: never read it as zeros
-            if "NOT_FOUND" not in str(e):
-                raise
-            raise self._gone(node_type, str(e)) from None
+        """float32 [n, dim]: the vector of each id, in the order given (repeats allowed).
+
+        A shard whose bytes changed since they were written (crc32c mismatch, from store format 2)
+        is a one-line `StarError` naming the shard and its rows, never other numbers.
+        """
+        out = self._read(node_type, "emb", self.rows(node_type, ids)).astype(np.float32)
         if self.version_map is not None:
             out = self.version_map.apply(out)
         return out

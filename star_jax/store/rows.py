@@ -1,4 +1,8 @@
-"""Row keys and row reads shared by the store's reader and writer: text hashes, ids, gathers."""
+"""Row keys and row reads shared by the store's reader and writer: text hashes, ids, gathers.
+
+`read_checked` turns a chunk that fails to read (a crc32c mismatch, a truncated or undecodable
+shard) into a one-line `StarError` naming the chunk's key and rows.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ import numpy as np
 import tensorstore as ts
 
 from star_jax.errors import StarError
+from star_jax.store.kv import error_code, error_reason
+
+# Codes TensorStore gives a chunk whose bytes are wrong (checksum, decode, size) rather than absent
+# (NOT_FOUND) or unreachable (PERMISSION_DENIED, UNAVAILABLE, ...).
+_DAMAGE = ("DATA_LOSS", "FAILED_PRECONDITION", "INVALID_ARGUMENT", "OUT_OF_RANGE")
 
 
 def text_hash(texts: Iterable[str]) -> np.ndarray:
@@ -69,3 +78,39 @@ def read_rows(array: ts.TensorStore, rows: np.ndarray) -> np.ndarray:
     else:
         out = array[ts.d[0][uniq]].read().result()
     return out if np.array_equal(uniq, rows) else out[inverse]
+
+
+def read_checked(array: ts.TensorStore, rows: np.ndarray | None, where: str, key: str) -> np.ndarray:
+    """array[rows] (`read_rows`; None: the whole array); a chunk that fails is a `StarError`.
+
+    `where` starts the message ("store R version V: member emb"), `key` is the array's key prefix.
+    A NOT_FOUND error is raised as is: the reader decides whether the data was superseded.
+    """
+    try:
+        return array.read().result() if rows is None else read_rows(array, rows)
+    except ValueError as e:
+        if error_code(e) == "NOT_FOUND":
+            raise
+        raise _unreadable(array, rows, where, key, e) from None
+
+
+def _unreadable(array: ts.TensorStore, rows: np.ndarray | None, where: str, key: str,
+                error: ValueError) -> Exception:
+    """The error for a failed read: reread chunk by chunk to name the first chunk that fails."""
+    rows = np.arange(array.shape[0]) if rows is None else np.asarray(rows)
+    per = array.chunk_layout.write_chunk.shape[0]  # rows per stored object: a shard, or a chunk
+    kind = "shard" if array.chunk_layout.read_chunk.shape != array.chunk_layout.write_chunk.shape else "chunk"
+    for c in np.unique(rows // per).tolist():
+        r0, r1 = c * per, min((c + 1) * per, array.shape[0])
+        try:
+            read_rows(array, rows[(rows >= r0) & (rows < r1)])
+        except ValueError as e:
+            if error_code(e) == "NOT_FOUND":
+                return e
+            chunk = "/".join(["c", str(c), *["0"] * (array.rank - 1)])
+            state = "is corrupt" if error_code(e) in _DAMAGE else "cannot be read"
+            reason = error_reason(e).split("; at byte")[0]  # the decoder's position adds nothing
+            if "Digest mismatch" in reason:
+                reason = "crc32c mismatch" + (" in the shard index" if "shard index" in str(e) else "")
+            return StarError(f"{where} {kind} {key}/{chunk} (rows {r0}-{r1 - 1}) {state} ({reason})")
+    return StarError(f"{where}: {key} cannot be read ({error_reason(error)})")

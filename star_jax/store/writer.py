@@ -5,6 +5,7 @@ the new generation and only the rest are pending; a node type with nothing chang
 old generation. Every shard is written whole and exactly once, so a rerun after SIGKILL lists the
 shard objects of the staged generation and continues with the rest, byte-identical to an
 uninterrupted run. One writer per version at a time (the embed job is one process, or process 0).
+A full disk or another storage failure is a one-line `StarError`; the published state is untouched.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -22,7 +25,7 @@ import tensorstore as ts
 
 from star_jax.config import StoreConfig
 from star_jax.errors import StarError
-from star_jax.store.kv import StoreRoot
+from star_jax.store.kv import StoreRoot, error_code, error_reason, is_no_space
 from star_jax.store.layout import (
     DTYPES,
     FORMAT_VERSION,
@@ -33,10 +36,11 @@ from star_jax.store.layout import (
     meta_metadata,
 )
 from star_jax.store.manifest import EmbeddingSpec, check_compatible, check_name, read_manifest, utc_now
-from star_jax.store.rows import as_ids, read_rows
+from star_jax.store.rows import as_ids, read_checked
 from star_jax.tracking import progress as progress_bar
 
 _MAX_INFLIGHT = 4  # shard writes left to finish in the background while the caller embeds
+_SHARD_KEY = re.compile(r"^(\d+)/0$")  # emb/c/<shard>/0; a failed write may leave <key>.__lock files
 
 
 class Pending(NamedTuple):
@@ -87,6 +91,7 @@ class _TypeState:
     digest: str
     emb: ts.TensorStore | None = None
     base_emb: ts.TensorStore | None = None
+    base_key: str = ""  # key prefix of the published generation's arrays of this node type
     done: np.ndarray | None = None  # bool [shards] shard object exists
     need: np.ndarray | None = None  # int64 [shards] rows to embed per shard
     buffered: np.ndarray | None = None  # bool [rows] received by `write`, shard not yet flushed
@@ -117,7 +122,7 @@ class EmbeddingWriter:
         self.generation = base["generation"] if base else 0
         self.types: dict[str, _TypeState] = {}  # node types written into the new generation
         self.reused: dict[str, dict] = {}  # node types whose published rows are all current
-        self._inflight: list[ts.Future] = []
+        self._inflight: list[tuple[ts.Future, str]] = []  # shard commits still running, with their keys
         self.resumed = False
 
     # -- opening
@@ -195,14 +200,16 @@ class EmbeddingWriter:
         if published is not None:
             # Change detection (JUDE): a row is current when its id was stored with the same text hash.
             key = f"{gen_dir(self.version, published['generation'])}/{node_type}"
-            old_ids = self._root.open_array(f"{key}/ids").read().result()
-            old_hashes = self._root.open_array(f"{key}/hash").read().result()
+            where = f"store {self._root.name} version {self.version}: published {node_type}"
+            old_ids, old_hashes = (read_checked(self._root.open_array(f"{key}/{n}"), None, f"{where} {n}",
+                                                f"{key}/{n}") for n in ("ids", "hash"))
             pos = np.searchsorted(old_ids, ids).clip(max=len(old_ids) - 1)
             same = (old_ids[pos] == ids) & (old_hashes[pos] == hashes)
             # Current rows are copied into the new generation rather than overlaid: each generation
             # stays a plain dense array, so a random-row read is one shard lookup, not a chain.
             base_rows[same] = pos[same]
             state.base_emb = self._root.open_array(f"{key}/emb")
+            state.base_key = key
         self.types[node_type] = state
 
     def _stage(self, staged: dict | None, restart: bool) -> None:
@@ -235,22 +242,67 @@ class EmbeddingWriter:
             r.delete_prefix(gen + "/")  # leftovers of a run killed before it wrote its staging record
             for t, s in self.types.items():
                 n = len(s.ids)
-                r.create_array(f"{gen}/{t}/emb", emb_metadata(n, self.spec.dim, self.cfg))
-                r.create_array(f"{gen}/{t}/ids", meta_metadata(n, "int64")).write(s.ids).result()
-                r.create_array(f"{gen}/{t}/hash", meta_metadata(n, "uint64")).write(s.hashes).result()
-            r.write_json(f"staging/{v}.json", {**record, "generation": self.generation, "started": utc_now()})
+                with self._writing(f"{gen}/{t}"):
+                    r.create_array(f"{gen}/{t}/emb", emb_metadata(n, self.spec.dim, self.cfg))
+                    r.create_array(f"{gen}/{t}/ids", meta_metadata(n, "int64")).write(s.ids).result()
+                    r.create_array(f"{gen}/{t}/hash", meta_metadata(n, "uint64")).write(s.hashes).result()
+            staging = {**record, "generation": self.generation, "started": utc_now()}
+            with self._writing(f"staging/{v}.json"):
+                r.write_json(f"staging/{v}.json", staging)
         gen = gen_dir(v, self.generation)
         for t, s in self.types.items():
             # Opened from its stored metadata, so a resumed run writes the layout it started with.
             s.emb = r.open_writable(f"{gen}/{t}/emb")
             n_shards = -(-len(s.ids) // self.cfg.shard_rows)
             s.done = np.zeros(n_shards, bool)
-            for key in r.list(f"{gen}/{t}/emb/c/"):
-                s.done[int(key.split("/")[0])] = True
+            s.done[self._stored_shards(t)] = True
             s.need = np.bincount(np.flatnonzero(s.base_rows < 0) // self.cfg.shard_rows, minlength=n_shards)
             s.buffered = np.zeros(len(s.ids), bool)
 
     # -- what to embed
+
+    def _stored_shards(self, node_type: str) -> list[int]:
+        """The shards of `node_type` whose objects exist in the generation being built."""
+        keys = self._root.list(f"{gen_dir(self.version, self.generation)}/{node_type}/emb/c/")
+        return [int(m.group(1)) for k in keys if (m := _SHARD_KEY.match(k))]
+
+    def _write_error(self, key: str, e: BaseException) -> BaseException:
+        """A one-line `StarError` for a failed write of `key`; `e` itself if it is no storage error."""
+        if not isinstance(e, OSError) and error_code(e) in ("", "INVALID_ARGUMENT"):
+            return e  # not from the kvstore: a bug, keep its traceback
+        where = f"store {self._root.name} version {self.version}"
+        resume = "rerun to resume from the shards already stored; the published version is unchanged"
+        if is_no_space(e):
+            return StarError(f"{where}: no space left on device writing {key}; free space, then {resume}")
+        return StarError(f"{where}: writing {key} failed ({error_reason(e)}); {resume}")
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """Kvstore writes of `key` inside: a full disk or another storage error is a one-line error."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            error = self._write_error(key, e)
+            if error is e:
+                raise
+            self._settle()
+            raise error from None
+
+    def _settle(self) -> None:
+        """Let the shard writes still running finish (or fail) so that a rerun lists every stored shard."""
+        for future, _ in self._inflight:
+            try:
+                future.result()
+            except (OSError, ValueError):  # the first failure is the one reported
+                pass
+        self._inflight.clear()
+
+    def _drain(self, keep: int = 0) -> None:
+        """Wait for shard writes until at most `keep` are still running."""
+        while len(self._inflight) > keep:
+            future, key = self._inflight.pop(0)
+            with self._writing(key):
+                future.result()
 
     @property
     def node_types(self) -> list[str]:
@@ -351,16 +403,18 @@ class EmbeddingWriter:
         else:
             block = np.empty((r1 - r0, self.spec.dim), DTYPES[self.cfg.dtype])
             if copy.any():
-                block[copy] = read_rows(s.base_emb, s.base_rows[r0:r1][copy])
+                where = f"store {self._root.name} version {self.version}: published {node_type} emb"
+                block[copy] = read_checked(s.base_emb, s.base_rows[r0:r1][copy], where, f"{s.base_key}/emb")
             for rows, vectors in pieces:
                 block[rows - r0] = vectors
-        future = s.emb[r0:r1].write(block)
-        future.copy.result()  # `block` may view the caller's array: let go of it before returning
-        self._inflight.append(future.commit)  # encoding and storing overlap the caller's next batch
+        key = f"{gen_dir(self.version, self.generation)}/{node_type}/emb/c/{shard}/0"
+        with self._writing(key):
+            future = self._root.write_rows(s.emb, r0, block)
+            future.copy.result()  # `block` may view the caller's array: let go of it before returning
+        self._inflight.append((future.commit, key))  # encoding and storing overlap the caller's next batch
         s.done[shard] = True
         s.buffered[r0:r1] = False
-        while len(self._inflight) > _MAX_INFLIGHT:
-            self._inflight.pop(0).result()
+        self._drain(_MAX_INFLIGHT)
 
     # -- publishing
 
@@ -380,11 +434,10 @@ class EmbeddingWriter:
         if todo:
             for t, sh in progress_bar(todo, desc=f"store {v}: copy unchanged shards", unit="shard"):
                 self._flush(t, sh)
-        while self._inflight:
-            self._inflight.pop(0).result()
+        self._drain()
         gen = gen_dir(v, self.generation)
         for t, s in self.types.items():
-            stored = len(r.list(f"{gen}/{t}/emb/c/"))
+            stored = len(self._stored_shards(t))
             if stored != len(s.done):
                 raise RuntimeError(f"store {r.name}: {gen}/{t}/emb holds {stored} of {len(s.done)} shards")
         current = r.read_json(f"manifests/{v}.json")
@@ -413,7 +466,8 @@ class EmbeddingWriter:
             # Generations readers may still hold: this manifest's and the previous one's.
             "live": sorted(referenced | previous),
         }
-        r.write_json(f"manifests/{v}.json", manifest)  # the publish: one atomic object write
+        with self._writing(f"manifests/{v}.json"):
+            r.write_json(f"manifests/{v}.json", manifest)  # the publish: one atomic object write
         r.delete(f"staging/{v}.json")
         # Generations in neither this manifest nor the previous go: a reader that opened before the
         # swap can finish, one two publishes old gets a "reopen" error (never zeros).
