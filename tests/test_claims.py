@@ -12,6 +12,7 @@ one draw of the toy is tested on another.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from claims_fixtures import write_cluster_features, write_planted_data
@@ -24,6 +25,7 @@ from star_jax.data.tokenizer import train_tokenizer
 from star_jax.gnn.export import gnn_embed
 from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import build_graph
+from star_jax.llm.train import train_llm
 from star_jax.store import EmbeddingStore
 
 DATA_SEED = 1  # the thresholds below come from data seed 0
@@ -32,10 +34,6 @@ DATA_SEED = 1  # the thresholds below come from data seed 0
 def test_finetuning_beats_the_frozen_towers_on_a_planted_pairing(tmp_path):
     """Members and jobs name their cluster in disjoint vocabularies: the frozen random-init towers
     have nothing to match them by, 30 LoRA steps learn the pairing from the train pairs."""
-    import jax
-
-    from star_jax.llm.train import train_llm
-
     data = write_planted_data(tmp_path / "data", seed=DATA_SEED, filler=1)
     tok = train_tokenizer(data, tmp_path / "tok", TokenizerConfig(vocab_size=400))
     build_checkpoint(tmp_path / "base", vocab_size=512, hidden_size=32, intermediate_size=64,
