@@ -409,7 +409,7 @@ def ablation(tmp_path_factory) -> dict[str, tuple[float, float]]:
     from star_jax.metrics import activity_bucket, auc_by_group
 
     root = tmp_path_factory.mktemp("ablation")
-    data = synthesize(root / "data", "tiny", 0)
+    data = synthesize(root / "data", "tiny", 102)  # held out: the GNN's settings were chosen on seeds 0 and 5
     graph = build_graph(data, root / "graph")
     write_tfidf_store(data, root / "features", "tfidf", dim=64)
     cfg = load_config()

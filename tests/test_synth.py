@@ -14,10 +14,14 @@ from star_jax.data.baselines import replace_section, run_baselines
 from star_jax.data.validate import validate
 from star_jax.errors import StarError
 
+# Data seed 102: no generator constant and no threshold below was chosen on it (seed 0 was the
+# development seed); docs/repro.md runs it among the held-out seeds 100-103.
+HELD_OUT_SEED = 102
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return synth.synthesize(tmp_path_factory.mktemp("synth") / "tiny-0", "tiny", 0)
+    return synth.synthesize(tmp_path_factory.mktemp("synth") / f"tiny-{HELD_OUT_SEED}", "tiny", HELD_OUT_SEED)
 
 
 def _read(d: Path, rel: str):
@@ -29,7 +33,7 @@ def _parquet_files(d: Path) -> list[str]:
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tiny, tmp_path):
-    again = synth.synthesize(tmp_path / "again", "tiny", 0)
+    again = synth.synthesize(tmp_path / "again", "tiny", HELD_OUT_SEED)
     files = _parquet_files(tiny)
     assert files == _parquet_files(again) and len(files) >= 13
     _, mismatch, errors = filecmp.cmpfiles(tiny, again, files + ["schema.json"], shallow=False)
@@ -139,7 +143,7 @@ def test_text_beats_tags_on_cold_start_and_the_oracle_beats_both(tiny):
 
 def test_up_to_date_output_is_kept_and_other_directories_are_refused(tiny, tmp_path):
     stamp = (tiny / "nodes/member.parquet").stat().st_mtime_ns
-    assert synth.synthesize(tiny, "tiny", 0) == tiny
+    assert synth.synthesize(tiny, "tiny", HELD_OUT_SEED) == tiny
     assert (tiny / "nodes/member.parquet").stat().st_mtime_ns == stamp
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -358,7 +358,9 @@ def test_finetuning_beats_the_frozen_pretrained_base(tmp_path):
     from star_jax.llm.pretrain import pretrain
 
     cfg = Config()
-    data = synthesize(tmp_path / "data", "tiny", 0)
+    # Data seed 102, held out: the loss weights and pooling were chosen on seed 0, and the +0.05 is
+    # the demo's target (docs/repro.md: +0.149 [+0.138, +0.160] pooled over seeds 100-103).
+    data = synthesize(tmp_path / "data", "tiny", 102)
     tok = train_tokenizer(data, tmp_path / "tok", cfg.tokenizer)
     pretrain(cfg, data, tok, tmp_path / "pre")
     result = train_llm(cfg, data, tok, tmp_path / "pre" / "model", tmp_path / "ft")
