@@ -40,9 +40,14 @@ def source(module: str) -> bytes:
 
 
 def imports(module: str) -> ModuleImports:
-    path = modules()[module]
-    tree = ast.parse(source(module), str(path))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return _imports(module, str(modules()[module]), source(module))
+
+
+@functools.lru_cache(maxsize=1024)
+def _imports(module: str, path: str, text: bytes) -> ModuleImports:
+    # Keyed by the source itself: every stage's digest walks the same modules, and an edit is a new key.
+    tree = ast.parse(text, path)
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
     targets: set[str] = set()
     private: list[str] = []
     aliases: dict[str, str] = {}  # local name -> the star_jax module it is bound to

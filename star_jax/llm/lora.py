@@ -31,11 +31,6 @@ TARGET_MODULES = {
 }
 
 
-def check_lora_config(cfg: LoraConfig) -> None:
-    """Re-check a config that was changed after it was built (`LoraConfig.check`)."""
-    cfg.check()
-
-
 def scaling(cfg: LoraConfig) -> float:
     """PEFT's `lora_alpha / r` (no rsLoRA)."""
     return cfg.alpha / cfg.rank

@@ -67,11 +67,6 @@ def as_dtype(name: str, field: str) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def check_config(config: MistralConfig) -> None:
-    """Re-check a config that was changed after it was built (`MistralConfig.check`)."""
-    config.check()
-
-
 def sequence_lengths(attention_mask: jax.Array) -> jax.Array:
     """Per-row real lengths `[B]` (int32) of a right-padded `[B, T]` 0/1 attention mask."""
     return jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
@@ -308,9 +303,9 @@ class MistralModel(nn.Module):
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, deterministic: bool = True
     ) -> jax.Array:
         cfg = self.config
-        check_config(cfg)
+        cfg.check()  # again: a config changed in code after it was built
         if self.lora is not None:
-            lora_lib.check_lora_config(self.lora)
+            self.lora.check()
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         b, t = input_ids.shape
         if attention_mask is None:
@@ -374,7 +369,7 @@ def init_lora(
     adapters is computed. With a mesh they are created in their logical sharding under `rules`
     (default: the config's default rules).
     """
-    lora_lib.check_lora_config(lora_cfg)
+    lora_cfg.check()
     abstract = abstract_variables(model_cfg, lora_cfg)[lora_lib.COLLECTION]
     flat = traverse_util.flatten_dict(nn.unbox(abstract))
 

@@ -21,7 +21,7 @@ from flax import traverse_util
 from star_jax.config import LoraConfig, MistralConfig
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_dir, atomic_write_json, read_json
-from star_jax.llm.lora import TARGET_MODULES, adapter_modules, check_lora_config
+from star_jax.llm.lora import TARGET_MODULES, adapter_modules
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -70,7 +70,7 @@ def export_peft(
     """
     from safetensors.numpy import save_file
 
-    check_lora_config(lora_cfg)
+    lora_cfg.check()
     prefix = "base_model.model.model." if causal_lm else "base_model.model."
     tensors: dict[str, np.ndarray] = {}
     for path, ab in adapter_modules(adapters).items():

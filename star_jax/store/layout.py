@@ -53,11 +53,6 @@ def _compressor(cfg: StoreConfig, itemsize: int) -> list[dict]:
     raise StarError(f"store.compression {cfg.compression!r}: expected blosc, zstd or none")
 
 
-def check_config(cfg: StoreConfig) -> None:
-    """Re-check a config that was changed after it was built (`StoreConfig.check`)."""
-    cfg.check()
-
-
 def inner_chunk_rows(cfg: StoreConfig, dim: int) -> int:
     """`store.chunk_rows`, or for 0 the largest power of two of rows within 8 KiB (at least 1).
 

@@ -29,7 +29,6 @@ from star_jax.store.kv import StoreRoot, error_code, error_reason, is_no_space
 from star_jax.store.layout import (
     DTYPES,
     FORMAT_VERSION,
-    check_config,
     emb_metadata,
     gen_dir,
     inner_chunk_rows,
@@ -144,7 +143,7 @@ class EmbeddingWriter:
         settings differ.
         """
         cfg = config or StoreConfig()
-        check_config(cfg)
+        cfg.check()  # again: a config changed in code after it was built
         check_name("version", version)
         root = cfg.root if root is None else root
         if root is None:
