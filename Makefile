@@ -9,7 +9,7 @@ CONFIG ?= configs/tiny.yaml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-slow bench seeds repro lint clean
+.PHONY: demo test test-slow bench bench-retrieval seeds repro lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -68,6 +68,10 @@ repro: $(VENV)/.installed-base
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.run
+
+# faiss indexes vs exact top-k at 600, 5k and 1M jobs (docs/retrieval.md; about 10 minutes on 2 cores).
+bench-retrieval: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.retrieval
 
 clean:
 	rm -rf runs

@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gnn-embed": ("star_jax.gnn.export", "write every node's GNN embedding to the store"),
     "evaluate": ("star_jax.eval.report", "score every variant and write report.md/report.json"),
     "pipeline": ("star_jax.pipeline", "run every stage, skipping those already done"),
-    "recommend": ("star_jax.eval.recommend", "print the top-k jobs for a member"),
+    "index": ("star_jax.eval.index", "build an ANN index over a variant's job embeddings"),
+    "recommend": ("star_jax.eval.recommend", "the top-k jobs for a member, or for all as Parquet"),
 }
 
 # Directory flags, by argparse dest, checked before a command starts any work: an input must be an

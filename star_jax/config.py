@@ -232,6 +232,11 @@ class LLMTrainConfig(Checked):
     infonce_weight: float = 0.0
     triplet_margin: float = 0.2  # FaceNet's alpha, on squared L2 distances of unit vectors
     infonce_temperature: float = 0.05
+    # Matryoshka widths (Kusupati et al. 2022): the loss is also applied to the renormalised first
+    # D components of each embedding, for each D, and averaged with the full-width loss, so that
+    # prefixes serve as compact vectors (`star-jax embed --dims D`). Increasing, each below the
+    # pooled width (checked when the towers are built). []: off.
+    matryoshka_dims: list[int] = field(default_factory=list)
     init_logit_scale: float = 10.0  # BCE logit = scale * cos + bias, both learned
     init_logit_bias: float = -5.0
     # Before training, fit the scale and bias to the frozen towers' cosines on this many train
@@ -255,6 +260,9 @@ class LLMTrainConfig(Checked):
         if self.batch_size % self.grad_accum:
             raise StarError(f"llm_train.batch_size: {self.batch_size} does not split into "
                             f"llm_train.grad_accum={self.grad_accum} equal micro-batches")
+        dims = self.matryoshka_dims
+        if any(not isinstance(d, int) or d < 1 for d in dims) or any(a >= b for a, b in zip(dims, dims[1:])):
+            raise StarError(f"llm_train.matryoshka_dims: {dims} must be increasing positive integers")
 
 
 @dataclass
@@ -422,6 +430,11 @@ class GNNTrainConfig(Checked):
     # Train on every labelled train pair, the shown-but-not-applied ones as negatives (LinkSAGE's
     # (member, job, label) tuples), not on the applies alone.
     labelled_negatives: bool = False
+    # Place one job each batch member was shown in the train period and did not apply to among the
+    # shared negatives (the rest stay random): the in-batch objective then also separates an apply
+    # from what the member passed over, which is what the labelled test pairs measure
+    # (docs/architecture.md decision 16).
+    shown_negatives: bool = True
     # Per training batch, the share of member and job seeds stripped of their own apply edges, so
     # the encoder also learns to embed cold-start nodes (star_jax.gnn.cold_start.ColdStartSampler).
     cold_start_rate: float = 0.5

@@ -7,12 +7,15 @@ killed process leaves either the previous output or nothing, never half a file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from star_jax.errors import StarError
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -42,23 +45,54 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+def is_no_space(e: BaseException) -> bool:
+    """Whether `e` (an OSError, or a TensorStore error from a kvstore write) means a full disk."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    return "os_error_code='28'" in text or "No space left on device" in text
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: dict[str | os.PathLike, bytes]) -> None:
+    """Write every file to a temporary sibling, then move them all into place: a failure while
+    writing (a full disk: a one-line StarError naming the file) leaves every earlier file as it was."""
+    done: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _tmp_sibling(path)
+            done.append((tmp, path))
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException as e:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and is_no_space(e):
+            raise StarError(f"{done[-1][1]}: no space left on device; it and the files written with it "
+                            "were left as they were") from e
+        raise
+    for tmp, path in done:
+        os.replace(tmp, path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as the JSON every result file holds: indented, sorted keys."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -106,6 +106,7 @@ MISSING, WRONG, EMPTY = "missing input", "wrong type", "empty data dir"
 LLM = ["--data", "{data}", "--tokenizer", "{tok}"]
 GNN = ["--graph", "{empty}", "--variant", "gnn_id_cat"]
 EXPORT = ["--graph", "{empty}", "--version", "g"]
+INDEX = ["--variant", "gnn_id_cat"]
 
 # (category, argv, a phrase the error line must hold). `{name}` is a path of `Inputs`; `{out}` a
 # fresh path under the test's tmp_path. Every case must fail before any stage starts its work.
@@ -220,6 +221,18 @@ CASES = [
     (WRONG, ["recommend", "--run", "{run}", "--member", "abc"], "--member: invalid int value: 'abc'"),
     (WRONG, ["recommend", "--run", "{file}", "--member", "1"], "--run {file}: not a directory"),
     (EMPTY, ["recommend", "--run", "{empty}", "--member", "1"], "--run {empty}: no config.yaml"),
+    (MISSING, ["recommend", "--run", "{run}", "--all"], "--out: required with --all"),
+    (WRONG, ["recommend", "--run", "{run}", "--all", "--out", "{data}"], "--out {data}: is a directory"),
+
+    (MISSING, ["index"], "required: ACTION"),
+    (MISSING, ["index", "build", "--variant", "gnn_id_cat"], "required: --run"),
+    (MISSING, ["index", "build", "--run", "{nope}", *INDEX], "--run {nope}: no such directory"),
+    (MISSING, ["index", "build", "--run", "{run}", *INDEX], "--variant gnn_id_cat: {run} has no gnn_id_cat"),
+    (WRONG, ["index", "build", "--run", "{file}", *INDEX], "--run {file}: not a directory"),
+    (WRONG, ["index", "build", "--run", "{run}", *INDEX, "--ef-search", "x"], "--ef-search: invalid int"),
+    (WRONG, ["index", "build", "--run", "{run}", *INDEX, "--type", "lsh"], "--type: invalid choice"),
+    (WRONG, ["index", "build", "--run", "{run}", *INDEX, "--nprobe", "0"], "--nprobe: must be >= 1"),
+    (EMPTY, ["index", "build", "--run", "{empty}", *INDEX], "--run {empty}: no config.yaml"),
 ]
 
 

@@ -20,9 +20,11 @@ from star_jax.config import Config, StoreConfig, to_yaml
 from star_jax.data.baselines import Data, run_baselines
 from star_jax.data.splits import cold_start
 from star_jax.data.tables import read_edges, read_labels, read_nodes
+from star_jax.errors import StarError
 from star_jax.eval import report
 from star_jax.eval.recommend import recommend
 from star_jax.eval.runs import CONFIG_FILE, VARIANTS, read_run, stage_name
+from star_jax.metrics import positive_ranks
 from star_jax.pipeline import Runner
 from star_jax.store import EmbeddingSpec, EmbeddingWriter, text_hash
 
@@ -347,3 +349,141 @@ def test_recommend_cli_and_unknown_member(run, capsys):
     assert cli.main(["recommend", "--run", root, "--member", "999999"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--member 999999: unknown member id" in err[0]
+
+
+# -- degenerate data: n/a and why, never a traceback ----------------------------------------------
+
+
+def synthetic_scores(pairs, s: np.ndarray, rng) -> report.Scores:
+    """Scores of the pairs `s` and the positives' ranks among 20 random candidates."""
+    pos = pairs.labels > 0
+    return report.Scores(s, positive_ranks(s[pos], rng.normal(size=(int(pos.sum()), 20))))
+
+
+def minimal_report(pairs, variants: dict, checks_: list) -> dict:
+    """What report_markdown reads, around `variants` and `checks_`."""
+    buckets = {name: int((pairs.bucket == name).sum()) for name, _, _ in report.ACTIVITY_BUCKETS}
+    return {"variants": variants, "baselines": {}, "baselines_reason": "not asked for", "checks": checks_,
+            "stages": [], "config": {"eval": {"k": 5}, "gnn": {"out_dim": 8}},
+            "data": {"dir": "d", "test_pairs": len(pairs.labels), "test_positives": int(pairs.labels.sum()),
+                     "test_pairs_cold_start": int(pairs.cold.sum()),
+                     "test_members": len(np.unique(pairs.member_ids)), "candidates": 20,
+                     "pairs_by_activity": buckets}}
+
+
+def scored(pairs, scores: dict[str, np.ndarray], rng) -> dict:
+    return {name: {**report.variant_metrics(pairs, synthetic_scores(pairs, s, rng), 5), "train_seconds": None,
+                   "paper_auc": None} for name, s in scores.items()}
+
+
+def test_a_test_split_without_cold_start_members_reports_n_a_and_why():
+    pairs, rng = constructed_pairs()
+    pairs = pairs._replace(cold=np.zeros(len(pairs.labels), bool), bucket=np.full(len(pairs.labels), "1-2"))
+    y = pairs.labels.astype(float)
+    scores = {"gnn_id_cat": y + rng.normal(size=y.size), "gnn_id_cat_llm": y + rng.normal(size=y.size)}
+    variants = scored(pairs, scores, rng)
+    v = variants["gnn_id_cat"]
+    assert v["auc"] == pytest.approx(roc_auc_score(y, scores["gnn_id_cat"]))
+    assert v["auc_cold_start"] is None
+    assert v["reasons"]["auc_cold_start"] == "no test pairs of cold-start members"
+    assert v["auc_by_activity"]["cold_start"] is None and v["auc_by_activity"]["1-2"] == v["auc"]
+    assert v["reasons"]["auc_by_activity.3-5"] == "no test pairs in the 3-5 bucket"
+    checks_ = report.checks(pairs, scores, variants, resamples=20)
+    md = report.report_markdown(minimal_report(pairs, variants, checks_))
+    assert "| gnn_id_cat | " in md
+    assert "- n/a, cold-start AUC of every variant: no test pairs of cold-start members" in md
+    assert "- n/a, 6+ of every variant: no test pairs in the 6+ bucket" in md
+    assert "**n/a** (no test pairs of cold-start members)" in md
+    json.dumps(variants, allow_nan=False)  # no NaN reaches report.json
+
+
+def test_a_slice_with_one_class_reports_n_a_and_why():
+    pairs, rng = constructed_pairs()  # the cold-start members' pairs are all negative
+    y = pairs.labels.astype(float)
+    variants = scored(pairs, {"gnn_id_cat": y + rng.normal(size=y.size)}, rng)
+    v = variants["gnn_id_cat"]
+    assert v["auc_cold_start"] is None
+    assert v["reasons"]["auc_cold_start"] == "the cold-start test pairs have a single class"
+    assert v["reasons"]["auc_by_activity.cold_start"] == "the cold_start test pairs have a single class"
+    md = report.table_markdown(minimal_report(pairs, variants, []))
+    assert "- n/a, cold-start AUC of every variant: the cold-start test pairs have a single class" in md
+
+
+def test_a_variant_with_constant_or_non_finite_scores_reports_n_a_and_why(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    pairs, rng = constructed_pairs()
+    y, n = pairs.labels.astype(float), pairs.labels.size
+    nan = y + rng.normal(size=n)
+    nan[::50] = np.nan
+    scores = {"llm_frozen": np.full(n, 0.25), "llm_finetuned": y + rng.normal(size=n), "gnn_id_cat": nan}
+    variants = scored(pairs, scores, rng)
+    flat, finetuned, broken = variants["llm_frozen"], variants["llm_finetuned"], variants["gnn_id_cat"]
+    assert flat["auc"] is None and flat["reasons"]["auc"] == "the test pairs all have the same score"
+    assert finetuned["auc"] == pytest.approx(roc_auc_score(y, scores["llm_finetuned"])) and "auc" not in \
+        finetuned["reasons"]
+    assert broken["auc"] is None and broken["mrr"] is None
+    assert broken["reasons"]["auc"] == f"the test pairs have {len(nan[::50])} non-finite scores"
+    json.dumps(variants, allow_nan=False)
+    got = {c["id"]: c for c in report.checks(pairs, scores, variants, resamples=20)}
+    assert got["finetune"]["verdict"] == "n/a" and got["finetune"]["low"] is None
+    assert got["finetune"]["reason"] == "llm_frozen: the test pairs all have the same score"
+    md = report.report_markdown(minimal_report(pairs, variants, list(got.values())))
+    assert "| llm_frozen | n/a |" in md
+    assert "- n/a, test AUC of llm_frozen: the test pairs all have the same score" in md
+    report.plot_roc({"labels": pairs.labels, **scores}, {"variants": variants}, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_with_one_test_member_has_effects_but_no_intervals():
+    pairs, rng = constructed_pairs(n_members=1, per=30)
+    pairs = pairs._replace(labels=(np.arange(30) % 3 == 0).astype(np.int8), cold=np.zeros(30, bool),
+                           bucket=np.full(30, "1-2"))
+    y = pairs.labels.astype(float)
+    scores = {"llm_frozen": rng.normal(size=30), "llm_finetuned": y + rng.normal(size=30)}
+    variants = scored(pairs, scores, rng)
+    got = {c["id"]: c for c in report.checks(pairs, scores, variants, resamples=20)}["finetune"]
+    gap = roc_auc_score(y, scores["llm_finetuned"]) - roc_auc_score(y, scores["llm_frozen"])
+    assert got["point"] == pytest.approx(gap)
+    assert (got["low"], got["high"], got["se"], got["verdict"]) == (None, None, None, "n/a")
+    assert got["reason"] == "a single test member: no member-bootstrap interval"
+    md = report.checks_markdown([got])
+    assert f"| {_signed_text(got['point'])} | n/a | **n/a** (a single test member: no member-bootstrap " \
+        "interval) |" in md
+
+
+def _signed_text(x: float) -> str:
+    return format(x, "+.4f")
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_previous_one(run, written, monkeypatch):
+    import errno
+    import os
+
+    import star_jax.fileio
+
+    root = run["root"]
+    before = {name: (root / name).read_bytes() for name in (report.REPORT_JSON, report.REPORT_MD)}
+    real = os.fsync
+    calls = []
+
+    def full(fd):  # the second file of the pair does not fit
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(star_jax.fileio.os, "fsync", full)
+    monkeypatch.setattr(report, "plot_losses", lambda *a: None)  # the plots' own writes are not counted
+    monkeypatch.setattr(report, "plot_roc", lambda *a: None)
+    monkeypatch.setattr(report, "plot_buckets", lambda *a: None)
+    with pytest.raises(StarError) as e:
+        report.write_report(read_run(root))
+    assert str(e.value) == (f"{root / report.REPORT_MD}: no space left on device; it and the files written "
+                            "with it were left as they were")
+    assert {name: (root / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".report")) == []
+    monkeypatch.setattr(star_jax.fileio.os, "fsync", real)  # space freed: a rerun writes it
+    report.write_report(read_run(root))
+    assert json.loads((root / report.REPORT_JSON).read_text())["variants"] == written[0]["variants"]

@@ -3,6 +3,8 @@ tables and `star_jax.pipeline.repro`'s pooling of each check over seeds."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -121,3 +123,16 @@ def test_seed_summary_tables_and_verdicts():
     assert f"| {CHECKS['finetune_target'][0]} | holds | **fails** |" in md
     assert f"| {CHECKS['cold_start_gain'][0]} | holds | unresolved |" in md
     assert md.rstrip().endswith(f"Failed: seed 2: {CHECKS['finetune_target'][0]}.")
+
+
+@pytest.mark.parametrize("module", ["repro", "seeds"])
+def test_the_sweeps_run_as_modules(module):
+    # `make repro` runs `python -m star_jax.pipeline.repro`, where the module is `__main__`.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", f"star_jax.pipeline.{module}", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = importlib.import_module(f"star_jax.pipeline.{module}").__doc__.splitlines()[0]
+    assert " ".join(doc.split()) in " ".join(done.stdout.split())

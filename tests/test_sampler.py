@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 
 import graph_fixtures as gf
 import jax
@@ -364,3 +365,49 @@ def test_distinct_draws_take_a_small_neighbourhood_whole():
     assert sorted(nbr[5][nbr[5] >= 0].tolist()) == [5, 7]
     ok = pos >= 0
     np.testing.assert_array_equal(csr.indices[pos[ok]], nbr[ok])  # positions point at the neighbours
+
+
+def test_shown_negatives_are_the_members_own_train_non_applies_placed_first(tmp_path):
+    import pandas as pd
+
+    from star_jax.config import GNNTrainConfig
+    from star_jax.data.schema import default_schema
+    from star_jax.gnn.train import training_pairs
+
+    data = gf.write_data_dir(tmp_path / "data")
+    path = os.path.join(data, default_schema().labels)
+    labels = pd.read_parquet(path)
+    # Every train pair also gets a shown-but-not-applied job (one the member did not apply to).
+    rng = np.random.default_rng(0)
+    jobs = labels["job_id"].unique()
+    extra = labels[labels["split"] == "train"].copy()
+    extra["job_id"] = [rng.choice([j for j in jobs if j != own]) for own in extra["job_id"]]
+    extra["label"] = 0
+    extra = extra.merge(labels[labels.label == 1][["member_id", "job_id"]], how="left", indicator=True)
+    extra = extra[extra["_merge"] == "left_only"].drop(columns="_merge")
+    labels = pd.concat([labels, extra.astype(labels.dtypes.to_dict())], ignore_index=True)
+    labels.to_parquet(path, index=False)
+    graph = build_graph(data, tmp_path / "graph")
+    train = labels[labels["split"] == "train"]
+    shown = {(m, j) for m, j in zip(train.member_id[train.label == 0], train.job_id[train.label == 0])}
+    has_shown = set(train.member_id[train.label == 0])
+    cfg = dataclasses.replace(CFG, num_random_negatives=8)
+    seeds = training_pairs(data, graph, GNNTrainConfig(steps=40, shown_negatives=True), cfg)
+    plain = training_pairs(data, graph, GNNTrainConfig(steps=40, shown_negatives=False), cfg)
+    sampler = NeighborSampler(graph, cfg)
+    L, placed = sampler.layout, 0
+    for b in range(len(seeds)):
+        s = seeds[b]
+        assert plain[b].hard_jobs is None and np.array_equal(plain[b].member_rows, s.member_rows)
+        members = graph.ids["member"][s.member_rows]
+        for m, j in zip(members, s.hard_jobs):
+            if m in has_shown:
+                assert (m, graph.ids["job"][j]) in shown
+            else:
+                assert j == -1
+        batch = sampler.sample(s, batch_rng(0, b))
+        hard = graph.ids["job"][s.hard_jobs[s.hard_jobs >= 0]][: L.num_negatives]
+        negs = slot_ids(batch, L, np.asarray(batch.neg_jobs), "job")
+        assert np.array_equal(negs[: hard.shape[0]], hard)
+        placed += hard.shape[0]
+    assert placed > 20  # the fixture's members do have non-applies to place

@@ -108,6 +108,28 @@ def test_every_flipped_byte_in_a_shard_raises_naming_the_shard(published):
     np.testing.assert_array_equal(EmbeddingStore.open(root).lookup("member", IDS), want)
 
 
+@pytest.mark.parametrize("published", ["zstd", "none"], indirect=True)
+def test_the_row_cache_holds_only_rows_that_passed_their_checksum(published):
+    root = published
+    key, path = shard_file(root)
+    original = path.read_bytes()
+    want = bf16(vectors(len(IDS)))
+    warm = EmbeddingStore.open(root, cache_bytes=1 << 20)
+    np.testing.assert_array_equal(warm.lookup("member", IDS[:64]), want[:64])  # shards 0 and 1
+    damaged = bytearray(original)
+    damaged[len(original) // 3] ^= 0x04
+    path.write_bytes(damaged)
+    # Rows decoded before the damage were checked then: the warm handle serves those, exactly.
+    np.testing.assert_array_equal(warm.lookup("member", IDS[40:50]), want[40:50])
+    cold = EmbeddingStore.open(root, cache_bytes=1 << 20)
+    expected = f"store {root} version v1: member emb shard {key} (rows 32-63) is corrupt ("
+    for _ in range(2):  # a failed read caches nothing: the second try fails the same way
+        assert one_line_error(lambda: cold.lookup("member", IDS[30:70])).startswith(expected)  # noqa: B023
+    np.testing.assert_array_equal(cold.lookup("member", IDS[np.r_[0:32, 64:100]]), want[np.r_[0:32, 64:100]])
+    path.write_bytes(original)
+    np.testing.assert_array_equal(cold.lookup("member", IDS), want)
+
+
 @pytest.mark.parametrize("published", ["zstd"], indirect=True)
 def test_truncated_and_empty_shards_and_damaged_id_arrays_fail_in_one_line(published):
     root = published
@@ -302,3 +324,27 @@ def test_other_storage_errors_name_the_key_and_bugs_keep_their_traceback(tmp_pat
     monkeypatch.setattr(StoreRoot, "write_rows", bug)
     with pytest.raises(ValueError, match="a bug, not storage"):
         write(root, 0, cfg())
+
+
+# --------------------------------------------------------------------------- a root that is a file
+
+
+def test_a_root_that_is_a_file_fails_in_one_line_for_every_entry_point(tmp_path):
+    from star_jax.store import fit_version_map, list_versions
+
+    root = tmp_path / "store"
+    root.write_text("not a store\n")
+    inputs = {"member": (IDS, text_hash(f"m{i}" for i in IDS))}
+    for where, tail in ((root, "is a file"), (root / "sub", f"is under {root}, a file")):
+        calls = {
+            "EmbeddingStore.open": lambda w=where: EmbeddingStore.open(w, "v1"),
+            "EmbeddingWriter.open": lambda w=where: EmbeddingWriter.open(w, "v1", SPEC, inputs, cfg()),
+            "list_versions": lambda w=where: list_versions(w),
+            "fit_version_map": lambda w=where: fit_version_map(w, "v1", "v2"),
+        }
+        for name, call in calls.items():
+            with pytest.raises(StarError) as e:
+                call()
+            assert str(e.value) == f"store root {where}: {tail}, not a directory", name
+    assert root.read_text() == "not a store\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing created beside it

@@ -25,12 +25,11 @@ from star_jax.config import to_dict
 from star_jax.data.splits import cold_start, train_applies
 from star_jax.errors import StarError
 from star_jax.eval.runs import GNN_VARIANTS, LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
-from star_jax.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from star_jax.fileio import atomic_write_bytes, atomic_write_files, json_bytes
 from star_jax.metrics import (
     ACTIVITY_BUCKETS,
     activity_bucket,
     auc,
-    auc_by_group,
     auc_gap_interval,
     mrr,
     positive_ranks,
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = 2  # bump when report.json's schema changes (the pipeline then rewrites reports)
+REPORT_FORMAT = 3  # bump when report.json's schema changes (the pipeline then rewrites reports)
 REPORT_MD, REPORT_JSON, PLOTS = "report.md", "report.json", "plots"
 FINETUNE_TARGET = 0.05  # the demo's fine-tuned towers must beat the frozen ones by this much test AUC
 BOOTSTRAP_RESAMPLES = 500  # member resamples behind every interval (drawn with eval.seed)
@@ -154,15 +153,54 @@ def _number(x: float | None) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
 
 
+def scores_reason(scores: np.ndarray, where: str = "the test pairs") -> str | None:
+    """Why `scores` rank nothing (None: they do): a non-finite or a constant score."""
+    if not np.isfinite(scores).all():
+        return f"{where} have {int((~np.isfinite(scores)).sum()):,} non-finite scores"
+    if scores.size and scores.min() == scores.max():
+        return f"{where} all have the same score"
+    return None
+
+
+def slice_auc(labels: np.ndarray, scores: np.ndarray, where: str,
+              empty: str) -> tuple[float | None, str | None]:
+    """The AUC on a slice of the test pairs, or None and why not (`where` names the slice in the
+    reason, `empty` is the reason when it holds no pair)."""
+    if labels.size == 0:
+        return None, empty
+    if labels.min() == labels.max():
+        return None, f"{where} have a single class"
+    reason = scores_reason(scores, where)
+    return (None, reason) if reason else (auc(labels, scores), None)
+
+
 def variant_metrics(pairs: TestPairs, scores: Scores, k: int) -> dict[str, Any]:
-    by_bucket = auc_by_group(pairs.labels, scores.pairs, pairs.bucket)
-    return {
-        "auc": auc(pairs.labels, scores.pairs),
-        "auc_cold_start": _number(auc(pairs.labels[pairs.cold], scores.pairs[pairs.cold])),
-        "mrr": mrr(scores.ranks),
-        f"recall_at_{k}": recall_at_k(scores.ranks, k),
-        "auc_by_activity": {name: by_bucket.get(name) for name, _, _ in ACTIVITY_BUCKETS},
-    }
+    """A variant's row of report.json; a metric that cannot be computed is None, and `reasons`
+    says why (keys: the metric, `auc_by_activity.<bucket>`)."""
+    labels, s = pairs.labels, np.asarray(scores.pairs, np.float64)
+    reasons: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    for key, sel, where, empty in (("auc", slice(None), "the test pairs", "no test pairs"),
+                                   ("auc_cold_start", pairs.cold, "the cold-start test pairs",
+                                    "no test pairs of cold-start members")):
+        out[key], why = slice_auc(labels[sel], s[sel], where, empty)
+        if why:
+            reasons[key] = why
+    finite = np.isfinite(s)
+    rank_reason = ("no applies among the test pairs" if scores.ranks.size == 0 else None if finite.all()
+                   else f"the test pairs have {int((~finite).sum()):,} non-finite scores")
+    for key, metric in (("mrr", mrr), (f"recall_at_{k}", lambda r: recall_at_k(r, k))):
+        out[key] = None if rank_reason else metric(scores.ranks)
+        if rank_reason:
+            reasons[key] = rank_reason
+    by_activity = {}
+    for name, _, _ in ACTIVITY_BUCKETS:
+        sel = pairs.bucket == name
+        by_activity[name], why = slice_auc(labels[sel], s[sel], f"the {name} test pairs",
+                                           f"no test pairs in the {name} bucket")
+        if why:
+            reasons[f"auc_by_activity.{name}"] = why
+    return {**out, "auc_by_activity": by_activity, "reasons": reasons}
 
 
 def training_stage(variant: str) -> str:
@@ -245,7 +283,8 @@ def checks(pairs: TestPairs, scores: dict[str, np.ndarray], variants: dict[str, 
 
     `scores`: each variant's and baseline's ("baseline:<key>") score of every test pair. A claim
     that cannot be computed gets verdict "n/a" and a `reason` (a missing variant or baseline, a
-    slice with no pairs or one class).
+    slice with no pairs or one class, constant or non-finite scores; with a single test member the
+    effect has no interval).
     """
     best = best_gnn(variants)
     cache: dict[tuple, dict | None] = {}
@@ -272,6 +311,20 @@ def checks(pairs: TestPairs, scores: dict[str, np.ndarray], variants: dict[str, 
                 continue
         if labels.min() == labels.max():
             row["reason"] = "the test pairs have a single class"
+            continue
+        flat = [f"{x}: {why}" for x in (a, b)
+                if (why := scores_reason(np.asarray(scores[x], np.float64), "the test pairs"))]
+        if flat:
+            row["reason"] = "; ".join(flat)
+            continue
+        if np.unique(pairs.member_ids).size < 2:  # the bootstrap resamples members: one gives no spread
+            if subset is None:
+                row["point"] = auc(labels, scores[a]) - auc(labels, scores[b])
+            else:
+                c = pairs.cold
+                row["point"] = ((auc(labels[c], scores[a][c]) - auc(labels[c], scores[b][c]))
+                                - (auc(labels, scores[a]) - auc(labels, scores[b])))
+            row["reason"] = "a single test member: no member-bootstrap interval"
             continue
         key = (a, b, subset)
         if key not in cache:
@@ -385,7 +438,28 @@ def table_markdown(report: dict) -> str:
     for key, b in report.get("baselines", {}).items():
         lines.append(f"| {BASELINE_ROWS[key]} | {_fmt(b['auc'])} | {_fmt(b['auc_cold_start'])} | "
                      "n/a | n/a | n/a | n/a |")
-    return "\n".join(lines)
+    notes = na_notes(report)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+COLUMNS = {"auc": "test AUC", "auc_cold_start": "cold-start AUC", "mrr": "MRR"}
+
+
+def na_notes(report: dict, activity: bool = False) -> list[str]:
+    """One line per reason a cell of the variant table (or, with `activity`, of the AUC-by-activity
+    table) says n/a: the cells, then why."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    names = [name for name, _ in _ordered(report["variants"])]
+    for name in names:
+        for key, why in report["variants"][name].get("reasons", {}).items():
+            if key.startswith("auc_by_activity.") == activity:
+                column = key.split(".", 1)[1] if activity else COLUMNS.get(key, key.replace("_at_", "@"))
+                grouped.setdefault((column, why), []).append(name)
+    lines = []
+    for (column, why), who in grouped.items():
+        rows = "every variant" if who == names else ", ".join(who)
+        lines.append(f"- n/a, {column} of {rows}: {why}")
+    return lines
 
 
 def _signed(x: float | None) -> str:
@@ -439,6 +513,8 @@ def report_markdown(report: dict) -> str:
     for name, v in _ordered(report["variants"]):
         out.append(f"| {name} | " + " | ".join(_fmt(v["auc_by_activity"][b]) for b in buckets) + " |")
     out.append("| test pairs | " + " | ".join(f"{d['pairs_by_activity'][b]:,}" for b in buckets) + " |")
+    if notes := na_notes(report, activity=True):
+        out += [""] + notes
     if "migration" in report:
         out += ["", "## Version migration", "", migration_markdown(report["migration"])]
     out += ["", "## Stage times (from the run that produced each stage)", "",
@@ -507,7 +583,7 @@ def plot_roc(scores: dict[str, np.ndarray], report: dict, path: Path) -> None:
     labels = scores["labels"]
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, s in scores.items():
-        if name == "labels":
+        if name == "labels" or report["variants"][name]["auc"] is None:  # no curve (the report says why)
             continue
         fpr, tpr, _ = roc_curve(labels, s)
         ax.plot(fpr, tpr, label=f"{name} (AUC {report['variants'][name]['auc']:.3f})")
@@ -551,8 +627,9 @@ def write_report(run: Run) -> Path:
     plot_losses(run, plots / "loss_curves.png")
     plot_roc(scores, report, plots / "roc.png")
     plot_buckets(report, plots / "auc_by_activity.png")
-    atomic_write_json(root / REPORT_JSON, report)
-    atomic_write_text(root / REPORT_MD, report_markdown(report))
+    # Both or neither: a full disk leaves the previous report.json and report.md whole and matching.
+    atomic_write_files({root / REPORT_JSON: json_bytes(report),
+                        root / REPORT_MD: report_markdown(report).encode()})
     return root / REPORT_MD
 
 

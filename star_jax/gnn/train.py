@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, SamplerConfig, to_yaml
@@ -78,7 +79,14 @@ def training_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainC
     and random negatives. These are the hard negatives: mostly the member's own occupation and city.
     """
     if not t.labelled_negatives:
-        return train_seeds(data_dir, graph, sampler, num_batches=t.steps)
+        seeds = train_seeds(data_dir, graph, sampler, num_batches=t.steps)
+        if t.shown_negatives:
+            m, j, y = read_pairs(data_dir, graph, "train", positives_only=False)
+            order = np.argsort(m[y == 0], kind="stable")
+            members, jobs = m[y == 0][order], j[y == 0][order]
+            indptr = np.searchsorted(members, np.arange(graph.num_nodes("member") + 1))
+            seeds.shown = (indptr.astype(np.int64), jobs.astype(np.int64))
+        return seeds
     m, j, y = read_pairs(data_dir, graph, "train", positives_only=False)
     if not (y > 0).any():
         raise StarError(f"{graph.schema.labels}: no pairs with split == 'train' and label == 1")

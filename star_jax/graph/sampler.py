@@ -287,6 +287,9 @@ class SeedBatch(NamedTuple):
     pair_mask: np.ndarray  # bool [B]: a real pair (node mode: a real seed of the exported type)
     exclude_targets: bool  # keep (m_i, j_i) and its reverse out of pair i's neighbourhoods
     negatives: bool  # draw the K shared random negative jobs
+    # int64 [B]: a job each pair's member was shown and did not apply to (-1: none), placed first
+    # among the K shared negatives; None: the K negatives are all random
+    hard_jobs: np.ndarray | None = None
 
 
 def _check_index(b: int, n: int) -> None:
@@ -303,7 +306,11 @@ class PairSeeds:
     """
 
     def __init__(self, member_rows: np.ndarray, job_rows: np.ndarray, labels: np.ndarray, batch_size: int, *,
-                 shuffle: bool, seed: int = 0, num_batches: int | None = None, exclude_targets: bool = True):
+                 shuffle: bool, seed: int = 0, num_batches: int | None = None, exclude_targets: bool = True,
+                 shown: tuple[np.ndarray, np.ndarray] | None = None):
+        # shown: (indptr int64[members + 1], job rows int64[n]) of each member's shown-not-applied
+        # jobs; each batch then carries one of them per pair (`SeedBatch.hard_jobs`).
+        self.shown = shown
         self.member_rows = np.asarray(member_rows, np.int64)
         self.job_rows = np.asarray(job_rows, np.int64)
         self.labels = np.asarray(labels, np.float32)
@@ -348,7 +355,17 @@ class PairSeeds:
             mask,
             self.exclude_targets,
             True,
+            None if self.shown is None else self._hard_jobs(b, np.where(mask, self.member_rows[idx], -1)),
         )
+
+    def _hard_jobs(self, b: int, members: np.ndarray) -> np.ndarray:
+        indptr, jobs = self.shown
+        if jobs.shape[0] == 0:
+            return np.full(members.shape, -1, np.int64)
+        safe = np.maximum(members, 0)
+        count = np.where(members >= 0, indptr[safe + 1] - indptr[safe], 0)
+        pick = np.random.default_rng([self.seed, 3, b]).integers(0, np.maximum(count, 1))
+        return np.where(count > 0, jobs[np.minimum(indptr[safe] + pick, jobs.shape[0] - 1)], -1)
 
 
 class NodeSeeds:
@@ -492,6 +509,10 @@ class NeighborSampler:
         if m.shape != (B,) or j.shape != (B,):
             raise ValueError(f"seed batch of {m.shape[0]} pairs for a layout of {B}")
         neg = rng.integers(0, g.num_nodes("job"), K) if seeds.negatives else np.full(K, -1, np.int64)
+        if seeds.negatives and seeds.hard_jobs is not None:
+            hard = np.asarray(seeds.hard_jobs, np.int64)
+            hard = hard[hard >= 0][:K]
+            neg[: hard.shape[0]] = hard
         mask = np.asarray(seeds.pair_mask, bool)
         root = np.where(seeds.exclude_targets & mask & (m >= 0) & (j >= 0), np.arange(B), -1)
         jobs0 = np.concatenate([j, neg])

@@ -2,6 +2,7 @@
 
     star-jax embed --data DATA_DIR --tokenizer TOK --base BASE_HF_DIR [--adapters ADAPTER_DIR] \
         --store ROOT --version NAME [--types member,job] [--log-dir DIR] [--config FILE] [--set k=v ...]
+    star-jax embed --store ROOT --parent VERSION --dims D [--reduce prefix|pca] --version NAME
 
 STAR stores the LLM embeddings once for the GNN and the rankers (arXiv 2507.09797, "decoupling"); a
 text is re-embedded only when its hash changed, as in JUDE's nearline pipeline (docs/architecture.md
@@ -9,6 +10,7 @@ decision 8). `--adapters` takes a `train-llm` output or one PEFT adapter directo
 frozen base embeds (the paper's "frozen E5-Mistral" baseline). Blocks of whole store shards stream
 through `star_jax.llm.towers` into the store writer, which publishes the version at the end; a
 killed run resumes to the bytes of an uninterrupted one, and multi-host runs share process 0's plan.
+`--dims D` writes a compact version from a stored one instead (`star_jax.store.compact`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from star_jax.llm.peft_io import ADAPTER_CONFIG
 from star_jax.llm.towers import TextTowers
 from star_jax.parallel import Rules, initialize_distributed, logical_rules, make_mesh
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
+from star_jax.store.compact import REDUCTIONS, write_compact
 from star_jax.tracking import MetricsLogger, progress
 
 log = logging.getLogger(__name__)
@@ -373,6 +376,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--version", required=True, help="store version to write or refresh")
     add("--types", default=None, help="comma-separated node types (default: embed.node_types, member,job)")
     add("--log-dir", default=None, help="write the counts to DIR/metrics.jsonl and DIR/tb")
+    add("--dims", type=int, default=None,
+        help="write --version as a D-d reduction of the stored --parent version (no model runs)")
+    add("--parent", default=None, help="with --dims: the full-width store version to reduce")
+    add("--reduce", choices=REDUCTIONS, default=None,
+        help="with --dims: prefix (first D components, renormalised; the default) or pca")
     add_config_args(parser)
 
 
@@ -380,10 +388,23 @@ def main(args: argparse.Namespace) -> int:
     from star_jax.config import config_from_args, flag_or_config
 
     cfg = config_from_args(args)
+    types = None if args.types is None else [t for t in args.types.split(",") if t]
+    if args.dims is None:
+        for flag, value in (("--parent", args.parent), ("--reduce", args.reduce)):
+            if value is not None:
+                raise StarError(f"{flag}: only with --dims D")
+    else:
+        if args.parent is None:
+            raise StarError("--dims: give --parent VERSION, the stored full-width version to reduce")
+        root = cfg.store.root if args.store is None else args.store
+        if root is None:
+            raise StarError("--store: required (or set store.root)")
+        write_compact(root, args.parent, args.version, args.dims, reduce=args.reduce or "prefix",
+                      config=cfg.store, node_types=types)
+        return 0
     data = flag_or_config("--data", args.data, cfg.data.dir, "data.dir")
     tok = flag_or_config("--tokenizer", args.tokenizer, cfg.tokenizer.dir, "tokenizer.dir")
     base = flag_or_config("--base", args.base, cfg.llm.base_dir, "llm.base_dir")
-    types = None if args.types is None else [t for t in args.types.split(",") if t]
     embed_store(cfg, data, tok, base, args.store, args.version,
                 adapters=args.adapters, node_types=types, log_dir=args.log_dir)
     return 0

@@ -5,6 +5,8 @@
 - Semi-hard triplet (FaceNet, Schroff et al. 2015, section 3.2) over in-batch negatives.
 - InfoNCE (E5's loss) over the same in-batch negatives, optional (`infonce_weight`).
 In-batch jobs that are the positive itself or another positive of the same member are no negatives.
+With `matryoshka_dims`, every term is also taken on the renormalised prefixes (Matryoshka, Kusupati
+et al. 2022) and the widths' losses are averaged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import optax
 
 from star_jax.config import LLMTrainConfig
+from star_jax.errors import StarError
 
 
 def init_head(cfg: LLMTrainConfig) -> dict[str, jax.Array]:
@@ -138,14 +141,43 @@ def infonce_loss(
     return _masked_mean(per_anchor, anchors)
 
 
+def matryoshka_prefix(x: jax.Array, dims: int) -> jax.Array:
+    """The first `dims` components of the rows of `x` `[B, D]`, L2-normalised again (fp32)."""
+    head = x[..., :dims].astype(jnp.float32)
+    return head / jnp.maximum(jnp.linalg.norm(head, axis=-1, keepdims=True), 1e-12)
+
+
+def check_matryoshka(dims: list[int], width: int) -> None:
+    """A one-line `StarError` when a Matryoshka width is not below the towers' embedding width."""
+    wide = [d for d in dims if d >= width]
+    if wide:
+        raise StarError(f"llm_train.matryoshka_dims: {wide[0]} is not below the towers' embedding "
+                        f"width {width}")
+
+
 def biencoder_losses(
     member: jax.Array, job: jax.Array, head: dict[str, jax.Array], batch: dict[str, Any], cfg: LLMTrainConfig
 ) -> dict[str, jax.Array]:
     """Every loss term and their weighted sum `loss`, from the two towers' embeddings of a batch.
 
     `batch`: label int32 [B], valid bool [B], member_key / job_key int32 [B, 2] (ids for the
-    in-batch exclusions).
+    in-batch exclusions). With `cfg.matryoshka_dims`, the terms keep their full-width values,
+    `loss_full` and `loss_d<D>` are each width's weighted sum and `loss` is their mean.
     """
+    out = _weighted_terms(member, job, head, batch, cfg)
+    if not cfg.matryoshka_dims:
+        return out
+    widths = {"loss_full": out["loss"]}
+    for d in cfg.matryoshka_dims:
+        # One BCE head for every width: it only calibrates cosines, which share a range.
+        terms = _weighted_terms(matryoshka_prefix(member, d), matryoshka_prefix(job, d), head, batch, cfg)
+        widths[f"loss_d{d}"] = terms["loss"]
+    return {**out, **widths, "loss": sum(widths.values()) / len(widths)}
+
+
+def _weighted_terms(
+    member: jax.Array, job: jax.Array, head: dict[str, jax.Array], batch: dict[str, Any], cfg: LLMTrainConfig
+) -> dict[str, jax.Array]:
     label, valid = batch["label"], batch["valid"]
     keys = (batch["member_key"], batch["job_key"], label, valid)
     out = {"bce": bce_loss(member, job, label, valid, head)}

@@ -37,7 +37,7 @@ from star_jax.data.validate import check_data
 from star_jax.fileio import atomic_write_json, content_digest, finished_result
 from star_jax.llm.biencoder import EXPORT_DIR, JOB, MEMBER, TOWERS, BiEncoder, Params, build_biencoder
 from star_jax.llm.hf_io import check_vocab, load_mistral, read_config, runtime_arch
-from star_jax.llm.losses import id_keys
+from star_jax.llm.losses import check_matryoshka, id_keys
 from star_jax.llm.towers import TextTowers
 from star_jax.metrics import auc
 from star_jax.parallel import initialize_distributed, logical_rules, make_mesh
@@ -59,6 +59,8 @@ def train_llm_fingerprint(cfg: Config, data_dir: str, tokenizer_dir: str, base_d
     llm = {k: v for k, v in dataclasses.asdict(cfg.llm).items() if k != "base_dir"}
     if llm.get("projection") == "none":  # no head: the fingerprint of runs from before the field
         del llm["projection"]
+    if not train["matryoshka_dims"]:  # off: the fingerprint of runs from before the field
+        del train["matryoshka_dims"]
     inputs = {p: content_digest([d]) for p, d in (("data", data_dir), ("tokenizer", tokenizer_dir))}
     inputs["base"] = content_digest([base_dir])
     return fingerprint(llm, cfg.lora, train, inputs)
@@ -212,6 +214,7 @@ def train_llm(
     arch = runtime_arch(read_config(base_dir), cfg.llm.arch)
     check_vocab(tokenizer, tokenizer_dir, arch, base_dir)
     bienc = build_biencoder(cfg.llm, cfg.lora, tcfg, arch=arch)
+    check_matryoshka(tcfg.matryoshka_dims, bienc.dim)
     mesh, rules = make_mesh(cfg.mesh, devices), logical_rules(cfg.mesh)
     loop.check_batch(tcfg.batch_size, tcfg.grad_accum, mesh, "llm_train")
     out.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,8 @@ def repro_markdown(reports: dict[int, dict], command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return sweep_main(argv, name="repro", default_out="runs/repro", default_seeds=DEFAULT_SEEDS,
+    return sweep_main(argv, name="repro", about=__doc__.splitlines()[0], default_out="runs/repro",
+                      default_seeds=DEFAULT_SEEDS,
                       default_doc="docs/repro.md", markdown=repro_markdown)
 
 

@@ -117,12 +117,14 @@ def seeds_markdown(reports: dict[int, dict], command: str) -> str:
     return "\n".join(out)
 
 
-def sweep_main(argv: Sequence[str] | None, *, name: str, default_out: str | None,
+def sweep_main(argv: Sequence[str] | None, *, name: str, about: str, default_out: str | None,
                default_seeds: Sequence[int], default_doc: str | None,
                markdown: Callable[[dict[int, dict], str], str]) -> int:
     """The command line of a seed sweep (`seeds`, `repro`): run the seeds, write `markdown` of them.
 
-    `default_out` None makes --out required; `default_doc` None writes OUT/<name>.md.
+    `about` is the help's description (the module docstring's first line: under `python -m`, the
+    module is `__main__`); `default_out` None makes --out required; `default_doc` None writes
+    OUT/<name>.md.
     """
     from star_jax.config import add_config_args, config_from_args
     from star_jax.errors import OneLineParser
@@ -130,7 +132,6 @@ def sweep_main(argv: Sequence[str] | None, *, name: str, default_out: str | None
     argv = list(sys.argv[1:] if argv is None else argv)
     log_to_stderr()
     module = f"star_jax.pipeline.{name}"
-    about = sys.modules[module].__doc__.splitlines()[0]
     parser = OneLineParser(prog=f"python -m {module}", description=about)
     parser.add_argument("--out", required=default_out is None, default=default_out,
                         help="parent of the per-seed run directories OUT/seed<S>")
@@ -154,7 +155,8 @@ def sweep_main(argv: Sequence[str] | None, *, name: str, default_out: str | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return sweep_main(argv, name="seeds", default_out=None, default_seeds=(0, 1, 2, 3), default_doc=None,
+    return sweep_main(argv, name="seeds", about=__doc__.splitlines()[0], default_out=None,
+                      default_seeds=(0, 1, 2, 3), default_doc=None,
                       markdown=seeds_markdown)
 
 

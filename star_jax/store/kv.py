@@ -6,7 +6,6 @@ disk and on object stores (`file://`, `gs://`, `s3://`, `memory://`).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import numpy as np
 import tensorstore as ts
 
 from star_jax.errors import StarError
+from star_jax.fileio import is_no_space  # noqa: F401 (the store's writer reads it from here)
 
 # One process-wide context: `memory://` stores are per-context, and sharing it lets every handle
 # in this process see the same in-memory store (tests, notebooks).
@@ -62,11 +62,6 @@ def _describe(spec: Mapping) -> str:
         return json.dumps(dict(spec), sort_keys=True)
 
 
-def cache_context(total_bytes: int) -> ts.Context:
-    """A context with an in-memory cache of decoded chunks, sharing the process-wide kvstores."""
-    return ts.Context({"cache_pool": {"total_bytes_limit": int(total_bytes)}}, _CONTEXT)
-
-
 def error_code(e: BaseException) -> str:
     """The status code a TensorStore error starts with ('DATA_LOSS', 'NOT_FOUND', ...), else ''."""
     m = re.match(r"([A-Z][A-Z_]+): ", str(e))
@@ -81,12 +76,18 @@ def error_reason(e: BaseException) -> str:
     return first.rsplit('": ', 1)[-1] if '": ' in first else first[len(code) + 2 if code else 0 :]
 
 
-def is_no_space(e: BaseException) -> bool:
-    """Whether `e` (an OSError, or a TensorStore error from a kvstore write) means a full disk."""
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(e)
-    return "os_error_code='28'" in text or "No space left on device" in text
+def _check_directory(path: str) -> None:
+    """A local root, or the nearest part of it that exists, must be a directory (TensorStore would
+    fail on its first read or write with an error and a traceback)."""
+    p = path
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            return
+        p = parent
+    if not os.path.isdir(p):
+        where = "is a file" if p == path else f"is under {p}, a file"
+        raise StarError(f"store root {path}: {where}, not a directory")
 
 
 def _end(prefix: str) -> str:
@@ -100,6 +101,8 @@ class StoreRoot:
     def __init__(self, root: str | os.PathLike | Mapping, kvstore: str = "file"):
         self.spec = resolve_root(root, kvstore)
         self.name = _describe(self.spec)
+        if self.spec.get("driver") == "file":
+            _check_directory(self.name)
         self.kv = ts.KvStore.open(self.spec, context=_CONTEXT).result()
 
     def read_json(self, key: str) -> dict | None:
@@ -137,11 +140,11 @@ class StoreRoot:
     def kvstore(self, key_prefix: str) -> dict:
         return {**self.spec, "path": self.spec["path"] + key_prefix.rstrip("/") + "/"}
 
-    def open_array(self, key_prefix: str, *, cache: ts.Context | None = None) -> ts.TensorStore:
+    def open_array(self, key_prefix: str) -> ts.TensorStore:
         """Open an existing array read-only; a missing chunk raises instead of reading as zeros."""
         spec = {"driver": "zarr3", "kvstore": self.kvstore(key_prefix), "fill_missing_data_reads": False}
         try:
-            return ts.open(spec, read=True, context=cache or _CONTEXT).result()
+            return ts.open(spec, read=True, context=_CONTEXT).result()
         except ValueError as e:
             reason = str(e).splitlines()[0].split(" [tensorstore_spec=")[0]
             raise StarError(f"{self.name}/{key_prefix}: cannot open ({reason})") from None

@@ -36,14 +36,20 @@ class EmbeddingSpec:
     pooling: str  # "last_token" (E5) | "mean"
     dim: int
     extra: dict[str, Any] = field(default_factory=dict)  # anything else that changes the vectors
+    # A compact version derived from a stored one (`star-jax embed --dims`): {"parent": version,
+    # "parent_dim", "dims", "reduce": "prefix" | "pca", ...}; None (and absent from the JSON): not one.
+    compact: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["compact"] is None:  # manifests of full versions read as before the field
+            del out["compact"]
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EmbeddingSpec:
         return cls(**{k: d[k] for k in ("model", "adapter", "tokenizer", "max_len", "pooling", "dim")},
-                   extra=dict(d.get("extra", {})))
+                   extra=dict(d.get("extra", {})), compact=d.get("compact"))
 
 
 def check_name(what: str, name: str) -> str:
@@ -110,7 +116,7 @@ def check_compatible(where: str, manifest: dict, spec: EmbeddingSpec, dtype: str
     """A one-line `StarError` naming the first field where `spec`/`dtype` differ from `manifest`."""
     have = manifest
     want = {**spec.to_json(), "dtype": dtype}
-    for key in ("dim", "dtype", "tokenizer", "model", "adapter", "max_len", "pooling", "extra"):
+    for key in ("dim", "dtype", "tokenizer", "model", "adapter", "max_len", "pooling", "extra", "compact"):
         if have.get(key) != want.get(key):
             flag = "store.dtype" if key == "dtype" else f"spec.{key}"
             raise StarError(f"{where}: {flag} is {want.get(key)!r}, but the {what} has {have.get(key)!r}")
