@@ -133,7 +133,7 @@ def test_matryoshka_prefixes_beat_truncation(toy):
     assert auc[f"mrl_prefix{SMALL}"] >= auc[f"plain_random{SMALL}"] + 0.05, auc
 
 
-def test_dims_version_is_the_renormalised_prefix(toy):
+def test_dims_version_is_the_renormalised_prefix(toy, capsys):
     root = toy["store"]
     cli_main(["embed", "--store", str(root), "--parent", "mrl", "--dims", "4", "--version", "mrl-d4",
               "--set", "store.dtype=float32"])
@@ -141,6 +141,8 @@ def test_dims_version_is_the_renormalised_prefix(toy):
     assert compact.manifest["compact"] == {"parent": "mrl", "parent_dim": 32, "dims": 4, "reduce": "prefix"}
     assert compact.dim == 4 and compact.manifest["adapter"] == parent.manifest["adapter"]
     assert "compact" not in parent.manifest  # full versions keep the manifest they had
+    cli_main(["store", "info", "--store", str(root), "--version", "mrl-d4"])
+    assert '"parent": "mrl"' in capsys.readouterr().out  # `store info` shows what it derives from
     for t in ("member", "job"):
         ids = parent.ids(t)
         np.testing.assert_array_equal(compact.ids(t), ids)

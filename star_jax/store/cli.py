@@ -59,6 +59,8 @@ def _print_version(m: dict, maps: list[dict]) -> None:
         print(f"  {key:<10} {m[key]}")
     if m.get("extra"):
         print(f"  {'extra':<10} {json.dumps(m['extra'], sort_keys=True)}")
+    if m.get("compact"):  # a version derived from a stored one (`star-jax embed --dims`)
+        print(f"  {'compact':<10} {json.dumps(m['compact'], sort_keys=True)}")
     for t, info in m["node_types"].items():
         print(f"  {t:<10} {info['rows']} rows in generation {info['generation']} "
               f"({info['embedded']} embedded, {info['copied']} copied)")
