@@ -141,17 +141,52 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: Path) -> None:
+    """docs/compact.png: the towers' test AUC and the store bytes against D, one line per reduction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted(result["tiny"], key=int)
+    labels = sorted({label for d in dims for label in result["tiny"][d]})
+    fig, (auc_ax, bytes_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for label in labels:
+        xs = [int(d) for d in dims if label in result["tiny"][d]]
+        rows = [result["tiny"][str(x)][label] for x in xs]
+        auc_ax.plot(xs, [r["test_auc"] for r in rows], marker="o", label=label)
+        bytes_ax.plot(xs, [r["bytes"] / 1e3 for r in rows], marker="o", label=label)
+    for ax, name in ((auc_ax, "LLM towers' test AUC"), (bytes_ax, "store kB (members + jobs)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([int(d) for d in dims], [str(d) for d in dims])
+        ax.set_xlabel("D (components kept)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    auc_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", required=True, type=Path)
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--store", type=Path, help="store root of the tiny run's full and compact versions")
+    p.add_argument("--data", type=Path, help="the tiny run's data directory")
     p.add_argument("--gnn", type=Path, default=None, help="store root holding gnn-<version> GNN embeddings")
     p.add_argument("--rows", type=int, default=8192, help="random rows per width for the 7B-shape rows")
     p.add_argument("--out", type=Path, default=RESULTS / "compact.json")
+    p.add_argument("--plot", type=Path, default=Path("docs") / "compact.png")
+    p.add_argument("--replot", action="store_true", help="only redraw --plot from the results in --out")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.plot)
+        return
+    if args.store is None or args.data is None:
+        p.error("--store and --data are required (unless --replot)")
     result = {"tiny": tiny(args.store, args.data, args.gnn), "wide": wide(args.rows)}
     result["machine"] = machine_info()
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.plot)
     print(tables(result))
     print(f"machine: {result['machine']}")
 
