@@ -11,18 +11,18 @@ import logging
 import shutil
 from pathlib import Path
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from loop_fixtures import STEPS, toy_problem
 
 from star_jax import checkpoint
 from star_jax.checkpoint import Checkpointer
 from star_jax.errors import StarError
 from star_jax.tracking import MetricsLogger, read_metrics
-from star_jax.train_loop import abstract_like, init_state, make_optimizer, make_train_step, train
+from star_jax.train_loop import abstract_like, train
 
 # -- a small pytree ------------------------------------------------------------------------------
 
@@ -151,24 +151,15 @@ def test_a_different_fingerprint_is_still_a_config_error_not_damage(tmp_path):
 
 # -- the training loop ---------------------------------------------------------------------------
 
-STEPS = 6
 
 
 def toy_run(out: Path) -> dict:
     """Six steps of a noisy least-squares fit to a grain stream, checkpointed at steps 4 and 6 (two
     kept); returns the final parameters."""
-    batches = iter(grain.MapDataset.range(100).map(
-        lambda i: {"x": np.arange(4, dtype=np.float32) * (i % 7)}).batch(2).to_iter_dataset())
-    tx, schedule = make_optimizer(lr=0.1, warmup_steps=1, steps=STEPS, weight_decay=0.0, clip_norm=10.0)
-    state = init_state({"w": jnp.zeros(4)}, tx, seed=0)
-
-    def loss(params, frozen, batch, rng):
-        noise = jax.random.normal(rng, params["w"].shape)  # the step's key matters too
-        return jnp.mean((params["w"] + 0.01 * noise - batch["x"]) ** 2), {}
-
+    toy = toy_problem(STEPS)
     with Checkpointer(out / "checkpoints", fingerprint="toy", max_to_keep=2) as ckpt, \
             MetricsLogger(out, tensorboard=False) as logger:
-        state, _ = train(state, make_train_step(loss, tx, schedule), None, batches, put=lambda b: b,
+        state, _ = train(toy.state, toy.step, None, toy.batches, put=lambda b: b,
                          ckpt=ckpt, logger=logger, steps=STEPS, log_every=1, checkpoint_every=4, desc="toy")
     return jax.device_get(state.params)
 

@@ -16,19 +16,18 @@ import threading
 import time
 from pathlib import Path
 
-import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from data_fixtures import write_tiny_data
+from loop_fixtures import toy_problem
 
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import TokenizerConfig
 from star_jax.data.tokenizer import train_tokenizer
 from star_jax.errors import Preempted
 from star_jax.tracking import MetricsLogger, read_metrics
-from star_jax.train_loop import Preemption, init_state, make_optimizer, make_train_step, train
+from star_jax.train_loop import Preemption, train
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "preempt_worker.py"
@@ -109,14 +108,7 @@ def toy_run(out: Path, *, signal_before: int | None = None) -> tuple[dict, list]
     """Six steps of a least-squares fit to a grain stream of rows, checkpointed every 4 steps; with
     `signal_before` this process sends itself SIGTERM just before that step runs."""
     steps = 6
-    batches = iter(grain.MapDataset.range(100).map(
-        lambda i: {"x": np.arange(4, dtype=np.float32) * (i % 7)}).batch(2).to_iter_dataset())
-    tx, schedule = make_optimizer(lr=0.1, warmup_steps=1, steps=steps, weight_decay=0.0, clip_norm=10.0)
-    state = init_state({"w": jnp.zeros(4)}, tx, seed=0)
-
-    def loss(params, frozen, batch, rng):
-        noise = jax.random.normal(rng, params["w"].shape)  # the step's key matters too
-        return jnp.mean((params["w"] + 0.01 * noise - batch["x"]) ** 2), {}
+    toy = toy_problem(steps)
 
     def on_batch(step, batch):
         if step == signal_before:
@@ -125,7 +117,7 @@ def toy_run(out: Path, *, signal_before: int | None = None) -> tuple[dict, list]
     ckpt = Checkpointer(out / "checkpoints", fingerprint="toy")
     try:
         with MetricsLogger(out, tensorboard=False) as logger:
-            state, _ = train(state, make_train_step(loss, tx, schedule), None, batches, put=lambda b: b,
+            state, _ = train(toy.state, toy.step, None, toy.batches, put=lambda b: b,
                              ckpt=ckpt, logger=logger, steps=steps, log_every=1, checkpoint_every=4,
                              desc="toy", on_batch=on_batch)
     finally:

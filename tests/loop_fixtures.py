@@ -1,0 +1,34 @@
+"""A six-step least-squares toy for the training loop's fault tests (preemption, damaged checkpoints)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from star_jax.train_loop import init_state, make_optimizer, make_train_step
+
+STEPS = 6
+
+
+class Toy(NamedTuple):
+    batches: Any  # grain iterator of {"x": f32[2, 4]}, checkpointable
+    state: Any  # TrainState of {"w": f32[4]}
+    step: Any  # the jitted train step
+
+
+def toy_problem(steps: int = STEPS) -> Toy:
+    """A noisy least-squares fit of w to a grain stream of rows (the step's rng key matters too)."""
+    batches = iter(grain.MapDataset.range(100).map(
+        lambda i: {"x": np.arange(4, dtype=np.float32) * (i % 7)}).batch(2).to_iter_dataset())
+    tx, schedule = make_optimizer(lr=0.1, warmup_steps=1, steps=steps, weight_decay=0.0, clip_norm=10.0)
+    state = init_state({"w": jnp.zeros(4)}, tx, seed=0)
+
+    def loss(params, frozen, batch, rng):
+        noise = jax.random.normal(rng, params["w"].shape)
+        return jnp.mean((params["w"] + 0.01 * noise - batch["x"]) ** 2), {}
+
+    return Toy(batches, state, make_train_step(loss, tx, schedule))
