@@ -387,7 +387,7 @@ def test_a_killed_pipeline_resumes_to_the_same_report(tmp_path):
     proc = star_jax(logs[3], "pipeline", "--out", str(killed), *args)
     assert proc.wait(timeout=1800) == 0, tail(logs[3])
     log = logs[3].read_text()
-    assert "pipeline: train-llm: up to date" in log and "resumed gnn_id_cat from the step-" in log
+    assert "pipeline: train-llm: up to date" in log and "train-gnn gnn_id_cat: resumed from the step-" in log
     a, b = read_json(whole / "report.json")["variants"], read_json(killed / "report.json")["variants"]
     assert set(a) == set(b) == set(Config().eval.variants)
     for name in a:
