@@ -142,3 +142,22 @@ def write_cluster_features(data_dir: str | os.PathLike, store_root: str | os.Pat
         for block in writer.pending_blocks(t):
             writer.write(t, block.rows, vectors[t][block.positions])
     writer.publish()
+
+
+def tiny_towers(root: str | os.PathLike, data: str | os.PathLike):
+    """A BPE tokenizer and a random-init one-layer Mistral for the planted data under `root`
+    (root/tok, root/base), and a Config whose towers read 16 tokens through rank-4 LoRA."""
+    from hf_fixtures import build_checkpoint
+
+    from star_jax.config import Config, LoraConfig, TokenizerConfig
+    from star_jax.data.tokenizer import train_tokenizer
+
+    root = Path(root)
+    tok = train_tokenizer(data, root / "tok", TokenizerConfig(vocab_size=400))
+    build_checkpoint(root / "base", vocab_size=512, hidden_size=32, intermediate_size=64,
+                     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    cfg = Config()
+    cfg.llm.instruction, cfg.llm.buckets = "Query: ", []
+    cfg.llm.member_max_len = cfg.llm.job_max_len = 16
+    cfg.lora = LoraConfig(rank=4)
+    return tok, cfg

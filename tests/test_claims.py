@@ -15,13 +15,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from claims_fixtures import write_cluster_features, write_planted_data
-from hf_fixtures import build_checkpoint
+from claims_fixtures import tiny_towers, write_cluster_features, write_planted_data
 from sklearn.metrics import roc_auc_score
 
-from star_jax.config import Config, LLMTrainConfig, LoraConfig, TokenizerConfig, load_config
+from star_jax.config import LLMTrainConfig, load_config
 from star_jax.data.tables import read_labels
-from star_jax.data.tokenizer import train_tokenizer
 from star_jax.gnn.export import gnn_embed
 from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import build_graph
@@ -35,13 +33,7 @@ def test_finetuning_beats_the_frozen_towers_on_a_planted_pairing(tmp_path):
     """Members and jobs name their cluster in disjoint vocabularies: the frozen random-init towers
     have nothing to match them by, 30 LoRA steps learn the pairing from the train pairs."""
     data = write_planted_data(tmp_path / "data", seed=DATA_SEED, filler=1)
-    tok = train_tokenizer(data, tmp_path / "tok", TokenizerConfig(vocab_size=400))
-    build_checkpoint(tmp_path / "base", vocab_size=512, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
-    cfg = Config()
-    cfg.llm.instruction, cfg.llm.buckets = "Query: ", []
-    cfg.llm.member_max_len = cfg.llm.job_max_len = 16
-    cfg.lora = LoraConfig(rank=4)
+    tok, cfg = tiny_towers(tmp_path, data)
     # E5's InfoNCE alone: on a random-init base the semi-hard triplet term (the default) collapses
     # every embedding onto one point within 40 steps, where its loss is the margin and its gradient 0.
     cfg.llm_train = LLMTrainConfig(

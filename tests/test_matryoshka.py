@@ -17,15 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from claims_fixtures import write_planted_data
-from hf_fixtures import build_checkpoint
+from claims_fixtures import tiny_towers, write_planted_data
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from star_jax.cli import main as cli_main
-from star_jax.config import Config, LLMTrainConfig, LoraConfig, StoreConfig, TokenizerConfig, load_config
+from star_jax.config import LLMTrainConfig, StoreConfig, load_config
 from star_jax.data.tables import read_labels
-from star_jax.data.tokenizer import train_tokenizer
 from star_jax.errors import StarError
 from star_jax.llm.embed import embed_store
 from star_jax.llm.losses import biencoder_losses, id_keys
@@ -88,13 +86,7 @@ def toy(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("toy")
     # 96 cold members with 8 pairs each: 768 val + test pairs to rank, so AUC gaps are not noise.
     data = write_planted_data(tmp / "data", seed=DATA_SEED, filler=1, cold=96, pairs_per_cold=8)
-    tok = train_tokenizer(data, tmp / "tok", TokenizerConfig(vocab_size=400))
-    build_checkpoint(tmp / "base", vocab_size=512, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
-    cfg = Config()
-    cfg.llm.instruction, cfg.llm.buckets = "Query: ", []
-    cfg.llm.member_max_len = cfg.llm.job_max_len = 16
-    cfg.lora = LoraConfig(rank=4)
+    tok, cfg = tiny_towers(tmp, data)
     cfg.store = StoreConfig(dtype="float32", shard_rows=32)
     # As tests/test_claims.py (InfoNCE alone from a random-init base), at half its learning rate for
     # twice the steps: at 1e-2 some Matryoshka runs of the toy diverged.

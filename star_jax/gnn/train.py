@@ -78,19 +78,19 @@ def training_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainC
     job is a negative of its member on the diagonal of the in-batch decoder, next to the in-batch
     and random negatives. These are the hard negatives: mostly the member's own occupation and city.
     """
-    if not t.labelled_negatives:
-        seeds = train_seeds(data_dir, graph, sampler, num_batches=t.steps)
-        if t.shown_negatives:
-            m, j, y = read_pairs(data_dir, graph, "train", positives_only=False)
-            order = np.argsort(m[y == 0], kind="stable")
-            members, jobs = m[y == 0][order], j[y == 0][order]
-            indptr = np.searchsorted(members, np.arange(graph.num_nodes("member") + 1))
-            seeds.shown = (indptr.astype(np.int64), jobs.astype(np.int64))
-        return seeds
-    m, j, y = read_pairs(data_dir, graph, "train", positives_only=False)
+    if not t.labelled_negatives and not t.shown_negatives:
+        return train_seeds(data_dir, graph, sampler, num_batches=t.steps)
+    m, j, y = read_pairs(data_dir, graph, "train", positives_only=False)  # read once for both uses
     if not (y > 0).any():
         raise StarError(f"{graph.schema.labels}: no pairs with split == 'train' and label == 1")
-    return PairSeeds(m, j, y, sampler.batch_size, shuffle=True, seed=sampler.seed, num_batches=t.steps)
+    if t.labelled_negatives:
+        return PairSeeds(m, j, y, sampler.batch_size, shuffle=True, seed=sampler.seed, num_batches=t.steps)
+    # The applies, as `train_seeds` reads them, each batch carrying a shown job per pair.
+    shown = y == 0
+    order = np.argsort(m[shown], kind="stable")  # each member's shown jobs, in file order
+    indptr = np.searchsorted(m[shown][order], np.arange(graph.num_nodes("member") + 1))
+    return PairSeeds(m[~shown], j[~shown], y[~shown], sampler.batch_size, shuffle=True, seed=sampler.seed,
+                     num_batches=t.steps, shown=(indptr.astype(np.int64), j[shown][order].astype(np.int64)))
 
 
 class SeedsFrom:
