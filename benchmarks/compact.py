@@ -1,13 +1,16 @@
 """Compact LLM vectors (docs/compact.md): quality and cost of D-d store versions against full width.
 
     python -m benchmarks.compact --store RUN/store --data RUN/data [--gnn GNN_STORE] [--rows 8192]
+        [--only "plain linear" ...]
 
 Reads the versions `star-jax embed --dims` wrote into `--store`: `mrl` / `plain` (full width, towers
-trained with and without `llm_train.matryoshka_dims`), `mrl-dD` and `plain-dD` (prefixes) and
-`plain-pcaD`. Test AUC is scikit-learn's on numpy cosines of the stored rows; bytes are the
-version's files; lookup rows/s the median of 50 batches of 1,000 random member rows (`lookup`).
-The 7B-shape rows write `--rows` random bf16 rows per width through `EmbeddingWriter`. `--gnn STORE`
-adds the test AUC of the gnn_id_cat_llm embeddings `star-jax gnn-embed` wrote as `gnn-<version>`.
+trained with and without `llm_train.matryoshka_dims`), `mrl-dD` and `plain-dD` (prefixes),
+`plain-pcaD` and `plain-linD` (`--reduce linear`). `--only` measures those reductions and merges
+them into the saved results (the others and the 7B rows keep their earlier run). Test AUC is
+scikit-learn's on numpy cosines of the stored rows; bytes are the version's files; lookup rows/s
+the median of 50 batches of 1,000 random member rows (`lookup`). The 7B-shape rows write `--rows`
+random bf16 rows per width through `EmbeddingWriter`. `--gnn STORE` adds the test AUC of the
+gnn_id_cat_llm embeddings `star-jax gnn-embed` wrote as `gnn-<version>`.
 """
 
 from __future__ import annotations
@@ -62,10 +65,14 @@ def _auc(root: Path, version: str, pairs, cosine: bool = True) -> float:
     return float(roc_auc_score(pairs["label"].to_numpy(), score))
 
 
-def tiny(root: Path, data: Path, gnn: Path | None) -> dict:
+NAMES = {"matryoshka prefix": "mrl-d{}", "plain prefix": "plain-d{}", "plain PCA": "plain-pca{}",
+         "plain linear": "plain-lin{}"}
+
+
+def tiny(root: Path, data: Path, gnn: Path | None, only: list[str] | None = None) -> dict:
     """Per D: test AUC of each reduction, bytes and lookup rows/s of its version, GNN test AUC."""
     pairs = read_labels(data, "test", ["member_id", "job_id", "label"])
-    names = {"matryoshka prefix": "mrl-d{}", "plain prefix": "plain-d{}", "plain PCA": "plain-pca{}"}
+    names = {k: v for k, v in NAMES.items() if only is None or k in only}
     out = {}
     for d in DIMS:
         row = {}
@@ -177,14 +184,22 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "compact.json")
     p.add_argument("--plot", type=Path, default=Path("docs") / "compact.png")
     p.add_argument("--replot", action="store_true", help="only redraw --plot from the results in --out")
+    p.add_argument("--only", nargs="+", choices=list(NAMES), default=None,
+                   help="measure only these reductions and merge them into the results in --out")
     args = p.parse_args()
     if args.replot:
         plot(json.loads(args.out.read_text()), args.plot)
         return
     if args.store is None or args.data is None:
         p.error("--store and --data are required (unless --replot)")
-    result = {"tiny": tiny(args.store, args.data, args.gnn), "wide": wide(args.rows)}
-    result["machine"] = machine_info()
+    if args.only:
+        result = json.loads(args.out.read_text())
+        for d, row in tiny(args.store, args.data, args.gnn, args.only).items():
+            result["tiny"].setdefault(str(d), {}).update(row)
+        result.setdefault("machine_only", {})[", ".join(args.only)] = machine_info()
+    else:
+        result = {"tiny": tiny(args.store, args.data, args.gnn), "wide": wide(args.rows)}
+        result["machine"] = machine_info()
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.plot)
     print(tables(result))

@@ -1,18 +1,21 @@
 """`make bench-retrieval`: top-k job retrieval, the faiss indexes of `star-jax index` vs exact search.
 
-    python -m benchmarks.retrieval [--sizes tiny small 1m] [--run RUN_DIR] [--no-docs]
+    python -m benchmarks.retrieval [--sizes tiny small 1m] [--run RUN_DIR] [--no-docs] [--replot]
 
 At each size: recall@10 against exact search, single-query QPS (one thread, one query per call),
 batched QPS (1,000 queries per call, every core), build time, index bytes and the build's peak RSS
 increase. Exact search is `jax.lax.top_k` over a jitted batched matmul. tiny: the jobs and members
 of a tiny pipeline run (`--run`, gnn_id_cat_llm); small (5,000 jobs) and 1m (1,000,000): 200-d
-synthetic clustered vectors (`mixture`). Writes benchmarks/results/retrieval.json and the table in
-docs/retrieval.md.
+synthetic clustered vectors (`mixture`). Merges the sizes it measured into
+benchmarks/results/retrieval.json (other sizes keep their earlier run) and writes the table in
+docs/retrieval.md and the plot docs/retrieval.png from it; `--replot` only redraws both.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from benchmarks.common import RESULTS, ROOT, PeakRSS, machine_info, machine_line
 from star_jax.eval.index import IndexParams, ivf_lists, make_index
 
 DOC = ROOT / "docs" / "retrieval.md"
+PLOT = ROOT / "docs" / "retrieval.png"
 PACKAGES = ("numpy", "jax", "faiss-cpu")
 SIZES = {"tiny": 600, "small": 5_000, "1m": 1_000_000}  # jobs; tiny and small as configs/*.yaml
 DIM = 200
@@ -174,6 +178,74 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: Path) -> None:
+    """recall@10 against queries/s (single, batched): a colour per size, a line per index kind through
+    its search settings (nprobe, efSearch), a star for exact `jax.lax.top_k`, a square for flat."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    sizes = [s for s in SIZES if any(r["size"] == s for r in result["rows"])]
+    colours = dict(zip(SIZES, ("tab:blue", "tab:orange", "tab:green")))
+    styles = {"exact": ("*", ""), "flat": ("s", ""), "ivf": ("o", "-"), "hnsw": ("^", "--")}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, key, name in ((axes[0], "single_qps", "one query per call, 1 thread"),
+                          (axes[1], "batched_qps", "1,000 queries per call, 2 cores")):
+        for size in sizes:
+            rows = [r for r in result["rows"] if r["size"] == size]
+            for kind, (marker, line) in styles.items():
+                pts = [r for r in rows if r["method"].split()[0] == kind]
+                ax.plot([r[key] for r in pts], [r["recall"] for r in pts], marker=marker, linestyle=line,
+                        color=colours[size], markersize=12 if kind == "exact" else 6, alpha=0.85)
+                for r in pts if size == "1m" and kind in ("ivf", "hnsw") else []:  # the search setting
+                    knob, ivf = r["params"].rsplit("=", 1)[-1], kind == "ivf"
+                    ax.annotate(f"{'nprobe' if kind == 'ivf' else 'ef'} {knob}", (r[key], r["recall"]),
+                                fontsize=7, rotation=-45 if ivf else 45, ha="left",
+                                va="top" if ivf else "bottom", xytext=(0, -6 if ivf else 5),
+                                textcoords="offset points", color=colours[size])
+        ax.set_xscale("log")
+        ax.set_xlabel("queries per second (log scale)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("recall@10 against exact search")
+    jobs = {r["size"]: r["jobs"] for r in result["rows"]}
+    handles = [Line2D([], [], color=colours[s], lw=3, label=f"{s}: {jobs[s]:,} jobs") for s in sizes]
+    handles += [Line2D([], [], color="grey", marker=m, linestyle=ls,
+                       label="exact (jax.lax.top_k)" if k == "exact" else f"faiss {k}")
+                for k, (m, ls) in styles.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("Top-10 job retrieval: faiss indexes against exact search (2 shared CPU cores)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def merge(old: dict | None, new: dict) -> dict:
+    """`new`'s sizes replace those of `old`; every other size keeps its rows and provenance."""
+    if old is None:
+        return new
+    fresh = set(new["sources"])
+    rows = [r for r in old["rows"] if r["size"] not in fresh] + new["rows"]
+    rows.sort(key=lambda r: list(SIZES).index(r["size"]))  # stable: methods keep their order
+    return {"rows": rows, **{k: {**{s: v for s, v in old.get(k, {}).items() if s not in fresh}, **new[k]}
+                             for k in ("sources", "seconds", "runs")}}
+
+
+def docs_text(result: dict) -> str:
+    scores = "; ".join(f"{r['size']}: {r['top1']:.2f} and {r['top10']:.2f}"
+                       for r in result["rows"] if "top1" in r)
+    order = [size for size in SIZES if size in result["sources"]]
+    runs = "; ".join(f"{size}: {result['runs'][size]['when']}, "
+                     f"{machine_line(result['runs'][size]['machine'], PACKAGES)[len('Machine: '):-1]}"
+                     for size in order)
+    return "\n\n".join([table(result["rows"]),
+                         "Data: " + "; ".join(f"{k}: {result['sources'][k]}" for k in order) + ".",
+                         f"Mean score of the exact 1st and 10th job per query: {scores}.",
+                         f"Runs (UTC start; machine, its load at the end, versions): {runs}."])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
@@ -181,36 +253,45 @@ def main() -> None:
     p.add_argument("--spread", type=float, default=1.0, help="spread of the synthetic mixture's centres")
     p.add_argument("--hnsw-1m", action="store_true", help="also HNSW at 1M (a 6-11 minute build here)")
     p.add_argument("--no-docs", action="store_true", help="write the JSON only")
+    p.add_argument("--replot", action="store_true", help="only redraw the table and plot from the saved JSON")
     args = p.parse_args()
-    rows, sources, seconds = [], {}, {}
+    name = "retrieval" if args.spread == 1.0 else f"retrieval-spread-{args.spread}"
+    out = RESULTS / f"{name}.json"
+    old = json.loads(out.read_text()) if out.is_file() else None
+    if args.replot:
+        if old is None:
+            p.error(f"--replot: no saved results in {out}")
+        write_section(docs_text(old), name, DOC)
+        plot(old, PLOT if name == "retrieval" else PLOT.with_name(f"{name}.png"))
+        return
+    rows, sources, seconds, runs = [], {}, {}, {}
     proc = psutil.Process()
-    for name in args.sizes:
+    for size in args.sizes:
         t0, cpu0 = time.perf_counter(), sum(proc.cpu_times()[:2])
-        if name == "tiny" and Path(args.run, "config.yaml").is_file():
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+        if size == "tiny" and Path(args.run, "config.yaml").is_file():
             jobs, members, version = run_vectors(args.run)
             queries = members[np.random.default_rng(1).permutation(len(members))[:QUERIES]]
-            sources[name] = f"{args.run}, store version {version} (dot product, {jobs.shape[1]}-d)"
+            sources[size] = f"{args.run}, store version {version} (dot product, {jobs.shape[1]}-d)"
         else:
-            x = mixture(SIZES[name] + QUERIES, spread=args.spread, seed=SIZES[name])
+            x = mixture(SIZES[size] + QUERIES, spread=args.spread, seed=SIZES[size])
             queries, jobs = x[:QUERIES], x[QUERIES:]
-            sources[name] = f"synthetic mixture (spread {args.spread}), {DIM}-d unit vectors (cosine)"
-        print(f"{name}: {len(jobs)} jobs from {sources[name]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            sources[size] = f"synthetic mixture (spread {args.spread}), {DIM}-d unit vectors (cosine)"
+        print(f"{size}: {len(jobs)} jobs from {sources[size]} ({time.perf_counter() - t0:.0f}s)", flush=True)
         jobs, queries = (np.ascontiguousarray(a, np.float32) for a in (jobs, queries))
         big = len(jobs) > 100_000
-        rows += measure(name, jobs, queries, repeats=2 if big else 3, hnsw=args.hnsw_1m or not big)
-        seconds[name] = time.perf_counter() - t0
+        rows += measure(size, jobs, queries, repeats=2 if big else 3, hnsw=args.hnsw_1m or not big)
+        seconds[size] = time.perf_counter() - t0
         # The CPU this process got (2.0: both cores throughout): under 1 the ratios are suspect.
-        sources[name] += f"; {(sum(proc.cpu_times()[:2]) - cpu0) / seconds[name]:.2f} cores on average"
-    m = machine_info(PACKAGES)
-    result = {"rows": rows, "sources": sources, "seconds": seconds, "machine": m}
-    write_json(result, RESULTS / "retrieval.json")
-    scores = "; ".join(f"{r['size']}: {r['top1']:.2f} and {r['top10']:.2f}" for r in rows if "top1" in r)
-    text = "\n\n".join([table(rows), "Data: " + "; ".join(f"{k}: {v}" for k, v in sources.items()) + ".",
-                        f"Mean score of the exact 1st and 10th job per query: {scores}.",
-                        machine_line(m, PACKAGES)])
+        sources[size] += f"; {(sum(proc.cpu_times()[:2]) - cpu0) / seconds[size]:.2f} cores on average"
+        runs[size] = {"when": when, "machine": machine_info(PACKAGES)}
+    result = merge(old, {"rows": rows, "sources": sources, "seconds": seconds, "runs": runs})
+    write_json(result, out)
+    text = docs_text(result)
     print(text)
     if not args.no_docs:
-        write_section(text, "retrieval" if args.spread == 1.0 else f"retrieval-spread-{args.spread}", DOC)
+        write_section(text, name, DOC)
+        plot(result, PLOT if name == "retrieval" else PLOT.with_name(f"{name}.png"))
 
 
 if __name__ == "__main__":

@@ -370,6 +370,33 @@ class SamplerConfig(Checked):
         _at_least("sampler", self, 0, "num_random_negatives", "workers")
 
 
+GRAPH_SOURCES = ("local", "tensorstore")  # graph.source
+
+
+@dataclass
+class GraphConfig(Checked):
+    """Where the graph's arrays live (star_jax.graph.tstore; docs/scaling.md)."""
+
+    # A TensorStore kvstore URL (file://, gs://, s3://) that build-graph also writes the graph to,
+    # as zarr3 arrays with a manifest written last; "" writes none.
+    store: str = ""
+    # What train-gnn and gnn-embed read: "local" memory-maps the graph directory (written by
+    # build-graph or `star-jax graph fetch`); "tensorstore" reads graph.store directly through a
+    # cache of cache_mb of decoded chunks, for a graph larger than one host's disk.
+    source: str = "local"
+    cache_mb: int = 1024
+    chunk_bytes: int = 1 << 20  # bytes per stored object (a zarr3 shard); rows are never split
+    # Bytes per read chunk inside an object: what one random read decodes and the cache holds.
+    read_bytes: int = 1 << 16
+
+    def check(self) -> None:
+        _one_of("graph.source", self.source, GRAPH_SOURCES)
+        if self.source == "tensorstore" and not self.store:
+            raise StarError("graph.store: required with graph.source=tensorstore (a kvstore URL)")
+        _at_least("graph", self, 0, "cache_mb")
+        _at_least("graph", self, 1, "chunk_bytes", "read_bytes")
+
+
 @dataclass
 class GNNConfig(Checked):
     """The heterogeneous attention encoder and its link-prediction decoder (star_jax.gnn.model)."""
@@ -380,10 +407,16 @@ class GNNConfig(Checked):
     layers: int = 2
     dropout: float = 0.0  # on each HGT layer's output projection, before the gated skip
     use_llm: bool = True  # projected stored LLM embeddings (member and job)
-    # With use_llm: also add one shared projection of the member and job LLM embeddings to the
-    # output (star_jax.gnn.model, "LLM skip", zero at the start), so the towers' own similarity
-    # reaches the scores.
+    # With use_llm and llm_block 0: also add one shared projection of the member and job LLM
+    # embeddings to the output (star_jax.gnn.model, "LLM skip", zero at the start), so the towers'
+    # own similarity reaches the scores.
     llm_skip: bool = True
+    # With use_llm, D > 0: the member and job outputs are [graph part (out_dim - D) ; the stored LLM
+    # vector through a fixed map to D dims (orthonormal; it keeps inner products when D >= the LLM
+    # width), times a gain], each part L2-normalised, so a score is a weighted sum of the graph
+    # cosine and the towers' cosine. The gain is 0 while the graph part trains and is then picked
+    # on val (gnn_train.llm_block_gains; docs/architecture.md decision 17). 0: the LLM skip instead.
+    llm_block: int = 64
     # Also add to a member's or job's output a map of the mean input vector of its sampled skill,
     # title and company neighbours, one map per attribute type shared by both (star_jax.gnn.model).
     attribute_skip: bool = True
@@ -415,6 +448,9 @@ class GNNConfig(Checked):
         _at_least("gnn", self, 1, "hidden_dim", "out_dim", "heads", "layers", "id_buckets", "cat_dim",
                   "cat_buckets")
         _within("gnn", self, 0.0, 1.0, "dropout", open_high=True)
+        _at_least("gnn", self, 0, "llm_block")
+        if self.llm_block >= self.out_dim:
+            raise StarError(f"gnn.llm_block: {self.llm_block} leaves no room in gnn.out_dim={self.out_dim}")
 
 
 @dataclass
@@ -444,6 +480,11 @@ class GNNTrainConfig(Checked):
     # Early stopping: gnn-embed exports the parameters of the evaluation with the best val AUC, not
     # the last step's (the LLM-feature variants peak early on the tiny data: docs/quality.md).
     keep_best: bool = True
+    # With gnn.llm_block: the LLM block's gain is 0 while the graph part trains; afterwards each of
+    # these is tried on the val pairs and the best is kept (result.json `llm_block_gain`). The
+    # apply-vs-random objective would weigh the towers' cosine for an easy task, not for ranking the
+    # jobs a member was shown (docs/architecture.md decision 17).
+    llm_block_gains: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])
     eval_pairs: int = 1024  # val pairs scored at each evaluation (a fixed random subset; 0: all)
     eval_batch_size: int = 256  # seeds per evaluation and gnn-embed batch (no negatives)
     checkpoint_every: int = 100
@@ -456,6 +497,8 @@ class GNNTrainConfig(Checked):
                   "keep_checkpoints")
         _at_least("gnn_train", self, 0, "eval_every", "eval_pairs", "warmup_steps")
         _within("gnn_train", self, 0.0, 1.0, "cold_start_rate", "final_lr_ratio")
+        if not self.llm_block_gains or any(g < 0 for g in self.llm_block_gains):
+            raise StarError(f"gnn_train.llm_block_gains: expected gains >= 0, got {self.llm_block_gains}")
 
 
 # The paper's ablation rows: the two LLM towers, and the GNN with the inputs each variant turns on
@@ -562,6 +605,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     gnn: GNNConfig = field(default_factory=GNNConfig)
     gnn_train: GNNTrainConfig = field(default_factory=GNNTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

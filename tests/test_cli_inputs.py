@@ -184,6 +184,13 @@ CASES = [
     (WRONG, ["build-graph", "--data", "{data}", "--out", "{file}"], "--out {file}: not a directory"),
     (EMPTY, ["build-graph", "--data", "{empty}", "--out", "{out}"], "{empty}/schema.json: missing"),
 
+    (MISSING, ["graph"], "required: ACTION"),
+    (MISSING, ["graph", "fetch", "--from", "{nope}", "--to", "{out}"],
+     "graph store {nope}: no manifest.json"),
+    (WRONG, ["graph", "fetch", "--from", "{data}", "--to", "{file}"], "--to {file}: not a directory"),
+    (EMPTY, ["graph", "fetch", "--from", "{empty}", "--to", "{out}"],
+     "graph store {empty}: no manifest.json"),
+
     (MISSING, ["train-gnn", "--graph", "{nope}", "--variant", "gnn_id_cat", "--out", "{out}"],
      "--graph {nope}: no such directory"),
     (MISSING, ["train-gnn", "--graph", "{empty}", "--out", "{out}"], "required: --variant"),

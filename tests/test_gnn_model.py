@@ -16,7 +16,8 @@ from star_jax.graph.batch import Layout
 from star_jax.train_loop import Static, init_state, make_optimizer, make_train_step
 
 CFG = GNNConfig(
-    hidden_dim=16, out_dim=8, heads=2, layers=2, dropout=0.1, id_buckets=64, cat_dim=4, cat_buckets=8
+    hidden_dim=16, out_dim=8, llm_block=4, heads=2, layers=2, dropout=0.1, id_buckets=64, cat_dim=4,
+    cat_buckets=8,
 )
 LAYOUT = make_layout(num_pairs=4, num_negatives=3)
 
@@ -187,8 +188,14 @@ def _param_names(cfg, batch):
     [
         (
             {},
-            {"llm_member", "llm_job", "llm_out", "id_skill", "cat_member_1", "cat_job_2", "cat_proj_company"},
-            {"type_skill", "llm_company", "cat_proj_skill"},
+            {"llm_member", "llm_job", "llm_block_map", "llm_gain", "id_skill", "cat_member_1", "cat_job_2",
+             "cat_proj_company"},
+            {"type_skill", "llm_company", "cat_proj_skill", "llm_out"},
+        ),
+        (
+            {"llm_block": 0},
+            {"llm_member", "llm_out"},
+            {"llm_block_map", "llm_gain"},
         ),
         (
             {"use_id": False, "use_cat": False},
@@ -273,3 +280,32 @@ def test_attribute_bags_are_the_mean_of_each_nodes_attribute_neighbours(batches)
     for t, per in expected.items():
         for s, want in per.items():
             np.testing.assert_allclose(np.asarray(bags[t][s]), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gain", [0.0, 1.0, 3.0])
+def test_llm_block_scores_are_the_weighted_sum_of_the_two_cosines(batches, gain):
+    """With gnn.llm_block = D >= the LLM width, a member-job score is (graph cosine + g^2 x the
+    cosine of the two stored LLM vectors) / (1 + g^2): the fixed map keeps inner products, and the
+    gain picked on val after training (set_llm_gain) sets g; at 0, while training, it is off."""
+    from star_jax.gnn.model import set_llm_gain
+
+    batch = batches[0]
+    width = batch.llm["member"].shape[-1]
+    cfg = dataclasses.replace(CFG, out_dim=width + 6, llm_block=width)
+    gnn = build_gnn(cfg)
+    params = set_llm_gain(gnn.init(jax.random.key(1), batch, LAYOUT), gain)
+    member, jobs = (np.asarray(x, np.float64) for x in gnn.seed_embeddings(params, batch, LAYOUT))
+    graph_part = [x[:, :6] / np.linalg.norm(x[:, :6], axis=1, keepdims=True) for x in (member, jobs)]
+    columns = np.concatenate([batch.job_seeds, batch.neg_jobs])
+    m_llm = batch.llm["member"][batch.member_seeds - LAYOUT.node_slice("member").start]
+    j_llm = batch.llm["job"][columns - LAYOUT.node_slice("job").start]
+    m_llm, j_llm = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (m_llm, j_llm))
+    expected = (graph_part[0] @ graph_part[1].T + gain**2 * (m_llm @ j_llm.T)) / (1 + gain**2)
+    real = np.concatenate([batch.pair_mask, batch.graph.nodes["mask"][batch.neg_jobs]])
+    np.testing.assert_allclose((member @ jobs.T)[batch.pair_mask][:, real],
+                               expected[batch.pair_mask][:, real], rtol=1e-4, atol=1e-5)
+
+
+def test_llm_block_wider_than_the_output_is_a_star_error():
+    with pytest.raises(StarError, match="gnn.llm_block"):
+        dataclasses.replace(CFG, llm_block=CFG.out_dim).check()

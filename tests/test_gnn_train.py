@@ -47,7 +47,8 @@ GNN_WORKER = Path(__file__).with_name("gnn_worker.py")
 VARIANT = "gnn_id_cat_llm"
 LLM_DIM = 8
 SETS = [
-    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.heads=2", "gnn.layers=1", "gnn.id_buckets=64",
+    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.heads=2", "gnn.layers=1",
+    "gnn.id_buckets=64",
     "gnn.cat_dim=4", "gnn.cat_buckets=16",
     "sampler.batch_size=4", "sampler.num_random_negatives=3", "sampler.fanouts=[2,2]",
     "gnn_train.steps=6", "gnn_train.eval_every=3", "gnn_train.checkpoint_every=2", "gnn_train.log_every=2",
@@ -180,7 +181,11 @@ def test_train_step_compiles_once(env, uninterrupted):
     assert os.listdir(os.path.join(out, "tb"))
     val = [r for r in records if r["split"] == "val"]
     best = max(val, key=lambda r: r["auc"])  # keep_best: the evaluation whose parameters are exported
-    assert result["val_auc"] == best["auc"] and result["exported_step"] == best["step"]
+    assert result["exported_step"] == best["step"]
+    # Then the LLM block's gain is picked on the same val pairs (gnn_train.llm_block_gains).
+    gains = result["llm_block_gain_val_auc"]
+    assert set(gains) == {f"{g:g}" for g in CFG.gnn_train.llm_block_gains}
+    assert result["val_auc"] == gains[f"{result['llm_block_gain']:g}"] == max(gains.values())
     # The exported (best) params' val AUC, recomputed here: the val pairs sampled as the evaluator
     # samples them, scored with numpy and ranked by scikit-learn instead of star_jax.metrics.
     trained = load_run(out, env.graph, features)

@@ -1,4 +1,4 @@
-"""`star-jax index build` and `star-jax recommend` through the index, `--exact` and `--all`.
+"""`star-jax index build` and `star-jax recommend` through the index, `--exact`, `--nprobe` and `--all`.
 
 Every ranking is checked against a numpy oracle over the vectors the test wrote with the store's
 writer API, excluding the apply edges read here with pandas.
@@ -169,7 +169,43 @@ def test_exact_ignores_the_index(run, capsys):
     assert "exact)" in out.splitlines()[0]
     assert [int(line.split()[1]) for line in out.splitlines()[2:]] == want[3][0]
     assert cli.main(argv) == 0
-    assert "ivf index)" in capsys.readouterr().out.splitlines()[0]
+    assert "ivf index, 1 of 30 lists probed)" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_nprobe_overrides_the_build_and_at_nlist_is_exact(run, tmp_path, capsys):
+    variant = "llm_finetuned"
+    build(run, variant, "--type", "ivf", "--nlist", "30", "--nprobe", "1")  # low recall as built
+    want = {m: w[0] for m, w in oracle(run, variant, 10).items()}
+    r = read_run(run["root"])
+
+    def ranked(**kw) -> dict:
+        return {m: [x.job_id for x in recommend(r, m, 10, variant, **kw)[0]] for m in want}
+
+    built = ranked()
+    assert built != want and ranked(nprobe=1) == built
+    assert ranked(nprobe=30) == want  # every list probed: the exact top-k
+    assert ranked(nprobe=1000) == want  # capped at nlist
+    out = tmp_path / "all.parquet"
+    argv = ["recommend", "--run", str(run["root"]), "--variant", variant]
+    capsys.readouterr()
+    assert cli.main([*argv, "--all", "--out", str(out), "--nprobe", "30"]) == 0
+    assert "ivf index, 30 of 30 lists probed" in capsys.readouterr().out
+    got = read_all(out)
+    assert {m: rows.job_id.tolist() for m, rows in got.groupby("member_id")} == want
+    assert cli.main([*argv, "--member", "5"]) == 0
+    assert "ivf index, 1 of 30 lists probed" in capsys.readouterr().out.splitlines()[0]
+
+    def refused(*extra: str) -> str:
+        capsys.readouterr()
+        assert cli.main([*argv, "--member", "5", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    assert "--nprobe: must be >= 1, got 0" in refused("--nprobe", "0")
+    assert "--nprobe: sets the index's search; not with --exact" in refused("--nprobe", "4", "--exact")
+    build(run, variant, "--type", "flat")
+    assert "is flat, and nprobe sets an ivf index's search" in refused("--nprobe", "4")
 
 
 def test_a_stale_index_is_refused(tmp_path, capsys):

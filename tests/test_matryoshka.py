@@ -167,10 +167,15 @@ def test_pca_version_is_sklearns_transform(toy):
         np.testing.assert_allclose(compact.lookup(t, parent.ids(t)), want, atol=2e-5)
 
 
-def test_migrate_between_full_and_compact_versions(toy):
+def test_migrate_between_full_and_compact_versions(toy, capsys):
     root = toy["store"]
     write_compact(root, "mrl", "mrl-d8", 8, config=StoreConfig(dtype="float32"))
+    capsys.readouterr()  # `star-jax store migrate` fits the same map as the API below
+    assert cli_main(["store", "migrate", "--store", str(root), "--from", "mrl-d8", "--to", "mrl",
+                     "--method", "ridge"]) == 0
+    printed = capsys.readouterr().out
     down = fit_version_map(root, "mrl-d8", "mrl", method="ridge")  # full -> compact
+    assert f"holdout {down['fidelity']['holdout']:.4f}" in printed, printed
     up = fit_version_map(root, "mrl", "mrl-d8")  # compact -> full (procrustes)
     assert (down["dim_source"], down["dim_target"], up["dim_source"], up["dim_target"]) == (32, 8, 8, 32)
     full_as_compact = EmbeddingStore.open(root, "mrl", map_to="mrl-d8")

@@ -3,8 +3,8 @@
 The index lives in RUN_DIR/index/<variant>/ (index.faiss, job_ids.npy, index.json) and scores as
 `recommend` does: inner product of the stored vectors, L2-normalised first for `llm_*` variants
 (cosine). index.json records the store version and a digest of its job rows; `load_index`
-refuses an index whose version has since changed. Index types and their measured trade-offs:
-docs/retrieval.md.
+refuses an index whose version has since changed; its `nprobe` overrides an IVF index's build-time
+lists searched per query. Index types and their measured trade-offs: docs/retrieval.md.
 """
 
 from __future__ import annotations
@@ -191,8 +191,12 @@ def check_fresh(meta: dict, where: Path, manifest: dict) -> None:
                         f"(job generation {meta['job_generation']}, now {now}); {rebuild}")
 
 
-def load_index(run: Run, variant: str, manifest: dict) -> JobIndex | None:
-    """`variant`'s index when the run has one; a stale or damaged index is a `StarError`."""
+def load_index(run: Run, variant: str, manifest: dict, *, nprobe: int | None = None) -> JobIndex | None:
+    """`variant`'s index when the run has one; a stale or damaged index is a `StarError`.
+
+    `nprobe` (IVF only): lists searched per query instead of the build's, capped at its nlist
+    (nprobe = nlist scans every list: exact search).
+    """
     import faiss
 
     meta = read_meta(run, variant)
@@ -211,10 +215,15 @@ def load_index(run: Run, variant: str, manifest: dict) -> JobIndex | None:
         raise StarError(f"index {where}: holds {index.ntotal} vectors and {len(ids)} ids, index.json says "
                         f"{meta['jobs']}; rebuild it with `star-jax index build`")
     params = meta["params"]
+    if nprobe is not None and nprobe < 1:
+        raise StarError(f"--nprobe: must be >= 1, got {nprobe}")
+    if nprobe is not None and params["kind"] != "ivf":
+        raise StarError(f"--nprobe {nprobe}: index {where} is {params['kind']}, and nprobe sets an ivf "
+                        "index's search; rebuild it with --type ivf, or leave --nprobe out")
     if params["kind"] == "hnsw":
         index.hnsw.efSearch = params["ef_search"]
     elif params["kind"] == "ivf":
-        index.nprobe = params["nprobe"]
+        index.nprobe = min(nprobe, params["nlist"]) if nprobe is not None else params["nprobe"]
     return JobIndex(index, ids.astype(np.int64), meta, where)
 
 

@@ -2,10 +2,11 @@
 
 Scores jobs for a member as the report scores a variant (`report.variant_embeddings`): the dot
 product of the GNN embeddings for `gnn_*` variants, the cosine of the tower embeddings for `llm_*`.
-With an index built by `star-jax index build` the top-k come from it, else (or with `--exact`) from
-every stored job. The pipeline embeds every member, so a cold-start member gets recommendations
-like any other. Jobs the member already applied to (the apply edges) are left out unless
-`--include-applied`. `--all` writes every member's top-k as Parquet (ALL_SCHEMA).
+With an index built by `star-jax index build` the top-k come from it (`--nprobe` overrides an IVF
+index's lists searched), else (or with `--exact`) from every stored job. The pipeline embeds every
+member, so a cold-start member gets recommendations like any other. Jobs the member already applied
+to (the apply edges) are left out unless `--include-applied`. `--all` writes every member's top-k as
+Parquet (ALL_SCHEMA).
 """
 
 from __future__ import annotations
@@ -44,16 +45,24 @@ def first_line(text: str) -> str:
     return text.strip().splitlines()[0].strip() if text and text.strip() else ""
 
 
-def open_scorer(run: Run, variant: str, *, exact: bool = False) -> Scorer:
+def open_scorer(run: Run, variant: str, *, exact: bool = False, nprobe: int | None = None) -> Scorer:
     from star_jax.eval.index import load_index, variant_store
     from star_jax.eval.report import uses_cosine, variant_embeddings
 
     store = variant_store(run, variant)
     cosine = uses_cosine(variant)
     jobs = store.ids("job")
-    index = None if exact else load_index(run, variant, store.manifest)
+    check_search(exact, nprobe)
+    index = None if exact else load_index(run, variant, store.manifest, nprobe=nprobe)
     vectors = variant_embeddings(store, "job", jobs, cosine) if index is None else None
     return Scorer(store, cosine, jobs, vectors, index)
+
+
+def check_search(exact: bool, nprobe: int | None) -> None:
+    if nprobe is not None and nprobe < 1:
+        raise StarError(f"--nprobe: must be >= 1, got {nprobe}")
+    if nprobe is not None and exact:
+        raise StarError("--nprobe: sets the index's search; not with --exact")
 
 
 def top_k(scorer: Scorer, queries: np.ndarray, k: int,
@@ -110,13 +119,15 @@ def _member_rows(scorer: Scorer, member_ids: np.ndarray) -> np.ndarray:
 
 
 def recommend(run: Run, member_id: int, k: int = 10, variant: str = DEFAULT_VARIANT,
-              *, include_applied: bool = False, exact: bool = False) -> tuple[list[Recommendation], int]:
-    """The top-`k` jobs for `member_id` and the member's number of training-period applies."""
+              *, include_applied: bool = False, exact: bool = False,
+              nprobe: int | None = None) -> tuple[list[Recommendation], int]:
+    """The top-`k` jobs for `member_id` and the member's number of training-period applies
+    (`nprobe`: an IVF index's lists searched, instead of the build's)."""
     from star_jax.data.loader import NodeTexts
 
     if k < 1:
         raise StarError(f"-k: must be >= 1, got {k}")
-    scorer = open_scorer(run, variant, exact=exact)
+    scorer = open_scorer(run, variant, exact=exact, nprobe=nprobe)
     members = scorer.store.ids("member")
     if not np.isin(member_id, members):
         raise StarError(f"--member {member_id}: unknown member id (ids run from {int(members.min())} "
@@ -134,7 +145,8 @@ ALL_SCHEMA = (("member_id", "int64"), ("rank", "int32"), ("job_id", "int64"), ("
 
 
 def recommend_all(run: Run, out: str | os.PathLike, k: int = 10, variant: str = DEFAULT_VARIANT, *,
-                  include_applied: bool = False, exact: bool = False, batch: int = BATCH) -> tuple[int, int]:
+                  include_applied: bool = False, exact: bool = False, nprobe: int | None = None,
+                  batch: int = BATCH) -> tuple[int, int]:
     """Every member's top-`k` jobs as Parquet at `out` (ALL_SCHEMA; rank 1 is best), written whole
     or not at all; (members, rows)."""
     import pyarrow as pa
@@ -145,7 +157,7 @@ def recommend_all(run: Run, out: str | os.PathLike, k: int = 10, variant: str = 
     if k < 1:
         raise StarError(f"-k: must be >= 1, got {k}")
     out = Path(out)
-    scorer = open_scorer(run, variant, exact=exact)
+    scorer = open_scorer(run, variant, exact=exact, nprobe=nprobe)
     members = scorer.store.ids("member")
     schema = pa.schema([(name, getattr(pa, t)()) for name, t in ALL_SCHEMA])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,14 +202,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also rank jobs the member already applied to")
     parser.add_argument("--exact", action="store_true",
                         help="score every job even when the run has an index (`star-jax index build`)")
+    parser.add_argument("--nprobe", type=int, default=None,
+                        help="IVF index: lists searched per query, instead of the build's --nprobe "
+                             "(more: higher recall, slower; its nlist: exact)")
 
 
-def _how(run: Run, variant: str, exact: bool) -> str:
+def _how(run: Run, variant: str, exact: bool, nprobe: int | None) -> str:
     from star_jax.eval.index import read_meta
 
     how = "cosine of tower embeddings" if variant.startswith("llm_") else "dot product of GNN embeddings"
     meta = None if exact else read_meta(run, variant)
-    return f"{how}, {'exact' if meta is None else meta['params']['kind'] + ' index'}"
+    if meta is None:
+        return f"{how}, exact"
+    params = meta["params"]
+    if params["kind"] == "ivf":
+        probes = params["nprobe"] if nprobe is None else min(nprobe, params["nlist"])
+        return f"{how}, ivf index, {probes} of {params['nlist']} lists probed"
+    return f"{how}, {params['kind']} index"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -213,17 +234,18 @@ def main(args: argparse.Namespace) -> int:
     run = read_run(args.run)
     if args.all:
         members, rows = recommend_all(run, args.parquet, args.k, args.variant,
-                                      include_applied=args.include_applied, exact=args.exact)
+                                      include_applied=args.include_applied, exact=args.exact,
+                                      nprobe=args.nprobe)
         print(f"wrote {rows} recommendations for {members} members by {args.variant} "
-              f"({_how(run, args.variant, args.exact)}) to {args.parquet}")
+              f"({_how(run, args.variant, args.exact, args.nprobe)}) to {args.parquet}")
         return 0
     recs, applies = recommend(run, args.member, args.k, args.variant, include_applied=args.include_applied,
-                              exact=args.exact)
+                              exact=args.exact, nprobe=args.nprobe)
     status = "cold start: no training applies" if applies == 0 else f"{applies} training applies, not ranked"
     if args.include_applied and applies:
         status = f"{applies} training applies, ranked too"
     print(f"member {args.member} ({status}): top {len(recs)} jobs by {args.variant} "
-          f"({_how(run, args.variant, args.exact)})")
+          f"({_how(run, args.variant, args.exact, args.nprobe)})")
     print(f"{'rank':>4}  {'job':>8}  {'score':>8}  title")
     for i, r in enumerate(recs, 1):
         print(f"{i:>4}  {r.job_id:>8}  {r.score:>8.4f}  {r.title}")

@@ -24,6 +24,7 @@ import pandas as pd
 from star_jax.config import to_dict
 from star_jax.data.splits import cold_start, train_applies
 from star_jax.errors import StarError
+from star_jax.eval.compact_report import compact_markdown, compact_tradeoff, plot_compact
 from star_jax.eval.runs import GNN_VARIANTS, LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
 from star_jax.fileio import atomic_write_bytes, atomic_write_files, json_bytes
 from star_jax.metrics import (
@@ -414,6 +415,11 @@ def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
     migration = run.result("migration")
     if migration is not None:
         report["migration"] = migration
+    towers = run.store_version("llm_finetuned") if cfg.llm_train.matryoshka_dims else None
+    if towers is not None:  # the compact trade-off of the Matryoshka towers (docs/compact.md)
+        store = EmbeddingStore.open(towers[0], towers[1], kvstore=cfg.store.kvstore)
+        report["compact"] = compact_tradeoff(store, pairs.member_ids, pairs.job_ids, pairs.labels,
+                                             cfg.llm_train.matryoshka_dims)
     return report, {"labels": pairs.labels, **pair_scores}
 
 
@@ -517,13 +523,16 @@ def report_markdown(report: dict) -> str:
         out += [""] + notes
     if "migration" in report:
         out += ["", "## Version migration", "", migration_markdown(report["migration"])]
+    if "compact" in report:
+        out += ["", "## Compact vectors (llm_train.matryoshka_dims)", "", compact_markdown(report["compact"])]
     out += ["", "## Stage times (from the run that produced each stage)", "",
             "| stage | wall s | CPU s |", "|---|---|---|"]
     stages = report["stages"]
     out += [f"| {s['stage']} | {s['seconds']:.0f} | {_fmt(s['cpu_seconds'], '.0f')} |" for s in stages]
     wall, cpu = sum(s["seconds"] for s in stages), sum(s["cpu_seconds"] or 0 for s in stages)
     out.append(f"| total | {wall:.0f} | {cpu:.0f} |")
-    out += ["", "Plots: `plots/loss_curves.png`, `plots/roc.png`, `plots/auc_by_activity.png`.", ""]
+    compact = ", `plots/compact.png`" if "compact" in report else ""
+    out += ["", f"Plots: `plots/loss_curves.png`, `plots/roc.png`, `plots/auc_by_activity.png`{compact}.", ""]
     return "\n".join(out)
 
 
@@ -627,6 +636,8 @@ def write_report(run: Run) -> Path:
     plot_losses(run, plots / "loss_curves.png")
     plot_roc(scores, report, plots / "roc.png")
     plot_buckets(report, plots / "auc_by_activity.png")
+    if "compact" in report:
+        plot_compact(report["compact"], plots / "compact.png", _save)
     # Both or neither: a full disk leaves the previous report.json and report.md whole and matching.
     atomic_write_files({root / REPORT_JSON: json_bytes(report),
                         root / REPORT_MD: report_markdown(report).encode()})

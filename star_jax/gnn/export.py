@@ -69,8 +69,8 @@ def gnn_embed(
     `cfg` supplies the store settings (`store.*`) and the batch size (`gnn_train.eval_batch_size`);
     the model, sampler and variant come from the run itself.
     """
-    from star_jax.graph.hetero import HeteroGraph
     from star_jax.graph.sampler import NeighborSampler, make_dataset, node_seeds
+    from star_jax.graph.tstore import open_graph
     from star_jax.store import EmbeddingSpec, EmbeddingWriter
     from star_jax.store.manifest import check_name
     from star_jax.tracking import progress
@@ -78,7 +78,7 @@ def gnn_embed(
     check_name("--version", version)  # names, not paths: refused before anything is read
     if store_version is not None:
         check_name("--store-version", store_version)
-    graph = HeteroGraph.load(graph_dir)
+    graph = open_graph(graph_dir, cfg.graph)
     # Node features come from the store the run trained on, unless --store/--store-version name
     # another one of the same dimension (new texts, same embedding model).
     features, feat_info = None, None

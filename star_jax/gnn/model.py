@@ -44,6 +44,16 @@ def hash_ids(ids: jax.Array, buckets: int) -> jax.Array:
     return (x % jnp.uint32(buckets)).astype(jnp.int32)
 
 
+def unit(x: jax.Array) -> jax.Array:
+    """Each row of `x` L2-normalised (a zero row stays zero)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+
+
+def batch_llm_dim(batch: HeteroBatch) -> int:
+    """The width of the batch's stored LLM vectors."""
+    return next(iter(batch.llm.values())).shape[-1]
+
+
 def cat_rows(codes: jax.Array, buckets: int) -> jax.Array:
     """Embedding row of each categorical code: 0 stays 0 (missing); codes >= buckets wrap onto 1.."""
     return jnp.where(codes > 0, 1 + (codes - 1) % (buckets - 1), 0).astype(jnp.int32)
@@ -183,28 +193,37 @@ class GNNEncoder(nn.Module):
             }
 
         out = {}
+        block = cfg.llm_block if cfg.use_llm else 0
+        width = cfg.out_dim - block  # of the graph part of a member's or job's output
         llm_out = None
-        if cfg.use_llm and cfg.llm_skip:
+        if cfg.use_llm and cfg.llm_skip and not block:
             # LLM skip: ONE Dense shared by members and jobs keeps (up to scale) the member-job inner
             # product the bi-encoder trained to predict applies, so the score can use the towers'
             # similarity directly. Zero at the start (ReZero-style): as a random projection it
             # outweighed the untrained graph part (docs/architecture.md decision 6).
             llm_out = nn.Dense(cfg.out_dim, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
+        if block:
+            # A fixed map (a constant of the init key) and a gain, neither trained: the gain is 0
+            # while the graph part trains and is set on val afterwards (gnn_train.llm_block_gains).
+            llm_map = self.param("llm_block_map", nn.initializers.orthogonal(), (batch_llm_dim(batch), block))
+            llm_gain = jax.lax.stop_gradient(self.param("llm_gain", nn.initializers.zeros, ()))
         shared_columns = sorted(set.intersection(*(set(columns.get(t, {})) for t in LLM_TYPES)))
         if cfg.attribute_skip and cfg.shared_cat and shared_columns:
             # The member's and job's embeddings of the columns both have (seniority, location,
             # industry), through one map: the score sees "same city", "one level up" directly.
-            cat_out = nn.Dense(cfg.out_dim, dtype=dtype, use_bias=False, name="attribute_out_cat")
+            cat_out = nn.Dense(width, dtype=dtype, use_bias=False, name="attribute_out_cat")
             cat_skip = {t: cat_out(jnp.concatenate([columns[t][c] for c in shared_columns], -1))
                         for t in LLM_TYPES if t in layout.node_types}
         else:
             cat_skip = {}
         attribute_out = {
-            s: nn.Dense(cfg.out_dim, dtype=dtype, use_bias=False, name=f"attribute_out_{s}")
+            s: nn.Dense(width, dtype=dtype, use_bias=False, name=f"attribute_out_{s}")
             for s in sorted({s for per_type in bags.values() for s in per_type})
         }
         for t in layout.node_types:
-            z = nn.Dense(cfg.out_dim, dtype=dtype, name=f"proj_{t}")(h[t]).astype(jnp.float32)
+            blocked = block and t in batch.llm
+            z = nn.Dense(width if blocked else cfg.out_dim, dtype=dtype, name=f"proj_{t}")(h[t])
+            z = z.astype(jnp.float32)
             if llm_out is not None and t in batch.llm:
                 z = z + llm_out(jnp.asarray(batch.llm[t], jnp.float32)).astype(jnp.float32)
             if t in cat_skip:
@@ -213,8 +232,11 @@ class GNNEncoder(nn.Module):
                 # One map per attribute type, shared by members and jobs: <W a, W b> tracks <a, b>, so
                 # the score sees the overlap of the two nodes' skills, titles and companies directly.
                 z = z + attribute_out[s](bag).astype(jnp.float32)
+            if blocked:
+                llm = unit(unit(jnp.asarray(batch.llm[t], jnp.float32)) @ jax.lax.stop_gradient(llm_map))
+                z = jnp.concatenate([unit(z), llm_gain * llm], -1)
             if cfg.normalize:  # cosine geometry downstream; the loss cannot be lowered by inflating norms
-                z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-12))
+                z = unit(z)
             out[t] = z
         return out
 
@@ -355,6 +377,11 @@ def build_gnn(cfg: GNNConfig) -> GNN:
         return loss, metrics
 
     return GNN(cfg, init, encode, seed_embeddings, loss_fn)
+
+
+def set_llm_gain(params: Params, gain: float) -> Params:
+    """`params` with the LLM block's gain (`gnn.llm_block`) set to `gain`."""
+    return {**params, "encoder": {**params["encoder"], "llm_gain": jnp.asarray(gain, jnp.float32)}}
 
 
 # ---------------------------------------------------------------------------------------------

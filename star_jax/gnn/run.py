@@ -17,7 +17,7 @@ from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, fingerprint, load_config
 from star_jax.errors import StarError
 from star_jax.fileio import content_digest, read_json
-from star_jax.gnn.model import GNN, build_gnn, decay_mask
+from star_jax.gnn.model import GNN, build_gnn, decay_mask, set_llm_gain
 from star_jax.graph.batch import HeteroBatch, Layout
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, node_seeds
@@ -147,5 +147,9 @@ def load_run(out_dir: str | os.PathLike, graph: HeteroGraph, features: FeatureSo
     # Early stopping (gnn_train.keep_best): the parameters of the evaluation with the best val AUC.
     use_best = cfg.gnn_train.keep_best and float(best["auc"]) >= 0
     params, step = (best["params"], int(best["step"])) if use_best else (train.params, int(meta["step"]))
+    finished = (out / RESULT).is_file()
+    gain = read_json(out / RESULT).get("llm_block_gain") if finished else None
+    if gain is not None:  # the LLM block's gain, picked on val after training (gnn_train.llm_block_gains)
+        params = set_llm_gain(params, gain)
     return TrainedRun(cfg, run["variant"], run["fingerprint"], run.get("features"), fanouts,
-                      step, (out / RESULT).is_file(), gnn, params)
+                      step, finished, gnn, params)

@@ -31,7 +31,7 @@ from star_jax.fileio import atomic_write_json, atomic_write_text, finished_resul
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.evaluate import Evaluator, val_pairs
 from star_jax.gnn.features import feature_source
-from star_jax.gnn.model import GNN, build_gnn
+from star_jax.gnn.model import GNN, build_gnn, set_llm_gain
 from star_jax.gnn.run import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -56,6 +56,7 @@ from star_jax.graph.sampler import (
     read_pairs,
     train_seeds,
 )
+from star_jax.graph.tstore import open_graph
 from star_jax.tracking import MetricsLogger
 from star_jax.train_loop import LossFn, Static, TrainLoop, TrainState, make_train_step
 
@@ -234,6 +235,20 @@ class GNNLoop(TrainLoop):
         self.schedule = grown
         return changed
 
+    def pick_llm_gain(self, state: TrainState) -> tuple[float | None, dict[str, float]]:
+        """With `gnn.llm_block`: the gain of `gnn_train.llm_block_gains` whose LLM block gives the
+        exported parameters the best val AUC, and each gain's val AUC; (None, {}) without a block."""
+        if not (self.cfg.gnn.use_llm and self.cfg.gnn.llm_block):
+            return None, {}
+        best = self.cfg.gnn_train.keep_best and float(self.best["auc"]) >= 0
+        params = self.best["params"] if best else state.params
+        scores = {g: self.validate(state._replace(params=set_llm_gain(params, g)))["auc"]
+                  for g in sorted(set(self.cfg.gnn_train.llm_block_gains))}
+        gain = max(scores, key=scores.get)
+        tried = ", ".join(f"{g:g}: {a:.4f}" for g, a in scores.items())
+        log.info(f"train-gnn: LLM block gain on val: {tried}; kept {gain:g}")
+        return gain, {f"{g:g}": a for g, a in scores.items()}
+
     def run(self, state: TrainState) -> tuple[TrainState, float]:
         state, seconds = super().run(state)
         counts = self.counts()
@@ -261,7 +276,7 @@ def train_gnn(
     cfg = variant_config(cfg, variant)
     cfg.gnn_train.check()  # again: a config changed in code after it was built
     data_dir, out = os.fspath(data_dir), Path(out_dir)
-    graph = HeteroGraph.load(graph_dir)
+    graph = open_graph(graph_dir, cfg.graph)
     root = None if store_root is None else os.fspath(store_root)
     features, feat_info = feature_source(graph, cfg.gnn.use_llm, cfg.store, variant, root, store_version)
     fp = run_fingerprint(cfg, variant, data_dir, graph, feat_info)
@@ -283,7 +298,8 @@ def train_gnn(
                                            "graph_digest": graph.digest})
         with MetricsLogger(out) as logger:
             loop = GNNLoop(cfg, variant, data_dir, graph, features, ckpt, logger, meta)
-            _, seconds = loop.run(loop.initial_state(resume=meta is not None))
+            state, seconds = loop.run(loop.initial_state(resume=meta is not None))
+            gain, gain_aucs = loop.pick_llm_gain(state)
     finally:
         ckpt.close()
     history, counts = loop.history, loop.counts()
@@ -296,9 +312,11 @@ def train_gnn(
         "steps": cfg.gnn_train.steps,
         "train_seconds": seconds,
         "eval_seconds": loop.eval_seconds,
-        "val_auc": last.get("auc"),
+        "val_auc": gain_aucs[f"{gain:g}"] if gain is not None else last.get("auc"),
         "val_auc_cold_start": last.get("auc_cold_start"),
         "val_history": history,
+        "llm_block_gain": gain,
+        "llm_block_gain_val_auc": gain_aucs,
         "exported_step": last.get("step", cfg.gnn_train.steps),
         "train_step_compiles": counts["compiles"],
         "layouts": counts["layouts"],

@@ -1,23 +1,23 @@
 """The heterogeneous graph: one CSR adjacency per relation and per reverse relation.
 
-`build_graph` (`star-jax build-graph`) reads a data directory once and writes a graph directory of
-numpy arrays (docs/pipeline.md, "The graph directory"), which `HeteroGraph.load` memory-maps.
+`build_graph` (`star-jax build-graph`, star_jax.graph.build_cli) reads a data directory once and
+writes a graph directory of numpy arrays (docs/pipeline.md, "The graph directory"), which
+`HeteroGraph.load` memory-maps.
 Every stored relation `r: A -> B` also gets `r_rev: B -> A`, so a node reaches its neighbours in
-both directions (LinkSAGE, arXiv 2402.13430, makes attribute edges bidirectional). At the paper's
-scale the same arrays would move into TensorStore (docs/architecture.md, "Scale plan").
+both directions (LinkSAGE, arXiv 2402.13430, makes attribute edges bidirectional). The same
+arrays can also live in TensorStore (star_jax.graph.tstore).
 
     graph = build_graph("runs/demo/data", "runs/demo/graph")
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 GRAPH_FILE = "graph.json"
 GRAPH_FORMAT = 2  # 2: one vocabulary per categorical column name, shared by the node types
 REV = "_rev"
+NODE_ARRAYS = ("ids", "id_sorted", "id_order", "cat")  # per node type, as in HeteroGraph's fields
 
 
 class CSR(NamedTuple):
@@ -89,7 +90,8 @@ class HeteroGraph:
     cat: dict[str, np.ndarray]  # type -> int32 [rows, C_t]: codes of schema.node_types[t].categorical
     vocab: dict[str, dict[str, list[str]]]  # type -> column -> values; value i has code i + 1
     digest: str  # content digest of the input tables (fileio.content_digest)
-    path: str | None = None  # the graph directory it was loaded from
+    path: str | None = None  # the graph directory (or TensorStore URL) it was opened from
+    reopen: tuple | None = None  # (function, args) that opens it again, in a worker process
     _index: dict[str, IdIndex] = field(default_factory=dict, repr=False)  # built on first `rows`
 
     @property
@@ -118,39 +120,56 @@ class HeteroGraph:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> HeteroGraph:
-        """Memory-map a graph directory written by `build_graph`."""
+        """Memory-map a graph directory written by `build_graph` (or `star-jax graph fetch`)."""
         directory = Path(directory)
         meta_path = directory / GRAPH_FILE
         if not meta_path.is_file():
             raise StarError(f"{meta_path}: missing (build the graph with `star-jax build-graph`)")
         meta = read_json(meta_path)
+        path = os.path.abspath(directory)
+        return cls.from_arrays(meta, os.fspath(meta_path), lambda key: _load(directory / f"{key}.npy"),
+                               path, (HeteroGraph.load, (path,)))
+
+    @classmethod
+    def from_arrays(cls, meta: dict, where: str, array: Callable[[str], Any], path: str,
+                    reopen: tuple | None = None) -> HeteroGraph:
+        """The graph that graph.json `meta` (read from `where`) describes, each array opened by
+        `array(key)` for the keys of `array_keys(meta)`: a memory map, or a TensorStore reader."""
         if meta.get("format_version") != GRAPH_FORMAT:
-            raise StarError(f"{meta_path}: format_version {meta.get('format_version')} != {GRAPH_FORMAT}; "
+            raise StarError(f"{where}: format_version {meta.get('format_version')} != {GRAPH_FORMAT}; "
                             "rebuild it with `star-jax build-graph --force`")
-        schema = _schema_from_json(meta["schema"], meta["order"])
+        schema = schema_from_json(meta["schema"], meta["order"])
         ids, id_sorted, id_order, cat = {}, {}, {}, {}
         for t in schema.node_types:
-            d = directory / "nodes" / t
-            ids[t], id_sorted[t], id_order[t], cat[t] = (
-                _load(d / f"{a}.npy") for a in ("ids", "id_sorted", "id_order", "cat")
-            )
+            ids[t], id_sorted[t], id_order[t], cat[t] = (array(f"nodes/{t}/{a}") for a in NODE_ARRAYS)
         csr = {}
         for name in relation_types(schema):
-            d, info = directory / "csr" / name, meta["relations"][name]
+            info, d = meta["relations"][name], f"csr/{name}/"
             csr[name] = CSR(
-                _load(d / "indptr.npy"),
-                _load(d / "indices.npy"),
-                _load(d / "weight.npy") if info["weight"] else None,
-                _load(d / "timestamp.npy") if info["timestamp"] else None,
+                array(d + "indptr"),
+                array(d + "indices"),
+                array(d + "weight") if info["weight"] else None,
+                array(d + "timestamp") if info["timestamp"] else None,
             )
-        return cls(schema, ids, id_sorted, id_order, csr, cat, meta["vocab"], meta["digest"],
-                   os.path.abspath(directory))
+        return cls(schema, ids, id_sorted, id_order, csr, cat, meta["vocab"], meta["digest"], path, reopen)
 
     def __reduce__(self):
-        # Worker processes re-open the memory maps instead of receiving a pickled copy of the graph.
-        if self.path is not None:
+        # Worker processes re-open the graph (memory maps, or TensorStore readers) instead of
+        # receiving a pickled copy of it.
+        if self.reopen is not None:
+            return self.reopen
+        if self.path is not None:  # built by hand with a directory path
             return (HeteroGraph.load, (self.path,))
         return super().__reduce__()
+
+
+def array_keys(meta: dict) -> list[str]:
+    """The key of every array of a graph (its path under the graph directory, less `.npy`)."""
+    keys = [f"nodes/{t}/{a}" for t in meta["order"]["node_types"] for a in NODE_ARRAYS]
+    for name, info in meta["relations"].items():
+        keys += [f"csr/{name}/{part}" for part in CSR._fields
+                 if part in ("indptr", "indices") or info[part]]
+    return keys
 
 
 def _meta_json(schema: Schema, digest: str, nodes: dict[str, int], edges: dict[str, tuple[int, bool, bool]],
@@ -178,7 +197,7 @@ def _load(path: Path) -> np.ndarray:
 def _save_node_arrays(root: Path, t: str, ids, id_sorted, id_order, cat) -> None:
     d = root / "nodes" / t
     d.mkdir(parents=True, exist_ok=True)
-    for name, a in (("ids", ids), ("id_sorted", id_sorted), ("id_order", id_order), ("cat", cat)):
+    for name, a in zip(NODE_ARRAYS, (ids, id_sorted, id_order, cat), strict=True):
         np.save(d / f"{name}.npy", a)
 
 
@@ -190,7 +209,7 @@ def _save_csr(root: Path, name: str, c: CSR) -> None:
             np.save(d / f"{part}.npy", a)
 
 
-def _schema_from_json(raw: dict, order: dict) -> Schema:
+def schema_from_json(raw: dict, order: dict) -> Schema:
     nodes = {k: NodeTypeSpec(raw["node_types"][k]["table"], raw["node_types"][k]["text"],
                              tuple(raw["node_types"][k]["categorical"])) for k in order["node_types"]}
     rels = {k: RelationSpec(**raw["relations"][k]) for k in order["relations"]}
@@ -446,17 +465,3 @@ def format_degree_stats(graph: HeteroGraph) -> str:
                      f"{s['mean']:>8.2f} {s['median']:>7.1f} {s['p99']:>7.1f} {s['max']:>8.0f} "
                      f"{s['zero']:>9}")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="data directory (schema.json + Parquet tables)")
-    parser.add_argument("--out", required=True, help="graph directory to write")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the graph matches the data")
-
-
-def main(args: argparse.Namespace) -> int:
-    graph, built = ensure_graph(args.data, args.out, force=args.force)
-    counts = ", ".join(f"{t} {graph.num_nodes(t)}" for t in graph.node_types)
-    log.info(f"{'built' if built else 'up to date'}: {args.out} ({counts})")
-    print(format_degree_stats(graph))
-    return 0

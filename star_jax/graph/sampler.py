@@ -245,7 +245,7 @@ def sample_neighbors(
         ok = ((left > 0) & (mass > 0))[:, None]
     ok = np.broadcast_to(ok, (n, fanout))
     pos = np.where(ok, pos, -1)
-    return np.where(ok, np.asarray(csr.indices)[np.maximum(pos, 0)], -1).astype(np.int64), pos
+    return np.where(ok, csr.indices[np.maximum(pos, 0)], -1).astype(np.int64), pos
 
 
 def edge_mass_cumsum(graph: HeteroGraph, relation: str, weighting: str) -> np.ndarray | None:

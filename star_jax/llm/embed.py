@@ -2,7 +2,7 @@
 
     star-jax embed --data DATA_DIR --tokenizer TOK --base BASE_HF_DIR [--adapters ADAPTER_DIR] \
         --store ROOT --version NAME [--types member,job] [--log-dir DIR] [--config FILE] [--set k=v ...]
-    star-jax embed --store ROOT --parent VERSION --dims D [--reduce prefix|pca] --version NAME
+    star-jax embed --store ROOT --parent VERSION --dims D [--reduce prefix|pca|linear] --version NAME
 
 STAR stores the LLM embeddings once for the GNN and the rankers (arXiv 2507.09797, "decoupling"); a
 text is re-embedded only when its hash changed, as in JUDE's nearline pipeline (docs/architecture.md
@@ -42,7 +42,7 @@ from star_jax.llm.peft_io import ADAPTER_CONFIG
 from star_jax.llm.towers import TextTowers
 from star_jax.parallel import Rules, initialize_distributed, logical_rules, make_mesh
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
-from star_jax.store.compact import REDUCTIONS, write_compact
+from star_jax.store.compact import REDUCTIONS, train_pairs, write_compact
 from star_jax.tracking import MetricsLogger, progress
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write --version as a D-d reduction of the stored --parent version (no model runs)")
     add("--parent", default=None, help="with --dims: the full-width store version to reduce")
     add("--reduce", choices=REDUCTIONS, default=None,
-        help="with --dims: prefix (first D components, renormalised; the default) or pca")
+        help="with --dims: prefix (first D components, renormalised; the default), pca, or linear "
+             "(a map learned from --data's train pairs)")
     add_config_args(parser)
 
 
@@ -399,8 +400,11 @@ def main(args: argparse.Namespace) -> int:
         root = cfg.store.root if args.store is None else args.store
         if root is None:
             raise StarError("--store: required (or set store.root)")
+        pairs = None
+        if args.reduce == "linear":  # fitted on the train split's positive pairs
+            pairs = train_pairs(flag_or_config("--data", args.data, cfg.data.dir, "data.dir"))
         write_compact(root, args.parent, args.version, args.dims, reduce=args.reduce or "prefix",
-                      config=cfg.store, node_types=types)
+                      config=cfg.store, node_types=types, pairs=pairs)
         return 0
     data = flag_or_config("--data", args.data, cfg.data.dir, "data.dir")
     tok = flag_or_config("--tokenizer", args.tokenizer, cfg.tokenizer.dir, "tokenizer.dir")

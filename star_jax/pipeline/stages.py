@@ -188,16 +188,20 @@ class Pipeline:
 
     def graph(self) -> dict:
         from star_jax.graph.hetero import GRAPH_FORMAT, build_graph
+        from star_jax.graph.tstore import write_graph_store
 
-        p = self.paths
+        p, g = self.paths, self.cfg.graph
 
         def fn() -> dict:
             graph = build_graph(p.data, p.graph)
+            if g.store:  # also the TensorStore copy that graph.source=tensorstore reads
+                write_graph_store(p.graph, g.store, chunk_bytes=g.chunk_bytes, read_bytes=g.read_bytes)
             return {"dir": os.fspath(p.graph), "digest": graph.digest}
 
-        return self.run("build-graph", fn, inputs={"data": self.run.digest(p.data)}, config=(GRAPH_FORMAT,),
-                        exists=lambda r: os.path.isdir(r["dir"]), code=("star_jax.graph.hetero",),
-                        after=("synth",))
+        return self.run("build-graph", fn, inputs={"data": self.run.digest(p.data)},
+                        config=(GRAPH_FORMAT, g.store, g.chunk_bytes, g.read_bytes),
+                        exists=lambda r: os.path.isdir(r["dir"]),
+                        code=("star_jax.graph.hetero", "star_jax.graph.tstore"), after=("synth",))
 
     def train_gnn(self, variant: str, features: dict | None) -> dict:
         from star_jax.gnn.train import train_gnn
