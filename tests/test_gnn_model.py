@@ -10,7 +10,7 @@ from gnn_fixtures import Piece, full_batch, make_batch, make_layout, merge
 
 from star_jax.config import GNNConfig
 from star_jax.errors import StarError
-from star_jax.gnn.model import build_gnn, decay_mask, link_logits, link_loss, link_targets
+from star_jax.gnn.model import build_gnn, decay_mask, link_logits, link_loss, link_targets, set_llm_gain
 from star_jax.gnn.train import gnn_loss
 from star_jax.graph.batch import Layout
 from star_jax.train_loop import Static, init_state, make_optimizer, make_train_step
@@ -287,8 +287,6 @@ def test_llm_block_scores_are_the_weighted_sum_of_the_two_cosines(batches, gain)
     """With gnn.llm_block = D >= the LLM width, a member-job score is (graph cosine + g^2 x the
     cosine of the two stored LLM vectors) / (1 + g^2): the fixed map keeps inner products, and the
     gain picked on val after training (set_llm_gain) sets g; at 0, while training, it is off."""
-    from star_jax.gnn.model import set_llm_gain
-
     batch = batches[0]
     width = batch.llm["member"].shape[-1]
     cfg = dataclasses.replace(CFG, out_dim=width + 6, llm_block=width)

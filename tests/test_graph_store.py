@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from star_jax import cli
-from star_jax.config import GraphConfig, SamplerConfig
+from star_jax.config import GraphConfig, SamplerConfig, load_config
 from star_jax.errors import StarError
 from star_jax.fileio import read_json
+from star_jax.gnn.run import load_run
+from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import GRAPH_FILE, HeteroGraph, array_keys
 from star_jax.graph.sampler import NeighborSampler, batch_rng, eval_seeds, make_dataset, train_seeds
 from star_jax.graph.tstore import MANIFEST, fetch_graph, open_graph, open_graph_store, write_graph_store
@@ -263,10 +265,6 @@ def test_graph_config_checks_its_fields():
 def test_train_gnn_reads_the_store_in_place_to_the_same_model(built, tmp_path):
     """`graph.source: tensorstore` through `train-gnn`: the same val AUC history and parameters as
     the run on the memory-mapped directory (the sampler sees the same arrays either way)."""
-    from star_jax.config import load_config
-    from star_jax.gnn.run import load_run
-    from star_jax.gnn.train import train_gnn
-
     data, graph_dir, url = built
     sets = ["gnn.hidden_dim=8", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.heads=2", "gnn.layers=1",
             "gnn.id_buckets=32", "gnn.cat_dim=4", "gnn.cat_buckets=16", "sampler.batch_size=4",

@@ -20,8 +20,10 @@ import numpy as np
 
 from star_jax.config import fingerprint
 from star_jax.errors import StarError
+from star_jax.eval.report import uses_cosine, variant_embeddings
 from star_jax.eval.runs import VARIANTS, Run, read_run
 from star_jax.fileio import atomic_dir, atomic_write_json, read_json
+from star_jax.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,6 @@ def job_digest(manifest: dict) -> str:
 
 def variant_store(run: Run, variant: str):
     """The EmbeddingStore of `variant`'s version in `run` (one line naming what is missing)."""
-    from star_jax.store import EmbeddingStore
-
     if variant not in VARIANTS:
         raise StarError(f"--variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     where = run.store_version(variant)
@@ -122,8 +122,6 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def build_index(run: Run, variant: str, params: IndexParams) -> Path:
     """Index the jobs of `variant`'s store version into RUN_DIR/index/<variant>/ (replaced whole)."""
     import faiss
-
-    from star_jax.eval.report import uses_cosine, variant_embeddings
 
     store = variant_store(run, variant)
     jobs = store.ids("job")

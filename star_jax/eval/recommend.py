@@ -18,8 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from star_jax.data.loader import NodeTexts
+from star_jax.data.tables import read_edges
 from star_jax.errors import StarError
+from star_jax.eval.index import load_index, read_meta, search, variant_store
+from star_jax.eval.report import uses_cosine, variant_embeddings
 from star_jax.eval.runs import VARIANTS, Run, read_run
+from star_jax.tracking import progress
 
 DEFAULT_VARIANT = "gnn_id_cat_llm"  # STAR: ID + categorical + LLM features
 BATCH = 1024  # members scored per batch by --all
@@ -46,9 +51,6 @@ def first_line(text: str) -> str:
 
 
 def open_scorer(run: Run, variant: str, *, exact: bool = False, nprobe: int | None = None) -> Scorer:
-    from star_jax.eval.index import load_index, variant_store
-    from star_jax.eval.report import uses_cosine, variant_embeddings
-
     store = variant_store(run, variant)
     cosine = uses_cosine(variant)
     jobs = store.ids("job")
@@ -69,8 +71,6 @@ def top_k(scorer: Scorer, queries: np.ndarray, k: int,
           exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each query's best `k` jobs not in its `exclude` ids: (int64 [q, k] job ids, float32 [q, k]
     scores, int64 [q] how many of the k are real; rows past that are padding)."""
-    from star_jax.eval.index import search
-
     q = len(queries)
     out_ids, out_scores = np.zeros((q, k), np.int64), np.zeros((q, k), np.float32)
     found = np.zeros(q, np.int64)
@@ -102,8 +102,6 @@ def top_k(scorer: Scorer, queries: np.ndarray, k: int,
 
 def applied_by(run: Run, members: np.ndarray) -> list[np.ndarray]:
     """The jobs each of `members` applied to (the run's target-relation edges)."""
-    from star_jax.data.tables import read_edges
-
     edges = read_edges(run.paths.data, run.cfg.sampler.target_relation, ["src", "dst"])
     src, dst = edges["src"].to_numpy(np.int64), edges["dst"].to_numpy(np.int64)
     order = np.argsort(src, kind="stable")
@@ -113,8 +111,6 @@ def applied_by(run: Run, members: np.ndarray) -> list[np.ndarray]:
 
 
 def _member_rows(scorer: Scorer, member_ids: np.ndarray) -> np.ndarray:
-    from star_jax.eval.report import variant_embeddings
-
     return variant_embeddings(scorer.store, "member", member_ids, scorer.cosine)
 
 
@@ -123,8 +119,6 @@ def recommend(run: Run, member_id: int, k: int = 10, variant: str = DEFAULT_VARI
               nprobe: int | None = None) -> tuple[list[Recommendation], int]:
     """The top-`k` jobs for `member_id` and the member's number of training-period applies
     (`nprobe`: an IVF index's lists searched, instead of the build's)."""
-    from star_jax.data.loader import NodeTexts
-
     if k < 1:
         raise StarError(f"-k: must be >= 1, got {k}")
     scorer = open_scorer(run, variant, exact=exact, nprobe=nprobe)
@@ -151,8 +145,6 @@ def recommend_all(run: Run, out: str | os.PathLike, k: int = 10, variant: str = 
     or not at all; (members, rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from star_jax.tracking import progress
 
     if k < 1:
         raise StarError(f"-k: must be >= 1, got {k}")
@@ -208,8 +200,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _how(run: Run, variant: str, exact: bool, nprobe: int | None) -> str:
-    from star_jax.eval.index import read_meta
-
     how = "cosine of tower embeddings" if variant.startswith("llm_") else "dot product of GNN embeddings"
     meta = None if exact else read_meta(run, variant)
     if meta is None:

@@ -17,9 +17,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from star_jax.config import StoreConfig, fingerprint
+from star_jax.data.tables import read_labels
 from star_jax.errors import StarError
 from star_jax.store.kv import StoreRoot
 from star_jax.store.layout import matrix_metadata
@@ -96,8 +100,6 @@ def fit_pca(src: EmbeddingStore, node_types: Sequence[str], dims: int) -> tuple[
 
 def train_pairs(data_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(member ids, job ids) int64 [n]: the positive pairs of the labels' train split."""
-    from star_jax.data.tables import read_labels
-
     pairs = read_labels(data_dir, "train", ["member_id", "job_id", "label"])
     pairs = pairs[pairs["label"] > 0]
     return pairs["member_id"].to_numpy(np.int64), pairs["job_id"].to_numpy(np.int64)
@@ -112,10 +114,6 @@ def fit_linear(src: EmbeddingStore, node_types: Sequence[str], dims: int,
     Starts from the PCA of `node_types`' rows (as `fit_pca`) plus a small seeded perturbation, then
     `fit.steps` Adam steps of symmetric in-batch InfoNCE; deterministic given `fit.seed`.
     """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     members, jobs = (np.asarray(a, np.int64) for a in pairs)
     known = np.isin(members, src.ids("member")) & np.isin(jobs, src.ids("job"))
     members, jobs = members[known], jobs[known]
