@@ -3,9 +3,10 @@
 STAR (arXiv 2507.09797) feeds the stored LLM embeddings of members and jobs, learned ID embeddings
 and categorical features into a multi-head attention GNN over the member/job/company/skill/title
 graph and exports 200-d embeddings; the paper gives no layer-level detail, so the choices here are
-docs/architecture.md decisions 5, 6 and 14. Encoder: per node type the sum of the enabled input
+docs/architecture.md decisions 5, 6, 14 and 17. Encoder: per node type the sum of the enabled input
 parts (`GNNConfig.use_llm/use_id/use_cat`), `layers` x [`HGTConv` -> LayerNorm per type], a
-per-type projection to `out_dim`, plus the LLM and attribute skips. Decoder (LinkSAGE's, arXiv
+per-type projection plus the attribute skips, and for members and jobs the LLM block (or the summed
+LLM skip) beside it, to `out_dim`. Decoder (LinkSAGE's, arXiv
 2402.13430, plus K shared random negatives): sigmoid BCE on `scale * <member_i, job_j> + bias`.
 """
 
