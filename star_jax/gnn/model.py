@@ -391,10 +391,10 @@ def set_llm_gain(params: Params, gain: float) -> Params:
 
 def decay_mask(params: Params) -> Any:
     """Weight decay on matrices (Dense kernels, relation matrices) only: not on biases, norms,
-    priors, gates, the decoder's scale/bias, or embedding tables (hashed rows that a batch does not
-    touch would otherwise shrink every step)."""
+    priors, gates, the decoder's scale/bias, embedding tables (hashed rows that a batch does not
+    touch would otherwise shrink every step) or the LLM block's fixed map (it gets no gradient)."""
 
     def wants_decay(path: tuple, leaf: jax.Array) -> bool:
-        return leaf.ndim >= 2 and getattr(path[-1], "key", None) != "embedding"
+        return leaf.ndim >= 2 and getattr(path[-1], "key", None) not in ("embedding", "llm_block_map")
 
     return jax.tree_util.tree_map_with_path(wants_decay, params)

@@ -121,6 +121,12 @@ class TrainedRun(NamedTuple):
     params: Any  # GNN params (model.Params)
 
 
+def uses_best(t: GNNTrainConfig, best: dict) -> bool:
+    """Whether the exported parameters are those of the best evaluation (`gnn_train.keep_best`,
+    once an evaluation has run) rather than the last step's."""
+    return t.keep_best and float(best["auc"]) >= 0
+
+
 def load_run(out_dir: str | os.PathLike, graph: HeteroGraph, features: FeatureSource | None) -> TrainedRun:
     """The GNN and parameters of the latest checkpoint of the `train-gnn` run in `out_dir`."""
     out = Path(out_dir)
@@ -145,8 +151,8 @@ def load_run(out_dir: str | os.PathLike, graph: HeteroGraph, features: FeatureSo
         ckpt.close()
     train, best = from_checkpoint_tree(tree)
     # Early stopping (gnn_train.keep_best): the parameters of the evaluation with the best val AUC.
-    use_best = cfg.gnn_train.keep_best and float(best["auc"]) >= 0
-    params, step = (best["params"], int(best["step"])) if use_best else (train.params, int(meta["step"]))
+    params, step = ((best["params"], int(best["step"])) if uses_best(cfg.gnn_train, best)
+                    else (train.params, int(meta["step"])))
     finished = (out / RESULT).is_file()
     gain = read_json(out / RESULT).get("llm_block_gain") if finished else None
     if gain is not None:  # the LLM block's gain, picked on val after training (gnn_train.llm_block_gains)

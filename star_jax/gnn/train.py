@@ -43,6 +43,7 @@ from star_jax.gnn.run import (
     from_checkpoint_tree,
     make_gnn_optimizer,
     run_fingerprint,
+    uses_best,
 )
 from star_jax.gnn.variants import VARIANTS, variant_config
 from star_jax.graph.hetero import HeteroGraph
@@ -240,8 +241,7 @@ class GNNLoop(TrainLoop):
         exported parameters the best val AUC, and each gain's val AUC; (None, {}) without a block."""
         if not (self.cfg.gnn.use_llm and self.cfg.gnn.llm_block):
             return None, {}
-        best = self.cfg.gnn_train.keep_best and float(self.best["auc"]) >= 0
-        params = self.best["params"] if best else state.params
+        params = self.best["params"] if uses_best(self.cfg.gnn_train, self.best) else state.params
         scores = {g: self.validate(state._replace(params=set_llm_gain(params, g)))["auc"]
                   for g in sorted(set(self.cfg.gnn_train.llm_block_gains))}
         gain = max(scores, key=scores.get)
