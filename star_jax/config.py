@@ -30,6 +30,7 @@ LLM_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_NAMES = ("none", "full", "save_projections")  # star_jax.llm.mistral.REMAT_POLICIES
 ATTENTION_NAMES = (None, "xla", "cudnn", "chunked")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # star_jax.llm.lora.TARGET_MODULES
+LORA_SAVED = ("embed_tokens",)  # star_jax.llm.lora.SAVED_MODULES
 STORE_DTYPES = ("bfloat16", "float32", "float16")  # star_jax.store.layout.DTYPES
 COMPRESSIONS = ("zstd", "blosc", "none")
 WEIGHTINGS = ("uniform", "degree", "weight")  # sampler.neighbor_weighting
@@ -197,12 +198,16 @@ class LoraConfig(Checked):
     dropout: float = 0.0  # on the adapter's input only, as PEFT's lora_dropout
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
     shared: bool = True  # one adapter for both towers; False: a member adapter and a job adapter
+    # PEFT's modules_to_save: a trained full copy of each, saved with the adapter. ["embed_tokens"]
+    # lets the towers re-learn the token embeddings, which LoRA on the projections cannot reach
+    # (docs/architecture.md decision 20; `Config.lora` turns it on for the demo).
+    modules_to_save: list[str] = field(default_factory=list)
 
     def check(self) -> None:
-        bad = [t for t in self.targets if t not in LORA_TARGETS]
-        if bad:
-            raise StarError(f"lora.targets: unknown target {bad[0]!r}; expected some of "
-                            f"{', '.join(LORA_TARGETS)}")
+        for name, known in (("targets", LORA_TARGETS), ("modules_to_save", LORA_SAVED)):
+            bad = [t for t in getattr(self, name) if t not in known]
+            if bad:
+                raise StarError(f"lora.{name}: unknown entry {bad[0]!r}; expected some of {', '.join(known)}")
         _at_least("lora", self, 1, "rank")
         _within("lora", self, 0.0, 1.0, "dropout", open_high=True)
 
@@ -600,7 +605,9 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    # The demo trains the tiny base's token embeddings with the adapter (decision 20); a bare
+    # LoraConfig() is PEFT's plain LoRA.
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(modules_to_save=["embed_tokens"]))
     llm_train: LLMTrainConfig = field(default_factory=LLMTrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     store: StoreConfig = field(default_factory=StoreConfig)

@@ -423,3 +423,43 @@ def test_the_configs_head_names_are_the_registered_heads():
     assert set(config.PROJECTIONS) == {"none", *biencoder.PROJECTIONS}
     with pytest.raises(StarError, match="llm.projection: unknown head 'nope'"):
         config.load_config(None, ["llm.projection=nope"])
+
+
+def test_a_trained_embedding_table_starts_as_the_base_learns_and_reloads(tiny_base, tmp_path):
+    """`lora.modules_to_save: [embed_tokens]`: each adapter carries an fp32 copy of the base's table,
+    so step 0 encodes as the base; the loss trains it; `frozen` drops it; export and load keep it."""
+    cfg, base, _ = tiny_base
+    lora = LoraConfig(rank=4, targets=["q", "v"], modules_to_save=["embed_tokens"])
+    bienc = build_biencoder(LLMConfig(pooling="mean"), lora, LLMTrainConfig(), arch=cfg)
+    with pytest.raises(ValueError, match="modules_to_save"):
+        bienc.init(jax.random.key(0))
+    params = bienc.init(jax.random.key(0), base=base)
+    table = params["adapters"]["shared"]["embed_tokens"]["embedding"]
+    assert table.dtype == jnp.float32
+    np.testing.assert_array_equal(table, np.asarray(base["embed_tokens"]["embedding"], np.float32))
+    ids, lengths = e5_batch()
+    frozen = bienc.frozen(params)
+    assert "embed_tokens" not in frozen["adapters"]["shared"]
+    at_base = np.asarray(bienc.encode(frozen, base, MEMBER, ids, lengths))
+    np.testing.assert_array_equal(bienc.encode(params, base, MEMBER, ids, lengths), at_base)
+
+    grads = jax.grad(lambda p: bienc.loss(p, base, pair_batch(), jax.random.key(0))[0])(params)
+    grad = np.asarray(grads["adapters"]["shared"]["embed_tokens"]["embedding"])
+    # Only the rows of tokens in the batch get a gradient.
+    used = np.zeros(cfg.vocab_size, bool)
+    used[np.concatenate([ids[i, :n] for i, n in enumerate(lengths)])] = True
+    assert np.abs(grad[used]).max() > 0 and not grad[~used].any()
+
+    moved = {**params, "adapters": {"shared": {**params["adapters"]["shared"],
+                                               "embed_tokens": {"embedding": table + 0.3}}}}
+    assert np.abs(np.asarray(bienc.encode(moved, base, MEMBER, ids, lengths))
+                  - np.asarray(bienc.encode(params, base, MEMBER, ids, lengths))).max() > 1e-3
+    np.testing.assert_array_equal(bienc.encode(bienc.frozen(moved), base, MEMBER, ids, lengths), at_base)
+
+    bienc.export(moved, tmp_path / "adapters")
+    loaded = bienc.load(tmp_path / "adapters")
+    jax.tree.map(np.testing.assert_array_equal, loaded["adapters"], moved["adapters"])
+    plain = build_biencoder(LLMConfig(pooling="mean"), LoraConfig(rank=4, targets=["q", "v"]),
+                            LLMTrainConfig(), arch=cfg)
+    with pytest.raises(StarError, match="adapters of"):
+        plain.load(tmp_path / "adapters")

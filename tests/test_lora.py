@@ -148,6 +148,15 @@ def test_sharded_init_follows_logical_rules():
     )
 
 
+def assert_reads_back(tmp_path, peft_model, adapters, lora):
+    """Our export in `tmp_path/adapter`, and PEFT's own save of the loaded adapter, import as written."""
+    peft_model.save_pretrained(tmp_path / "resaved")
+    for directory in ("adapter", "resaved"):
+        back, back_cfg = import_peft(tmp_path / directory)
+        assert back_cfg == lora
+        jax.tree.map(np.testing.assert_array_equal, back, adapters)
+
+
 def test_peft_round_trip(tmp_path):
     from peft import PeftModel
 
@@ -169,15 +178,7 @@ def test_peft_round_trip(tmp_path):
     with peft_model.disable_adapter():
         assert np.abs(ref - hf_hidden(peft_model, ids, mask))[mask.astype(bool)].max() > 1e-2
 
-    back, back_cfg = import_peft(tmp_path / "adapter")
-    assert back_cfg == lora
-    jax.tree.map(np.testing.assert_array_equal, back, adapters)
-
-    # PEFT's own save of the loaded adapter reads back the same.
-    peft_model.save_pretrained(tmp_path / "resaved")
-    again, again_cfg = import_peft(tmp_path / "resaved")
-    assert again_cfg == lora
-    jax.tree.map(np.testing.assert_array_equal, again, adapters)
+    assert_reads_back(tmp_path, peft_model, adapters, lora)
 
 
 def test_import_rejects_bad_adapters(tmp_path):
@@ -189,5 +190,42 @@ def test_import_rejects_bad_adapters(tmp_path):
     cfg_file.write_text(cfg_file.read_text().replace('"use_rslora": false', '"use_rslora": true'))
     with pytest.raises(StarError, match="use_rslora"):
         import_peft(tmp_path / "a")
-    with pytest.raises(StarError, match="lora.targets: unknown target 'qkv'"):
+    with pytest.raises(StarError, match="lora.targets: unknown entry 'qkv'"):
         init_lora(jax.random.key(0), CFG, LoraConfig(targets=["qkv"]))
+
+
+def test_a_trained_embedding_table_round_trips_through_peft_modules_to_save(tmp_path):
+    """`lora.modules_to_save: [embed_tokens]`: our export is what PEFT loads (transformers' outputs
+    as the oracle), PEFT's own save reads back the same, and merging replaces the table."""
+    from peft import PeftModel
+
+    from star_jax.llm.lora import with_saved
+
+    hf = build_checkpoint(tmp_path / "base", num_key_value_heads=1)
+    cfg, base = load_mistral(tmp_path / "base")
+    lora = LoraConfig(rank=4, targets=["q", "down"], modules_to_save=["embed_tokens"])
+    adapters = randomize(init_lora(jax.random.key(0), cfg, lora), seed=1)
+    table = np.asarray(base["embed_tokens"]["embedding"], np.float32)
+    trained = table + 0.5 * np.random.default_rng(2).standard_normal(table.shape).astype(np.float32)
+    adapters = {**adapters, "embed_tokens": {"embedding": jnp.asarray(trained)}}
+    export_peft(adapters, lora, cfg, tmp_path / "adapter")
+
+    peft_model = PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    ids, mask = right_padded_batch([9, 4], 9, cfg.vocab_size, seed=4)
+    ref = hf_hidden(peft_model, ids, mask)
+    params, rest = with_saved(base, adapters)
+    ours = np.asarray(MistralModel(cfg, lora).apply({"params": params, "lora": rest}, ids, mask))
+    assert np.abs(ours - ref)[mask.astype(bool)].max() < 1e-4
+    # The table matters: the LoRA weights alone over the base's table give something else.
+    alone = np.asarray(MistralModel(cfg, lora).apply({"params": base, "lora": rest}, ids, mask))
+    assert np.abs(alone - ref)[mask.astype(bool)].max() > 1e-2
+    merged = np.asarray(MistralModel(cfg).apply({"params": merge_lora(base, adapters, lora)}, ids, mask))
+    assert np.abs(merged - ref)[mask.astype(bool)].max() < 1e-4
+
+    assert_reads_back(tmp_path, peft_model, adapters, lora)
+
+    # A table the config does not name, or a named one missing, is refused in one line.
+    with pytest.raises(StarError, match="saved modules"):
+        export_peft(rest, lora, cfg, tmp_path / "nope")
+    with pytest.raises(StarError, match="saved modules"):
+        export_peft(adapters, dataclasses.replace(lora, modules_to_save=[]), cfg, tmp_path / "nope")

@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from star_jax.config import LLMConfig, LLMTrainConfig, LoraConfig, MeshConfig, MistralConfig
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_bytes
+from star_jax.llm.lora import split_saved, with_saved
 from star_jax.llm.losses import biencoder_losses, fit_head, init_head
 from star_jax.llm.mistral import MistralModel, abstract_variables, init_lora
 from star_jax.llm.peft_io import ADAPTER_CONFIG, export_peft, import_peft, read_lora_config
@@ -105,6 +106,8 @@ def encode(
     `[B, H]` to `[B, D]` before the norm (None: D = H). `rng` turns on LoRA dropout (training).
     """
     lora = tower_adapters(adapters, tower)
+    if lora is not None:
+        base, lora = with_saved(base, lora)  # PEFT's modules_to_save run in place of the base's
     variables = {"params": base} if lora is None else {"params": base, "lora": lora}
     mask = (jnp.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
     hidden = model.apply(
@@ -240,7 +243,8 @@ def load_adapters(run_dir: str | os.PathLike) -> tuple[dict[str, dict], LoraConf
 
 
 def _same_lora(a: LoraConfig, b: LoraConfig) -> bool:
-    fields = lambda c: (c.rank, float(c.alpha), c.dropout, sorted(c.targets), c.shared)
+    fields = lambda c: (c.rank, float(c.alpha), c.dropout, sorted(c.targets), c.shared,
+                        sorted(c.modules_to_save))
     return fields(a) == fields(b)
 
 
@@ -252,12 +256,13 @@ class BiEncoder(NamedTuple):
 
     params (`Params`): "adapters" {name: LoRA tree}, "head" the BCE logit's {log_scale, bias},
     "projection" with a projection head; None runs the frozen base.
-    init(rng, mesh=None, rules=None) -> params            fresh: B = 0, so step 0 is the base
+    init(rng, mesh=None, rules=None, base=None) -> params  fresh: B = 0 and `lora.modules_to_save`
+                                                           copied from `base`, so step 0 is the base
     encode(params, base, tower, ids, lengths, rng=None) -> f32[B, dim] unit rows (dropout iff rng)
     tower_params(params, tower) -> what `tower` runs with, as params that encode alike for any tower
     encode_pair(params, base, batch, rng=None) -> (member f32[B, dim], job f32[B, dim])
     loss(params, base, batch, rng) -> (loss, aux)          a `train_loop.LossFn`
-    frozen(params) -> params with the adapters at zero (the step-0 towers)
+    frozen(params) -> params with the adapters at zero, no saved modules (the base's towers)
     calibrate(params, cosines, labels) -> params with the BCE head fitted (`losses.fit_head`)
     logit(params) -> {"logit_scale": float, "logit_bias": float}
     export(params, directory, base_model_name_or_path=None): adapters as PEFT dirs, the projection file
@@ -312,13 +317,19 @@ def build_biencoder(
     def on_mesh(fn: Callable, mesh: Mesh | None, *args: Any) -> Any:
         return jax.jit(fn)(*args) if mesh is None else jax.jit(fn, out_shardings=replicated(mesh))(*args)
 
-    def init(rng: jax.Array, mesh: Mesh | None = None, rules: Rules | None = None) -> Params:
+    def init(rng: jax.Array, mesh: Mesh | None = None, rules: Rules | None = None,
+             base: dict | None = None) -> Params:
         names = adapter_names(lora)
         keys = jax.random.split(rng, len(names))
-        params = {
-            "adapters": {n: init_lora(k, arch, lora, mesh=mesh, rules=rules) for n, k in zip(names, keys)},
-            "head": on_mesh(lambda: init_head(train), mesh),
-        }
+        adapters = {n: init_lora(k, arch, lora, mesh=mesh, rules=rules) for n, k in zip(names, keys)}
+        if lora.modules_to_save:
+            if base is None:
+                raise ValueError("lora.modules_to_save copies base modules: pass init(..., base=base params)")
+            # fp32 trained copies, laid out (and sharded) as the base's own.
+            copy = jax.jit(lambda m: jax.tree.map(lambda x: x.astype(jnp.float32), m))
+            saved = lambda: {m: copy(base[m]) for m in lora.modules_to_save}  # noqa: E731
+            adapters = {n: {**a, **saved()} for n, a in adapters.items()}
+        params = {"adapters": adapters, "head": on_mesh(lambda: init_head(train), mesh)}
         if projection is not None:  # its own stream: the adapters draw as without a head
             rng = jax.random.fold_in(rng, len(names))
             params["projection"] = on_mesh(lambda k: projection.init(k, hidden), mesh, rng)
@@ -353,7 +364,8 @@ def build_biencoder(
         return terms["loss"], aux
 
     def frozen(params: Params) -> Params:
-        return {**params, "adapters": jax.tree.map(jnp.zeros_like, params["adapters"])}
+        zero = lambda tree: jax.tree.map(jnp.zeros_like, split_saved(tree)[0])  # noqa: E731
+        return {**params, "adapters": {n: zero(t) for n, t in params["adapters"].items()}}
 
     def calibrate(params: Params, cosines: np.ndarray, labels: np.ndarray) -> Params:
         values = {k: jnp.asarray(v, jnp.float32) for k, v in fit_head(cosines, labels, train).items()}
@@ -378,8 +390,13 @@ def build_biencoder(
         adapters, found = read_adapters(directory)
         if not _same_lora(found, lora):
             raise StarError(f"{directory}: adapters of {found}, but this bi-encoder has {lora}")
-        abstract = abstract_variables(arch, lora)["lora"]
+        variables = abstract_variables(arch, lora)
+        # A saved module is laid out as the base's own, in fp32 (`init`).
+        abstract = {**variables["lora"], **{m: variables["params"][m] for m in lora.modules_to_save}}
         want = traverse_util.flatten_dict(nn.unbox(abstract))
+        for k in want:
+            if k[0] in lora.modules_to_save:
+                want[k] = jax.ShapeDtypeStruct(want[k].shape, jnp.float32)
         peft = (directory / ADAPTER_CONFIG).is_file()
         for name, tree in adapters.items():
             where, flat = directory if peft else directory / name, traverse_util.flatten_dict(tree)

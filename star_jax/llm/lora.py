@@ -4,7 +4,10 @@
 A ~ U(-1/sqrt(in), 1/sqrt(in)) (torch's `kaiming_uniform_(a=sqrt(5))`), B = 0, so a fresh adapter
 leaves the base unchanged. A is stored `[in, r]` and B `[r, out]` (PEFT's weights transposed),
 stacked over the layer axis, in the `lora` collection: `adapters['layers']['self_attn']['q_proj']
-['lora_A']` is `[layers, hidden, r]`. Fresh adapters: `mistral.init_lora`; PEFT files: `peft_io`.
+['lora_A']` is `[layers, hidden, r]`. PEFT's `modules_to_save` (`lora.modules_to_save`) are full
+trained copies of base modules, kept beside the LoRA weights in the same tree (`adapters
+['embed_tokens']['embedding']`) and run in place of the base's. Fresh adapters: `mistral.init_lora`;
+PEFT files: `peft_io`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ TARGET_MODULES = {
     "up": "up_proj",
     "down": "down_proj",
 }
+# Base modules an adapter may carry a full trained copy of (PEFT's `modules_to_save`).
+SAVED_MODULES = ("embed_tokens",)
 
 
 def scaling(cfg: LoraConfig) -> float:
@@ -83,10 +88,23 @@ def lora_delta(
     return (jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * scaling(cfg)).astype(x.dtype)
 
 
+def split_saved(adapters: dict) -> tuple[dict, dict]:
+    """`(LoRA weights, saved modules)` of one adapter tree: the saved ones are `{name: base-like params}`."""
+    saved = {k: v for k, v in adapters.items() if k in SAVED_MODULES}
+    return {k: v for k, v in adapters.items() if k not in SAVED_MODULES}, saved
+
+
+def with_saved(base: dict, adapters: dict) -> tuple[dict, dict]:
+    """`(base params with the adapter's saved modules in place of their own, the LoRA weights)`."""
+    lora, saved = split_saved(adapters)
+    return ({**base, **saved} if saved else base), lora
+
+
 def adapter_modules(adapters: dict) -> dict[tuple[str, ...], dict[str, jax.Array]]:
-    """{module path, e.g. ('layers', 'self_attn', 'q_proj'): {'lora_A': .., 'lora_B': ..}}."""
+    """{module path, e.g. ('layers', 'self_attn', 'q_proj'): {'lora_A': .., 'lora_B': ..}}; saved
+    modules are not among them (`split_saved`)."""
     modules: dict[tuple[str, ...], dict[str, jax.Array]] = {}
-    for path, leaf in traverse_util.flatten_dict(adapters).items():
+    for path, leaf in traverse_util.flatten_dict(split_saved(adapters)[0]).items():
         modules.setdefault(path[:-1], {})[path[-1]] = leaf
     return modules
 
@@ -95,8 +113,10 @@ def merge_lora(base: dict, adapters: dict, lora_cfg: LoraConfig) -> dict:
     """Base params with every adapter folded in, `W + (alpha/r) A B` (PEFT's `merge_and_unload`).
 
     The result runs in `MistralModel(cfg)` without LoRA and gives the same output as base +
-    adapters (without dropout). Pure, jit-able; kernels keep their dtype.
+    adapters (without dropout); saved modules replace the base's. Pure, jit-able; kernels keep their dtype.
     """
+    merged, adapters = with_saved(base, adapters)
+    base = {k: jax.tree.map(lambda new, old: new.astype(old.dtype), v, base[k]) for k, v in merged.items()}
     flat = traverse_util.flatten_dict(base)
     for path, ab in adapter_modules(adapters).items():
         kernel = flat[(*path, "kernel")]

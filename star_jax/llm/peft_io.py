@@ -4,7 +4,8 @@
 reads ours or PEFT's own. Keys are `base_model.model.layers.{i}.self_attn.q_proj.lora_A.weight`
 `[r, in]` and `...lora_B.weight` `[out, r]` (a bare `MistralModel` base, E5-Mistral's class), or
 `base_model.model.model.layers...` for a `MistralForCausalLM` base; our adapters are the same
-tensors transposed and stacked over layers (star_jax.llm.lora).
+tensors transposed and stacked over layers (star_jax.llm.lora). A `modules_to_save` table is
+`base_model.model.embed_tokens.weight` `[vocab, hidden]`, as it is.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flax import traverse_util
 from star_jax.config import LoraConfig, MistralConfig
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_dir, atomic_write_json, read_json
-from star_jax.llm.lora import TARGET_MODULES, adapter_modules
+from star_jax.llm.lora import SAVED_MODULES, TARGET_MODULES, adapter_modules, split_saved
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -30,6 +31,8 @@ _PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", 
 _PEFT_KEY = re.compile(
     r"^base_model\.model\.(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)\.lora_([AB])\.weight$"
 )
+# A `modules_to_save` module's full weight; ours are the embedding tables, `[vocab, hidden]` in both.
+_SAVED_KEY = re.compile(r"^base_model\.model\.(?:model\.)?(\w+)\.weight$")
 
 
 def _peft_config(lora_cfg: LoraConfig, base_model_name_or_path: str | None, causal_lm: bool) -> dict:
@@ -48,7 +51,7 @@ def _peft_config(lora_cfg: LoraConfig, base_model_name_or_path: str | None, caus
         "use_dora": False,
         "init_lora_weights": True,
         "inference_mode": True,
-        "modules_to_save": None,
+        "modules_to_save": list(lora_cfg.modules_to_save) or None,
         "layers_to_transform": None,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -73,6 +76,12 @@ def export_peft(
     lora_cfg.check()
     prefix = "base_model.model.model." if causal_lm else "base_model.model."
     tensors: dict[str, np.ndarray] = {}
+    saved = split_saved(adapters)[1]
+    if sorted(saved) != sorted(lora_cfg.modules_to_save):
+        raise StarError(f"adapters: saved modules {sorted(saved)} do not match lora.modules_to_save="
+                        f"{sorted(lora_cfg.modules_to_save)}")
+    for name, module in saved.items():
+        tensors[f"{prefix}{name}.weight"] = np.ascontiguousarray(jax.device_get(module["embedding"]))
     for path, ab in adapter_modules(adapters).items():
         a, b = np.asarray(jax.device_get(ab["lora_A"])), np.asarray(jax.device_get(ab["lora_B"]))
         where = "/".join(path)
@@ -104,9 +113,12 @@ def read_lora_config(adapter_dir: str | os.PathLike) -> LoraConfig:
         raise StarError(f"{path}: not valid JSON: {e}") from None
     if cfg.get("peft_type") != "LORA":
         raise StarError(f"{path}: peft_type {cfg.get('peft_type')!r}, expected 'LORA'")
-    for field in ("use_rslora", "use_dora", "fan_in_fan_out", "layers_to_transform", "modules_to_save"):
+    for field in ("use_rslora", "use_dora", "fan_in_fan_out", "layers_to_transform"):
         if cfg.get(field):
             raise StarError(f"{path}: {field}={cfg[field]!r} is not supported")
+    saved = cfg.get("modules_to_save") or []
+    if not isinstance(saved, list) or any(m not in SAVED_MODULES for m in saved):
+        raise StarError(f"{path}: modules_to_save={saved!r} is not supported (only {list(SAVED_MODULES)})")
     if cfg.get("bias", "none") != "none":
         raise StarError(f"{path}: bias={cfg['bias']!r} is not supported")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
@@ -126,6 +138,7 @@ def read_lora_config(adapter_dir: str | os.PathLike) -> LoraConfig:
         alpha=float(cfg["lora_alpha"]),
         dropout=float(cfg.get("lora_dropout", 0.0)),
         targets=targets,
+        modules_to_save=list(saved),
     )
 
 
@@ -151,8 +164,13 @@ def import_peft(adapter_dir: str | os.PathLike) -> tuple[dict, LoraConfig]:
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise StarError(f"{weights}: not a readable safetensors file ({e})") from None
     found: dict[tuple[str, str, str], dict[int, np.ndarray]] = {}
+    saved: dict[str, dict] = {}
     for key, value in tensors.items():
         m = _PEFT_KEY.match(key)
+        s = _SAVED_KEY.match(key)
+        if m is None and s is not None and s.group(1) in lora_cfg.modules_to_save:
+            saved[s.group(1)] = {"embedding": jnp.asarray(value)}
+            continue
         if m is None:
             raise StarError(f"{weights}: unexpected tensor {key}")
         layer, parent, module, ab = m.groups()
@@ -179,4 +197,7 @@ def import_peft(adapter_dir: str | os.PathLike) -> tuple[dict, LoraConfig]:
                 f"but {ADAPTER_CONFIG} says r={lora_cfg.rank}"
             )
         flat[("layers", parent, module, name)] = jnp.asarray(stacked)
-    return traverse_util.unflatten_dict(flat), lora_cfg
+    missing = sorted(set(lora_cfg.modules_to_save) - set(saved))
+    if missing:
+        raise StarError(f"{weights}: no tensor for {missing[0]}, named in {ADAPTER_CONFIG}'s modules_to_save")
+    return {**traverse_util.unflatten_dict(flat), **saved}, lora_cfg

@@ -221,7 +221,7 @@ def train_llm(
 
     # Built outside the mesh context: the model's logical constraints apply only to traced steps.
     _, base = load_mistral(base_dir, arch.param_dtype, mesh=mesh, rules=rules)
-    params = bienc.init(jax.random.key(tcfg.seed), mesh, rules)
+    params = bienc.init(jax.random.key(tcfg.seed), mesh, rules, base=base)
     tx, schedule = loop.make_optimizer(
         lr=tcfg.lr, warmup_steps=tcfg.warmup_steps, steps=tcfg.steps,
         weight_decay=tcfg.weight_decay, clip_norm=tcfg.clip_norm,
