@@ -581,6 +581,11 @@ class MeshConfig(Checked):
     coordinator_address: str | None = None
     num_processes: int = 1
     process_id: int | None = None
+    # Seconds a training process may go without progress (a step, a progress-bar update) before it
+    # stops the job in one line, exit status 75 (star_jax.watchdog; twice this before the first
+    # step, which compiles). 0: off. 30 min is far above any live step, evaluation batch or
+    # checkpoint wait, and far below the hours a hung job would hold its allocation.
+    watchdog_s: float = 1800.0
 
     def check(self) -> None:
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
@@ -596,6 +601,9 @@ class MeshConfig(Checked):
                                 f"{', '.join(sizes)}")
         if self.num_processes > 1 and (not self.coordinator_address or self.process_id is None):
             raise StarError("mesh.coordinator_address, mesh.process_id: required when mesh.num_processes > 1")
+        if not 0 <= self.watchdog_s < float("inf"):  # also refuses nan
+            raise StarError(f"mesh.watchdog_s: must be a number of seconds >= 0 (0: off), "
+                            f"got {self.watchdog_s}")
 
 
 @dataclass

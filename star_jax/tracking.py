@@ -18,6 +18,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from star_jax import watchdog
+
 
 def is_lead() -> bool:
     """Process 0 of a multi-host run, or the only process (JAX is not imported for this)."""
@@ -103,6 +105,20 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+class _Bar(tqdm):
+    """A tqdm bar whose updates and items beat the running watchdog: a long but live evaluation or
+    embedding pass is progress (star_jax.watchdog)."""
+
+    def update(self, n: float | None = 1) -> bool | None:
+        watchdog.beat()
+        return super().update(n)
+
+    def __iter__(self):
+        for item in super().__iter__():  # tqdm counts items without calling update()
+            watchdog.beat()
+            yield item
+
+
 def progress(
     iterable: Iterable | None = None,
     *,
@@ -112,8 +128,9 @@ def progress(
     initial: int = 0,
     unit_scale: bool = False,
 ) -> tqdm:
-    """A tqdm bar (rate and ETA included), silent on non-lead processes."""
-    return tqdm(
+    """A tqdm bar (rate and ETA included), silent on non-lead processes; each update beats the
+    running watchdog (on every process)."""
+    return _Bar(
         iterable,
         total=total,
         desc=desc,

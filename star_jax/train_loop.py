@@ -5,8 +5,8 @@ params, the frozen argument of its step (the base model, the GNN's `Static` layo
 grain iterator of batches and its evaluation. This module owns the rest: the optax chain, the
 `TrainState`, the jitted step (state donated), evaluation every `eval_every` steps, orbax
 checkpoints of the state and the iterator (star_jax.checkpoint: a killed run resumes bit-exactly),
-SIGTERM (`Preemption`: checkpoint the step, raise `Preempted`), metrics.jsonl / TensorBoard / tqdm
-(star_jax.tracking) and the count of the step's compilations.
+SIGTERM (`Preemption`: checkpoint the step, raise `Preempted`), a stalled process (star_jax.watchdog),
+metrics.jsonl / TensorBoard / tqdm (star_jax.tracking) and the count of the step's compilations.
 `TrainLoop` is the loop; a stage subclasses it for what it adds (the GNN: keep-best, fan-out stages).
 """
 
@@ -28,9 +28,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from star_jax.checkpoint import Checkpointer
+from star_jax.config import MeshConfig
 from star_jax.errors import Preempted, StarError
 from star_jax.parallel import batch_sharding, replicated
 from star_jax.tracking import MetricsLogger, progress
+from star_jax.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +360,9 @@ class TrainLoop:
     checkpoints every `checkpoint_every` steps and at the end, logs the step's metrics every
     `log_every` steps and `evaluate(state)` every `eval_every` steps; `on_batch(step, host_batch)`
     sees every batch before its step runs. After a SIGTERM (`Preemption`) it finishes the step
-    (evaluation included), checkpoints it, waits for the checkpoint and raises `Preempted`.
-    The methods below the constructor are a stage's hooks.
+    (evaluation included), checkpoints it, waits for the checkpoint and raises `Preempted`. A
+    process with no progress for `watchdog_s` seconds (`mesh.watchdog_s`; 0: off) ends in one line
+    (star_jax.watchdog). The methods below the constructor are a stage's hooks.
     """
 
     eval_at_start = True  # a fresh run logs `evaluate(state)` at step 0
@@ -382,6 +385,7 @@ class TrainLoop:
         eval_every: int = 0,
         evaluate: Callable[[TrainState], dict[str, float]] | None = None,
         on_batch: Callable[[int, Any], None] | None = None,
+        watchdog_s: float = MeshConfig.watchdog_s,
     ):
         self.step_fn, self.frozen, self.batches, self.put = step_fn, frozen, batches, put
         self.ckpt, self.logger, self.desc = ckpt, logger, desc
@@ -391,6 +395,8 @@ class TrainLoop:
         self.compiles = 0  # the step's compilations in this session
         self.compiled: list[str] = []  # the names of the functions compiled
         self.preemption: Preemption | None = None  # the running session's
+        self.watchdog_s = watchdog_s
+        self.watchdog: Watchdog | None = None  # the running session's
 
     def pack(self, state: TrainState) -> Any:
         """The tree a checkpoint holds for `state` (also called on an abstract state)."""
@@ -427,8 +433,18 @@ class TrainLoop:
     def run(self, state: TrainState) -> tuple[TrainState, float]:
         """Returns the final state and the training seconds of all sessions."""
         self.preemption = Preemption(collective=jax.process_count() > 1 and spans_processes(state))
-        with self.preemption:
-            return self._run(state)
+        process = (jax.process_index(), jax.process_count())
+        self.watchdog = Watchdog(self.watchdog_s, self.desc, process=process)
+        with self.preemption, self.watchdog:
+            try:
+                return self._run(state)
+            except BaseException as e:
+                # A failed collective (a peer died) leaves the checkpoint being written waiting for
+                # that peer at orbax's barrier: wait for it here, watched, not in the stage's
+                # Checkpointer.close, unwatched.
+                self.watchdog.error = f"{type(e).__name__}: {str(e).strip()[:300]}".splitlines()[0]
+                self.ckpt.wait()
+                raise
 
     def _run(self, state: TrainState) -> tuple[TrainState, float]:
         start, seconds_before = 0, 0.0
@@ -437,6 +453,7 @@ class TrainLoop:
             tree, meta = self.ckpt.restore(abstract_like(self.pack(state)), data_iter=self.batches)
             state = self.unpack(tree)
             start, seconds_before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+            self.watchdog.beat(start)
             log.info(f"{self.desc}: resumed from the step-{start} checkpoint in {self.ckpt.directory}")
         # A SIGTERM during the set-up or the restore stops the loop before its first step. Asked with
         # `start`, the sync point also learns where every process starts.
@@ -472,6 +489,7 @@ class TrainLoop:
                             postfix["tok_s"] = f"{values['tokens_per_s']:,.0f}"
                         self.logger.log(step, "train", **self.train_scalars(step, values))
                         bar.set_postfix(postfix, refresh=False)
+                    self.watchdog.stepped(step)  # compiled and dispatched (run, when it logged)
                     relayout = False
                     if self.evaluate is not None and self.eval_due(step):
                         values = self.evaluate(state)

@@ -10,7 +10,7 @@ from star_jax import sources
 
 # Lowest first; a module may import its own layer and those below it.
 CORE = {"config", "errors", "fileio", "parallel", "tracking", "checkpoint", "metrics", "train_loop",
-        "sources"}
+        "sources", "watchdog"}
 LAYERS = (
     ("core", lambda parts: parts == () or (len(parts) == 1 and parts[0] in CORE)),
     ("data", lambda parts: parts[0] == "data"),

@@ -160,7 +160,7 @@ class GNNLoop(TrainLoop):
             step_fn, Static(self.stage.sampler.layout), self.stage.batches, put=lambda batch: batch,
             ckpt=ckpt, logger=logger, steps=t.steps, log_every=t.log_every,
             checkpoint_every=t.checkpoint_every, desc=f"train-gnn {variant}", eval_every=t.eval_every,
-            evaluate=self.validate,
+            evaluate=self.validate, watchdog_s=cfg.mesh.watchdog_s,
         )
 
     def make_stage(self, fanouts: tuple[int, ...], start: int) -> Stage:

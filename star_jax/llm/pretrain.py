@@ -133,6 +133,7 @@ def pretrain(
                 put=lambda b: loop.put_batch(b, mesh, shard), ckpt=ckpt, logger=logger,
                 steps=pcfg.steps, log_every=pcfg.log_every, checkpoint_every=pcfg.checkpoint_every,
                 tokens=lambda b: int(b["input_ids"][:, 1:].size), desc="pretrain",
+                watchdog_s=cfg.mesh.watchdog_s,
             )
         final = loop.gather(state.params, mesh)
 

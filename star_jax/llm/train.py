@@ -279,7 +279,7 @@ def train_llm(
                 checkpoint_every=tcfg.checkpoint_every,
                 tokens=lambda b: int(b["member_len"].sum() + b["job_len"].sum()),
                 desc="train-llm", eval_every=tcfg.eval_every,
-                evaluate=evaluate, on_batch=seen,
+                evaluate=evaluate, on_batch=seen, watchdog_s=cfg.mesh.watchdog_s,
             )
             params = loop.gather(state.params, mesh)
             final, _ = evaluator(params, ("val", "test"))
