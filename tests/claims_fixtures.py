@@ -7,7 +7,8 @@ bi-encoder has no reason to match them. Warm members apply to jobs of their clus
 positives, balanced so every job has the same number of applicants); the val and test pairs are
 with cold-start members (no applies), half of them positive. Categoricals and the skill, title and
 company edges are random: nothing but the texts, and the stored features of `write_cluster_features`,
-says which cluster a cold member is in.
+says which cluster a cold member is in. With `warm_eval` the val and test pairs are with warm members
+instead, whose applies say their cluster too.
 
 Every node has at most `MAX_DEGREE` neighbours per relation, so a one-hop sampler with that fan-out
 (and `sampler.distinct`) takes whole neighbourhoods: a node's embedding does not depend on its batch.
@@ -53,9 +54,14 @@ def _write(path: Path, table: pa.Table) -> None:
 
 
 def write_planted_data(root: str | os.PathLike, *, seed: int, warm: int = 64, cold: int = 32, jobs: int = 32,
-                       pairs_per_cold: int = 4, filler: int = 4) -> Path:
+                       pairs_per_cold: int = 4, filler: int = 4, warm_eval: bool = False,
+                       group: int = 1) -> Path:
     """Write the data directory under `root`; returns its path. Member ids 0..warm-1 are warm, the
-    next `cold` are cold (the first half in val pairs, the second half in test pairs)."""
+    next `cold` are cold (the first half in val pairs, the second half in test pairs). `warm_eval`:
+    the val and test pairs are with warm members instead (the first half of them in val, the second
+    in test): jobs of its cluster it did not apply to, and jobs of other clusters it was not shown
+    in train; with `group` g > 1, of the other clusters of its group (clusters 0..g-1 form one
+    group, g..2g-1 the next, ...; `write_cluster_features`'s `member_group`)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     schema = default_schema()
@@ -102,13 +108,23 @@ def write_planted_data(root: str | os.PathLike, *, seed: int, warm: int = 64, co
         "timestamp": pa.array(times, pa.int64())}))
 
     # Labels: the applies (train positives), one other-cluster job per warm member (train
-    # negatives), then per cold member `pairs_per_cold` jobs, half of its cluster.
+    # negatives), then per cold member (per warm member with `warm_eval`) `pairs_per_cold` jobs,
+    # half of its cluster.
     rows = [(m, j, 1, int(t), "train") for (m, j), t in zip(applies, times)]
     t_end = int(times[-1])
+    shown = {}
     for m in range(warm):
-        j = int(rng.choice(np.flatnonzero(job_cluster != member_cluster[m])))
+        shown[m] = j = int(rng.choice(np.flatnonzero(job_cluster != member_cluster[m])))
         rows.append((m, j, 0, t_end, "train"))
-    for k, m in enumerate(range(warm, n_members)):
+    for k, m in enumerate(range(warm) if warm_eval else []):
+        split, start = ("val", t_end + DAY) if k < warm // 2 else ("test", t_end + 2 * DAY)
+        half, c = pairs_per_cold // 2, member_cluster[m]
+        unapplied = [j for j in np.flatnonzero(job_cluster == c) if (m, j) not in applies]
+        same = rng.choice(unapplied, half, replace=False)
+        rivals = (job_cluster != c) & ((job_cluster // group == c // group) | (group == 1))
+        other = rng.choice([j for j in np.flatnonzero(rivals) if j != shown[m]], half, replace=False)
+        rows += [(m, int(j), int(y), start + k, split) for y, js in ((1, same), (0, other)) for j in js]
+    for k, m in enumerate([] if warm_eval else range(warm, n_members)):
         split, start = ("val", t_end + DAY) if k < cold // 2 else ("test", t_end + 2 * DAY)
         half = pairs_per_cold // 2
         same = rng.choice(np.flatnonzero(job_cluster == member_cluster[m]), half, replace=False)
@@ -125,18 +141,22 @@ def write_planted_data(root: str | os.PathLike, *, seed: int, warm: int = 64, co
 
 
 def write_cluster_features(data_dir: str | os.PathLike, store_root: str | os.PathLike, version: str, *,
-                           seed: int, dim: int = 8, noise: float = 0.3) -> None:
-    """Store `version`: each member's and job's vector is its cluster's centroid plus noise."""
+                           seed: int, dim: int = 8, noise: float = 0.3, member_group: int = 1) -> None:
+    """Store `version`: each member's and job's vector is its cluster's centroid plus noise. With
+    `member_group` g > 1 a member's centroid is the mean of its group's (clusters 0..g-1 form one
+    group, g..2g-1 the next, ...): its vector says its group, not which cluster of the group."""
     clusters = np.load(Path(data_dir) / "clusters.npz")
     rng = np.random.default_rng([seed, 7])
     centroids = rng.normal(size=(CLUSTERS, dim)).astype(np.float32)
+    groups = np.stack([centroids[k - k % member_group:][:member_group].mean(0) for k in range(CLUSTERS)])
     spec = EmbeddingSpec(model="planted", adapter=None, tokenizer="none", max_len=0, pooling="none", dim=dim)
     inputs, vectors = {}, {}
     for t in ("member", "job"):
         c = clusters[t]
         ids = np.arange(len(c), dtype=np.int64)
         inputs[t] = (ids, text_hash(f"{t} {i}" for i in ids))
-        vectors[t] = (centroids[c] + noise * rng.normal(size=(len(c), dim))).astype(np.float32)
+        mean = groups if t == "member" else centroids
+        vectors[t] = (mean[c] + noise * rng.normal(size=(len(c), dim))).astype(np.float32)
     writer = EmbeddingWriter.open(os.fspath(store_root), version, spec, inputs, StoreConfig(dtype="float32"))
     for t in writer.node_types:
         for block in writer.pending_blocks(t):
