@@ -1,13 +1,15 @@
 """EmbeddingStore throughput against a numpy memmap of the same rows, measured in the same run.
 
-    python -m benchmarks.bench_store [--rows 100000] [--dim 4096] [--no-docs]
+    python -m benchmarks.bench_store [--rows 100000] [--dim 4096] [--no-gnn] [--no-docs]
 
 Writes `rows x dim` bfloat16 vectors through `EmbeddingWriter` (the path `star-jax embed` takes:
-blocks of whole shards, then publish), refreshes 1% of the texts (the rest copied), and reads
-batches of random rows with `EmbeddingStore.lookup` from a fresh handle. The baseline writes the
-same rows into an uncompressed `np.memmap` and gathers the same random rows from it. Both sides
-read through a warm OS page cache, so the lookup numbers measure decode and gather cost on this
-CPU, not the disk. The markdown table goes into the `bench:store` section of docs/benchmarks.md.
+blocks of whole shards, then publish), builds a replica (`star_jax.store.replica`), refreshes 1% of
+the texts (the rest copied), and reads batches of random rows with `EmbeddingStore.lookup`. The
+baseline writes the same rows into an uncompressed `np.memmap` and gathers the same random rows
+from it. Lookups run in rounds, every variant once per round, after one untimed pass that warms
+the OS page cache: they measure decode and gather cost on this CPU, not the disk. Full-size runs
+then time GNN training with store features vs in memory (`bench_gnn_store`, small scale). The
+markdown table goes into the `bench:store` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,7 +30,19 @@ from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter
 from star_jax.store.layout import inner_chunk_rows
 
 SECTION = "store"
+TITLE = "## EmbeddingStore (TensorStore zarr3) vs numpy memmap"
 _POOL_ROWS = 8192  # distinct random rows; blocks are permutations of them (generating 400M normals is slow)
+
+
+class Clock:
+    """Wall and process CPU seconds (all threads: TensorStore decodes and encodes in its own)."""
+
+    def __enter__(self) -> Clock:
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
 
 
 def _du(path: str) -> int:
@@ -47,152 +61,204 @@ def _write(root: str, cfg: StoreConfig, spec: EmbeddingSpec, hashes: np.ndarray,
     return w.publish().embedded["member"]
 
 
-def _timed_lookups(root: str, queries: list[np.ndarray], cache_bytes: int = 0) -> float:
-    # One pass first: it warms the OS page cache and, with `cache_bytes`, fills the handle's row
-    # cache (the repeated-reads case, GNN epochs); without, the timed pass uses a fresh handle.
-    store = EmbeddingStore.open(root, cache_bytes=cache_bytes)
-    for q in queries:
-        store.lookup("member", q)
-    if not cache_bytes:
-        store = EmbeddingStore.open(root)
-        store.lookup("member", queries[0][:10])  # open the arrays and load the id map once
-    t0 = time.perf_counter()
-    for q in queries:
-        store.lookup("member", q)
-    return time.perf_counter() - t0
+def _write_memmap(path: str, shape: tuple[int, int], pool: np.ndarray) -> None:
+    mm = np.memmap(path, dtype=ml_dtypes.bfloat16, mode="w+", shape=shape)
+    for start in range(0, shape[0], 8192):
+        mm[start : start + 8192] = _block(pool, start, min(8192, shape[0] - start))
+    mm.flush()
+    del mm
 
 
-def _memmap_lookups(path: str, shape: tuple[int, int], queries: list[np.ndarray]) -> float:
-    mm = np.memmap(path, dtype=ml_dtypes.bfloat16, mode="r", shape=shape)
-    for q in queries:  # warm the OS page cache, as the store's lookups do
-        np.take(mm, q, axis=0)
-    t0 = time.perf_counter()
-    for q in queries:
-        np.asarray(mm[q], dtype=np.float32)  # the same result type as lookup
-    return time.perf_counter() - t0
+class _Memmap:
+    """The baseline as a reader: a gather from the memmap, cast to lookup's float32."""
+
+    def __init__(self, path: str, shape: tuple[int, int]):
+        self.mm = np.memmap(path, dtype=ml_dtypes.bfloat16, mode="r", shape=shape)
+
+    def lookup(self, node_type: str, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.mm[ids], dtype=np.float32)
+
+
+def _lookup_rounds(readers: dict, queries: dict[str, list[np.ndarray]], rounds: int) -> dict[str, list]:
+    """Seconds (wall, cpu) of each reader's pass over each query set, `rounds` times, alternated.
+
+    `readers[name]()` gives the handle a pass reads through: a fresh store handle, except where it
+    is the point (the warm row cache). One untimed pass per reader first warms the page cache.
+    """
+    for make in readers.values():
+        r = make()
+        for qs in queries.values():
+            for q in qs:
+                r.lookup("member", q)
+    out: dict[str, list] = {}
+    for i in range(rounds):
+        names = list(readers)
+        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate who goes first
+            for size, qs in queries.items():
+                r = readers[name]()
+                r.lookup("member", qs[0][:10])  # open the arrays and load the id map, untimed
+                with Clock() as c:
+                    for q in qs:
+                        r.lookup("member", q)
+                out.setdefault(f"{name} {size}", []).append((c.wall, c.cpu))
+    return out
 
 
 def _layouts(dim: int) -> dict[str, StoreConfig]:
-    """The default layout and two alternatives, named for the table."""
+    """The default layout and the uncompressed one, named for the table."""
     auto = StoreConfig()
     rows = inner_chunk_rows(auto, dim)
     return {
         f"default: {auto.compression}, inner chunks of {rows} row{'s' if rows > 1 else ''}": auto,
-        f"{auto.compression}, inner chunks of 16 rows": StoreConfig(chunk_rows=16),
         f"uncompressed, inner chunks of {rows}": StoreConfig(compression="none"),
     }
 
 
-def run(rows: int = 100_000, dim: int = 4096, batch: int = 1000, batches: int = 20, seed: int = 0) -> dict:
-    """Measure and return the numbers and a markdown table (`result["table"]`)."""
+def run(rows: int = 100_000, dim: int = 4096, batch: int = 1000, batches: int = 20, rounds: int = 3,
+        seed: int = 0, gnn: bool | None = None) -> dict:
+    """Measure and return the numbers and a markdown table (`result["table"]`).
+
+    `gnn` None: time GNN training with store features (`bench_gnn_store`, small scale) only in
+    full-size runs (rows >= 100,000), not in smoke runs.
+    """
     rng = np.random.default_rng(seed)
     pool = rng.standard_normal((_POOL_ROWS, dim), dtype=np.float32).astype(ml_dtypes.bfloat16)
     hashes = np.arange(rows, dtype=np.uint64)
     spec = EmbeddingSpec("bench", None, "bench", 512, "last_token", dim)
     layouts = _layouts(dim)
-    default = next(iter(layouts))
-    queries = [rng.choice(rows, batch, replace=False) for _ in range(batches)]
+    (default, default_cfg), (plain, plain_cfg) = layouts.items()
     big_n = min(10 * batch, rows)
-    big = [rng.choice(rows, big_n, replace=False) for _ in range(max(1, batches // 10))]
+    queries = {"1k": [rng.choice(rows, batch, replace=False) for _ in range(batches)],
+               "10k": [rng.choice(rows, big_n, replace=False) for _ in range(max(1, batches // 10))]}
     raw_mb = rows * dim * 2 / 1e6
     tmp = tempfile.mkdtemp(prefix="bench_store_")
-    seconds: dict[str, float] = {}  # operation -> seconds
+    clocks: dict[str, tuple[float, float]] = {}  # operation -> (wall, cpu) seconds
     sizes: dict[str, int] = {}
     try:
         baseline = os.path.join(tmp, "baseline.bin")
-        t0 = time.perf_counter()
-        mm = np.memmap(baseline, dtype=ml_dtypes.bfloat16, mode="w+", shape=(rows, dim))
-        for start in range(0, rows, 8192):
-            mm[start : start + 8192] = _block(pool, start, min(8192, rows - start))
-        mm.flush()
-        del mm
-        seconds["write memmap"] = time.perf_counter() - t0
-        seconds["lookup memmap"] = _memmap_lookups(baseline, (rows, dim), queries)
-        seconds["lookup10 memmap"] = _memmap_lookups(baseline, (rows, dim), big)
+        root, root_plain, replica = (os.path.join(tmp, n) for n in ("store0", "store1", "replica"))
+        # Writes alternate with the baseline's; the replica is built early so that its files have
+        # settled (replica.py remembers checked chunks only then) before the timed reads.
+        memmap_writes = []
+        for name, path, cfg in ((default, root, default_cfg), (plain, root_plain, plain_cfg)):
+            with Clock() as c:
+                _write_memmap(baseline, (rows, dim), pool)
+            memmap_writes.append((c.wall, c.cpu))
+            with Clock() as c:
+                _write(path, cfg, spec, hashes, pool)
+            clocks[f"write {name}"] = (c.wall, c.cpu)
+            sizes[name] = _du(path)
+            if path == root:
+                with Clock() as c:
+                    EmbeddingStore.open(root, replica=replica).replica("member")
+                clocks["replica build"] = (c.wall, c.cpu)
+                sizes["replica"] = _du(replica)
+        clocks["write memmap"] = min(memmap_writes)  # the faster baseline: the ratios err low
 
-        for i, (name, cfg) in enumerate(layouts.items()):
-            root = os.path.join(tmp, f"store{i}")
-            t0 = time.perf_counter()
-            _write(root, cfg, spec, hashes, pool)
-            seconds[f"write {name}"] = time.perf_counter() - t0
-            sizes[name] = _du(root)
-            seconds[f"lookup {name}"] = _timed_lookups(root, queries)
-            if name == default:
-                seconds["lookup10 default"] = _timed_lookups(root, big)
-                seconds["lookup cached"] = _timed_lookups(root, queries, cache_bytes=rows * dim * 2)
-                seconds["lookup10 cached"] = _timed_lookups(root, big, cache_bytes=rows * dim * 2)
-                # The baseline again, next to the cached reads (the machine is shared): the ratios
-                # use the faster of its two measurements.
-                for key, q in (("lookup memmap", queries), ("lookup10 memmap", big)):
-                    seconds[key] = min(seconds[key], _memmap_lookups(baseline, (rows, dim), q))
-                changed = hashes.copy()
-                changed[rng.choice(rows, rows // 100, replace=False)] += np.uint64(1 << 40)
-                t0 = time.perf_counter()
-                embedded = _write(root, cfg, spec, changed, pool)
-                seconds["refresh"] = time.perf_counter() - t0
+        warm = EmbeddingStore.open(root, cache_bytes=rows * dim * 2)  # one handle, kept warm
+        readers = {
+            "memmap": lambda: _Memmap(baseline, (rows, dim)),
+            "default": lambda: EmbeddingStore.open(root),
+            "uncompressed": lambda: EmbeddingStore.open(root_plain),
+            "replica": lambda: EmbeddingStore.open(root, replica=replica),
+            "cached": lambda: warm,
+        }
+        passes = _lookup_rounds(readers, queries, rounds)
+        for key, runs in passes.items():
+            clocks[f"lookup {key}"] = tuple(float(np.median([r[i] for r in runs])) for i in range(2))
+
+        changed = hashes.copy()
+        changed[rng.choice(rows, rows // 100, replace=False)] += np.uint64(1 << 40)
+        with Clock() as c:
+            embedded = _write(root, default_cfg, spec, changed, pool)
+        clocks["refresh"] = (c.wall, c.cpu)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    looked = batch * batches
-    m = machine_info()
+    counts = {"1k": batch * batches, "10k": big_n * len(queries["10k"])}
 
     def count(key: str) -> int:
-        if key.startswith("lookup10"):
-            return big_n * len(big)
-        return looked if key.startswith("lookup") else rows
+        return counts[key.split()[-1]] if key.startswith("lookup") else rows
+
+    def ratio(key: str, base: str) -> float:
+        return clocks[base][0] / clocks[key][0]
 
     def line(what: str, key: str, base: str) -> str:
-        n = count(key)
-        sec = seconds[key]
-        return (f"| {what} | {n / sec:,.0f} | {n * dim * 2 / sec / 1e6:,.0f} | {sec:.2f} | "
-                f"{seconds[base] / sec:.2f}x |")
+        n, (sec, cpu) = count(key), clocks[key]
+        return (f"| {what} | {n / sec:,.0f} | {n * dim * 2 / sec / 1e6:,.0f} | {sec:.2f} | {cpu:.2f} | "
+                f"{ratio(key, base):.2f}x |")
 
+    m = machine_info()
+    lookups = [
+        (size, f"of {n:,} rows" if size == "10k" else f"({batches} batches of {batch:,})")
+        for size, n in (("1k", batch), ("10k", big_n))
+    ]
     lines = [
         f"`python -m benchmarks.bench_store`: {rows:,} x {dim} bfloat16 rows ({raw_mb:,.0f} MB raw), shards "
         f"of {StoreConfig().shard_rows} rows. Writes go through `EmbeddingWriter` (blocks of whole shards, "
-        f"publish included). Lookups: {batches} batches of {batch} distinct random rows, returned as float32 "
-        "by `EmbeddingStore.lookup` from a fresh handle, after one untimed pass that warms the OS page cache "
-        "on both sides: they "
-        f"measure decode and gather cost, not the disk; {len(big)} batches of {big_n:,} rows the same "
-        "way. \"Again\" rows: a handle opened with `cache_bytes` of the data's size, after one pass over the "
-        "same batches (the GNN case: one version read epoch after epoch). The memmap baseline is read twice, "
-        "before the store and after its cached reads; its rows and every ratio use the faster pass. "
-        "Size on disk per generation: "
-        + "; ".join(f"{name}: {sizes[name] / 1e6:,.0f} MB" for name in layouts) + ".",
+        "publish included), each after a memmap write of the same rows; the faster memmap write is the "
+        "baseline. The replica (`EmbeddingStore.open(..., replica=DIR)`, star_jax/store/replica.py) is "
+        "an uncompressed zarr3 copy in chunks of at most 128 MiB, read through numpy memmaps; its build "
+        f"reads the default-layout store. Lookups: {batches} batches of {batch:,} distinct random rows and "
+        f"{len(queries['10k'])} of {big_n:,}, returned as float32 by `EmbeddingStore.lookup` from a fresh "
+        "handle (the memmap: a gather and a cast), after one untimed pass per reader that warms the OS "
+        f"page cache; {rounds} rounds, every reader once per round, medians shown. \"Warm row cache\": "
+        "one handle opened with `cache_bytes` of the data's size, kept across rounds (the GNN case: one "
+        "version read epoch after epoch). CPU s: process CPU time, all threads. Size on disk: "
+        + "; ".join(f"{name}: {size / 1e6:,.0f} MB" for name, size in sizes.items()) + ".",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, shared with other work (1-minute "
         f"load average {m['load_avg_1m']} at the end); Python {m['python']}, numpy {m['numpy']}, "
         f"tensorstore {m['tensorstore']}, ml_dtypes {m['ml_dtypes']}.",
         "",
-        "| operation | rows/s | MB/s | seconds | vs memmap |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| operation | rows/s | MB/s | seconds | CPU s | vs memmap |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
         line("write, numpy memmap (baseline)", "write memmap", "write memmap"),
         *(line(f"write, store {name}", f"write {name}", "write memmap") for name in layouts),
-        line(f"refresh, store {default.split(':')[0]}: {embedded:,} rows (1%) re-embedded, the rest copied",
-             "refresh", "write memmap"),
-        line("random-row lookup, numpy memmap (baseline)", "lookup memmap", "lookup memmap"),
-        *(line(f"random-row lookup, store {name}", f"lookup {name}", "lookup memmap") for name in layouts),
-        line("random-row lookup again, store default, warm `cache_bytes` row cache", "lookup cached",
-             "lookup memmap"),
-        line(f"random-row lookup of {big_n:,} rows, numpy memmap (baseline)", "lookup10 memmap",
-             "lookup10 memmap"),
-        line(f"random-row lookup of {big_n:,} rows, store default", "lookup10 default", "lookup10 memmap"),
-        line(f"random-row lookup of {big_n:,} rows again, store default, warm row cache", "lookup10 cached",
-             "lookup10 memmap"),
+        line(f"refresh, store default: {embedded:,} rows (1%) re-embedded, the rest copied", "refresh",
+             "write memmap"),
+        line("replica build from the default store", "replica build", "write memmap"),
     ]
-    return {"rows": rows, "dim": dim, "seconds": seconds, "bytes": sizes, "refresh_embedded": embedded,
-            "rows_per_s": {k: count(k) / v for k, v in seconds.items()},
-            "machine": m, "table": "\n".join(lines)}
+    for size, what in lookups:
+        lines += [
+            line(f"random-row lookup {what}, numpy memmap (baseline)", f"lookup memmap {size}",
+                 f"lookup memmap {size}"),
+            line(f"random-row lookup {what}, store {default}", f"lookup default {size}",
+                 f"lookup memmap {size}"),
+            line(f"random-row lookup {what}, store {plain}", f"lookup uncompressed {size}",
+                 f"lookup memmap {size}"),
+            line(f"random-row lookup {what}, store default with a replica", f"lookup replica {size}",
+                 f"lookup memmap {size}"),
+            line(f"random-row lookup {what}, store default, warm row cache", f"lookup cached {size}",
+                 f"lookup memmap {size}"),
+        ]
+    ratios = {
+        "write default": ratio(f"write {default}", "write memmap"),
+        **{f"lookup {v} {size}": ratio(f"lookup {v} {size}", f"lookup memmap {size}")
+           for v in ("default", "uncompressed", "replica", "cached") for size in ("1k", "10k")},
+    }
+    result = {"rows": rows, "dim": dim, "seconds": {k: v[0] for k, v in clocks.items()},
+              "cpu_seconds": {k: v[1] for k, v in clocks.items()}, "bytes": sizes,
+              "refresh_embedded": embedded,
+              "rows_per_s": {k: count(k) / v[0] for k, v in clocks.items()}, "ratios": ratios,
+              "lookup_passes": passes, "machine": m, "table": "\n".join(lines)}
+    if gnn or (gnn is None and rows >= 100_000):
+        from benchmarks import bench_gnn_store
+
+        result["gnn"] = bench_gnn_store.run("small", steps=4)
+        result["table"] += "\n\n### GNN training with features from the store\n\n" + result["gnn"]["table"]
+    return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=4096)
+    p.add_argument("--no-gnn", action="store_true", help="skip the GNN training comparison")
     p.add_argument("--no-docs", action="store_true", help="print the table only")
     args = p.parse_args()
-    result = run(args.rows, args.dim)
-    text = "## EmbeddingStore (TensorStore zarr3) vs numpy memmap\n\n" + result["table"]
+    result = run(args.rows, args.dim, gnn=False if args.no_gnn else None)
+    text = f"{TITLE}\n\n{result['table']}"
     print(text)
     if not args.no_docs:
         write_section(text, SECTION)

@@ -24,6 +24,9 @@ from benchmarks.common import RESULTS, machine_info, write_json, write_section
 from star_jax.tracking import progress
 
 PARTS = ("llm", "gnn", "sampler", "store")
+# The clean-clone install of `make bench` (base, test and bench extras, torch-scatter and
+# torch-sparse compiled), as last measured in docs/benchmarks.md: 3m04s + 6m58s.
+_INSTALL_S = 602.0
 PACKAGES = ("numpy", "jax", "jaxlib", "flax", "optax", "jraph", "tensorstore", "torch", "transformers",
             "peft", "torch-geometric", "torch-sparse", "torch-scatter")
 
@@ -54,6 +57,28 @@ def summary(results: dict) -> str:
         r = results["sampler"]["rows"]
         add("sampler, medium graph (batches/s vs LinkNeighborLoader)", 1.0,
             r["star_jax"]["batches_per_s"] / r["pyg"]["batches_per_s"])
+    if "store" in results:
+        r = results["store"]["ratios"]
+        for how, key in (("default layout", "default"), ("replica", "replica")):
+            for n, size in (("1,000", "1k"), ("10,000", "10k")):
+                add(f"EmbeddingStore lookup of {n} random rows, {how} (rows/s vs numpy memmap)", 0.5,
+                    r[f"lookup {key} {size}"])
+        add("EmbeddingStore write, default layout (rows/s vs numpy memmap)", 0.5, r["write default"])
+        gnn = results["store"].get("gnn")
+        for name, value in (gnn or {}).get("vs_memory", {}).items():
+            if name.startswith("store"):  # lower is better: step time over the in-memory step time
+                met = "yes" if value <= 1.1 else "**no**"
+                what = f"GNN train step, {gnn['scale']} scale, features from the {name}"
+                lines.append(f"| {what} (step time vs features in memory) | ≤ 1.10x | {value:.3f}x | {met} |")
+    seconds = results.get("seconds", {})
+    if not results.get("quick") and all(p in seconds for p in PARTS):
+        # The install is not part of this run: the clean-clone install time measured last (docs).
+        total = _INSTALL_S + seconds["total"]
+        met = "yes" if total <= 20 * 60 else "**no**"
+        install = f"{_INSTALL_S // 60:.0f}m{_INSTALL_S % 60:02.0f}s"
+        lines.append(f"| `make bench` from a clean clone: install ({install}, last measured) + these "
+                     f"benchmarks ({seconds['total'] / 60:.1f} min) | ≤ 20 min | {total / 60:.1f} min | "
+                     f"{met} |")
     return "\n".join(lines)
 
 

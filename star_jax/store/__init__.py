@@ -1,7 +1,8 @@
 """The EmbeddingStore: versioned, text-hash keyed LLM embeddings on TensorStore zarr3.
 
 kv (kvstore access) <- layout (keys, zarr metadata) <- manifest (versions) <- maps (stored version
-maps) <- reader (`EmbeddingStore`), writer (`EmbeddingWriter`) <- migrate (fitting maps) <- cli.
+maps), replica (local memory-mapped copies) <- reader (`EmbeddingStore`), writer (`EmbeddingWriter`)
+<- migrate (fitting maps) <- cli.
 """
 
 from star_jax.store.kv import StoreRoot, resolve_root
@@ -9,6 +10,7 @@ from star_jax.store.manifest import EmbeddingSpec, list_versions
 from star_jax.store.maps import VersionMap, load_version_map
 from star_jax.store.migrate import fit_version_map
 from star_jax.store.reader import EmbeddingStore
+from star_jax.store.replica import Replica
 from star_jax.store.rows import text_hash
 from star_jax.store.writer import EmbeddingWriter, Pending, RefreshReport
 
@@ -18,6 +20,7 @@ __all__ = [
     "EmbeddingWriter",
     "Pending",
     "RefreshReport",
+    "Replica",
     "StoreRoot",
     "VersionMap",
     "fit_version_map",

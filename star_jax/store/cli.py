@@ -1,11 +1,14 @@
-"""`star-jax store info|migrate`: inspect an EmbeddingStore and map a new version onto an old one.
+"""`star-jax store info|migrate|replicate`: inspect an EmbeddingStore, map a new version onto an
+old one, and build local replicas.
 
     star-jax store info --store ROOT [--version V] [--json]
     star-jax store migrate --store ROOT --from V1 --to V2 [--method ridge|procrustes] [--ridge 1e-3]
+    star-jax store replicate --store ROOT [--version V] --out DIR [--node-types member,job]
 
 `migrate` fits a map from V2 (new) onto V1 (old) with `star_jax.store.migrate`, stores it with
 V2 and prints its fidelity; `EmbeddingStore.open(ROOT, V2, map_to=V1)` then reads V2 in
-V1's space.
+V1's space. `replicate` writes an uncompressed, memory-mapped copy of a version into the local
+folder DIR (`star_jax.store.replica`) for `EmbeddingStore.open(ROOT, V, replica=DIR)`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from star_jax.store.kv import StoreRoot
 from star_jax.store.manifest import published_versions, read_manifest
 from star_jax.store.maps import list_maps
 from star_jax.store.migrate import METHODS, fit_version_map
+from star_jax.store.reader import EmbeddingStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     info = sub.add_parser("info", help="list versions, their manifests and maps")
     migrate = sub.add_parser("migrate", help="fit a linear map from a new version onto an old one")
-    for p in (info, migrate):
+    replicate = sub.add_parser("replicate", help="copy a version into an uncompressed, memory-mapped local "
+                               "replica (fast random-row reads)")
+    for p in (info, migrate, replicate):
         p.add_argument("--store", default=None, help="a path or kvstore URL (default: store.root)")
         cli_config.add_config_args(p)
     info.add_argument("--version", default=None, help="show only this version")
@@ -38,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ridge", type=float, default=1e-3, help="ridge strength, relative to the mean feature variance")
     add("--holdout", type=float, default=0.1, help="fraction of shared rows held out")
     add("--node-types", default=None, help="comma-separated types to fit on (default: all shared)")
+    add = replicate.add_argument
+    add("--version", default=None, help="the version to copy (default: the latest)")
+    add("--out", required=True, metavar="DIR", help="local folder of the replicas")
+    add("--node-types", default=None, help="comma-separated types to copy (default: all)")
 
 
 def _root(args: argparse.Namespace) -> tuple[str, str]:
@@ -85,6 +95,13 @@ def main(args: argparse.Namespace) -> int:
             _print_version(m, list_maps(r, m["version"]))
         return 0
     types = [t for t in args.node_types.split(",") if t] if args.node_types else None
+    if args.action == "replicate":
+        store = EmbeddingStore.open(root, args.version, kvstore=kvstore, replica=args.out)
+        for t in types or store.node_types:
+            rep = store.replica(t)
+            print(f"{t}: {rep.rows:,} rows of generation {store.manifest['node_types'][t]['generation']} "
+                  f"in {rep.path}")
+        return 0
     record = fit_version_map(root, args.old, args.new, method=args.method, ridge=args.ridge,
                              node_types=types, holdout=args.holdout, kvstore=kvstore)
     f = record["fidelity"]

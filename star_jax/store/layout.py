@@ -8,6 +8,8 @@
                                           ids (int64 [rows], ascending; row r holds ids[r]); from
                                           format 2 every chunk and shard index ends in a crc32c
     data/<version>/maps/<target>/<fit>/   a map's weight and bias arrays
+
+A replica (replica.py) is a plain zarr3 copy of one generation's `emb`, outside the store root.
 """
 
 from __future__ import annotations
@@ -82,6 +84,19 @@ def emb_metadata(rows: int, dim: int, cfg: StoreConfig) -> dict:
         "data_type": cfg.dtype,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [cfg.shard_rows, dim]}},
         "codecs": [sharding],
+        "fill_value": 0,
+        "dimension_names": ["row", "dim"],
+    }
+
+
+def replica_metadata(rows: int, dim: int, dtype: str, chunk_rows: int) -> dict:
+    """zarr3 metadata of a replica's `emb` array [rows, dim]: raw little-endian chunks of
+    `chunk_rows` rows, each followed by its crc32c, so that a chunk file can be memory-mapped."""
+    return {
+        "shape": [rows, dim],
+        "data_type": dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, dim]}},
+        "codecs": [_LE, _CRC],
         "fill_value": 0,
         "dimension_names": ["row", "dim"],
     }

@@ -18,6 +18,7 @@ from star_jax.store.kv import StoreRoot, error_code
 from star_jax.store.layout import gen_dir
 from star_jax.store.manifest import EmbeddingSpec, latest_manifest, read_manifest
 from star_jax.store.maps import VersionMap, load_version_map
+from star_jax.store.replica import Replica, identity, open_replica
 from star_jax.store.rowcache import RowCache
 from star_jax.store.rows import as_ids, read_checked
 
@@ -29,16 +30,21 @@ class EmbeddingStore:
     however often a writer refreshes the version afterwards (until the generation it reads is
     two publishes old and garbage-collected). Reopen to see new data. Once a read has found its
     generation garbage-collected, every later lookup of that node type fails, cached rows included.
+    Opened with `replica=DIR`, lookups gather from a local memory-mapped copy of the generation
+    instead, mapped whole when first used: the handle keeps serving that generation after it is
+    garbage-collected.
     """
 
     def __init__(self, root: StoreRoot, manifest: dict, cache_bytes: int = 0,
-                 vmap: VersionMap | None = None):
+                 vmap: VersionMap | None = None, replica: str | os.PathLike | None = None):
         self.store_root = root
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.spec = EmbeddingSpec.from_json(manifest)
         self.version_map = vmap  # set when opened with map_to
         self.cache_bytes = cache_bytes  # budget of each node type's `RowCache` (0: none)
+        self.replica_dir = replica  # local folder of the version's replicas (None: read the store)
+        self._replicas: dict[str, Replica] = {}
         self._row_caches: dict[str, RowCache | None] = {}
         self._superseded: set[str] = set()  # node types whose generation this handle saw removed
         self._dense: dict[str, bool] = {}  # node types whose stored ids are one contiguous range
@@ -55,6 +61,7 @@ class EmbeddingStore:
         map_to: str | None = None,
         kvstore: str = "file",
         cache_bytes: int = 0,
+        replica: str | os.PathLike | None = None,
     ) -> EmbeddingStore:
         """Open `version` (None: the latest published) of the store at `root`.
 
@@ -62,11 +69,15 @@ class EmbeddingStore:
         `star-jax store migrate`, so models trained on OLD keep working. `cache_bytes` sizes an
         in-memory cache of decoded rows per node type (`RowCache`): repeated random reads, as in
         GNN training, then cost a numpy gather instead of a chunk decode.
+
+        `replica=DIR` (a local folder) reads rows from an uncompressed, memory-mapped zarr3 copy of
+        each node type's generation under DIR (`star_jax.store.replica`), built from the store the
+        first time a node type is looked up when DIR has none; `cache_bytes` is then not used.
         """
         r = StoreRoot(root, kvstore)
         manifest = latest_manifest(r) if version is None else read_manifest(r, version)
         vmap = None if map_to is None else load_version_map(r, manifest["version"], map_to)
-        return cls(r, manifest, max(0, int(cache_bytes)), vmap)
+        return cls(r, manifest, max(0, int(cache_bytes)), vmap, replica)
 
     @property
     def root(self) -> str:
@@ -171,15 +182,32 @@ class EmbeddingStore:
         is a one-line `StarError` naming the shard and its rows, never other numbers.
         """
         rows = self.rows(node_type, ids)
-        cache = self._cached(node_type) if self.cache_bytes and len(rows) else None
-        if cache is not None:
+        if self.replica_dir is not None:
+            out = self.replica(node_type).gather(rows)
+        elif self.cache_bytes and len(rows) and (cache := self._cached(node_type)) is not None:
             out = cache.get(rows, lambda r: self._read(node_type, "emb", r))
         else:
             out = self._read(node_type, "emb", rows)
-        out = out.astype(np.float32)
+        out = out.astype(np.float32, copy=False)
         if self.version_map is not None:
             out = self.version_map.apply(out)
         return out
+
+    def replica(self, node_type: str, *, build: bool = True) -> Replica:
+        """The node type's replica under `replica_dir`, opened once per handle; with `build`, built
+        first when the folder has none. Its record must match this handle's generation exactly."""
+        if node_type not in self._replicas:
+            if self.replica_dir is None:
+                raise ValueError("replica: this handle was opened without replica=DIR")
+            if node_type in self._superseded:
+                raise self._gone(node_type, "")
+            self._type(node_type)
+            where = f"store {self.root} version {self.version}: {node_type}"
+            read = lambda r0, r1: self._read(node_type, "emb", np.arange(r0, r1, dtype=np.int64))
+            ident = identity(self.manifest, node_type)
+            self._replicas[node_type] = open_replica(self.replica_dir, ident, read, where,
+                                                     self.manifest.get("live", []), build=build)
+        return self._replicas[node_type]
 
     def _cached(self, node_type: str) -> RowCache | None:
         """The node type's row cache; None when the others took all of `cache_bytes`."""
