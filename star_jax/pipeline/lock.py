@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from star_jax.errors import StarError
+from star_jax.fileio import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +41,13 @@ def _holder(path: Path) -> tuple[bytes, dict | None] | None:
     return raw, owner if ok else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
 def _stale(path: Path, owner: dict | None, host: str) -> bool:
     if owner is None:
         try:
             return time.time() - path.stat().st_mtime > _BEING_WRITTEN_S
         except FileNotFoundError:
             return False
-    return owner.get("host") == host and not _alive(owner["pid"])
+    return owner.get("host") == host and not process_alive(owner["pid"])
 
 
 @contextlib.contextmanager

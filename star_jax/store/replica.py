@@ -25,7 +25,7 @@ import numpy as np
 import tensorstore as ts
 
 from star_jax.errors import StarError
-from star_jax.fileio import atomic_write_json, is_no_space
+from star_jax.fileio import atomic_write_json, is_no_space, process_alive, read_json
 from star_jax.store.kv import StoreRoot, error_reason
 from star_jax.store.layout import DTYPES, replica_metadata
 from star_jax.store.manifest import EmbeddingSpec, utc_now
@@ -71,23 +71,13 @@ def _chunk_rows(ident: dict, chunk_bytes: int) -> int:
     return max(1, -(-rows // n_chunks))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_leftovers(parent: Path, keep: Path, generation: int, live: list[int]) -> None:
     """Remove the temporary folders of dead builders, and replicas of generations older than
     `generation` that the store no longer keeps (`live`: those readers may still hold)."""
     for p in parent.iterdir():
         if p.name.startswith("."):  # .<name>.tmp-<pid>-<token>
             pid = p.name.rsplit(".tmp-", 1)[-1].split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
         elif (p != keep and p.name[:1] == "g" and p.name[1:9].isdigit() and int(p.name[1:9]) not in live
               and int(p.name[1:9]) <= generation):
@@ -160,8 +150,7 @@ class Replica:
         self.path = path
         self.where = f"{where}: replica {path}"
         try:
-            with open(path / RECORD) as f:
-                record = json.load(f)
+            record = read_json(path / RECORD)
         except (OSError, ValueError) as e:
             raise StarError(f"{self.where}/{RECORD}: unreadable ({e}); delete {path} to rebuild it") from None
         for key, want in {"format": FORMAT, **ident}.items():
