@@ -131,7 +131,7 @@ class MistralConfig(Checked):
             raise StarError(f"llm.arch.head_dim: {self.resolved_head_dim} must be even for rotary embeddings")
 
 
-POOLINGS = ("mean", "last_token")  # `llm.pooling`; star_jax.llm.biencoder has the functions
+POOLINGS = ("mean", "last_token", "mean_first_last")  # `llm.pooling`; functions in star_jax.llm.biencoder
 # `llm.projection`: "none", or a head registered in star_jax.llm.biencoder.PROJECTIONS (CONTRIBUTING.md).
 PROJECTIONS = ("none",)
 
@@ -146,9 +146,10 @@ class LLMConfig(Checked):
     )
     member_max_len: int = 256  # request tower (paper: about 1024)
     job_max_len: int = 256  # document tower (paper: about 1800)
-    # mean: the average over the real tokens, which the demo's tiny from-scratch base needs;
-    # last_token: E5's, the hidden state of the last real token (star_jax/llm/biencoder.py, Pooling).
-    pooling: str = "mean"
+    # mean_first_last: the mean token embedding plus the mean final state, each unit-length, which
+    # the demo's tiny from-scratch base needs (its layers blur the words; decision 23); mean: the
+    # final states' mean; last_token: E5's, the last real token's state (star_jax/llm/biencoder.py).
+    pooling: str = "mean_first_last"
     buckets: list[int] = field(default_factory=lambda: [64, 128, 192, 256])  # padded lengths, jit once each
     projection: str = "none"  # a head after pooling, trained and exported with the adapters
 
@@ -486,10 +487,10 @@ class GNNTrainConfig(Checked):
     # the last step's (the LLM-feature variants peak early on the tiny data: docs/quality.md).
     keep_best: bool = True
     # With gnn.llm_block: the LLM block's gain is 0 while the graph part trains; afterwards each of
-    # these is tried on the val pairs and the best is kept (result.json `llm_block_gain`). The
-    # apply-vs-random objective would weigh the towers' cosine for an easy task, not for ranking the
-    # jobs a member was shown (docs/architecture.md decision 17).
-    llm_block_gains: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0])
+    # these is tried on every val pair (one embedding pass for all) and the best is kept (result.json
+    # `llm_block_gain`). The apply-vs-random objective would weigh the towers' cosine for an easy
+    # task, not for ranking the jobs a member was shown (docs/architecture.md decision 17).
+    llm_block_gains: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0])
     eval_pairs: int = 1024  # val pairs scored at each evaluation (a fixed random subset; 0: all)
     eval_batch_size: int = 256  # seeds per evaluation and gnn-embed batch (no negatives)
     checkpoint_every: int = 100

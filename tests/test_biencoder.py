@@ -3,6 +3,8 @@ the `BiEncoder` bundle against its parts, and a projection head added from outsi
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -211,15 +213,26 @@ def test_encode_pools_like_e5_and_sentence_transformers(tiny_base, pooling):
     fn = jax.jit(lambda p, i, n: encode(model, p, None, MEMBER, i, n, pooling=pooling))
     got = np.asarray(fn(params, ids, lengths))
     assert got.dtype == np.float32
-    # On transformers' MistralModel: the E5-Mistral model card's `last_token_pool`, or
-    # sentence-transformers' masked mean; then F.normalize.
+    # On transformers' MistralModel: the E5-Mistral model card's `last_token_pool`, sentence-
+    # transformers' masked mean, or the mean of the embedding layer's output (hidden_states[0])
+    # and of the last layer's, each normalised; then F.normalize.
     mask = torch.from_numpy((np.arange(12)[None] < lengths[:, None]).astype(np.int64))
     with torch.no_grad():
-        hidden = torch_model(input_ids=torch.from_numpy(ids).long(), attention_mask=mask).last_hidden_state
+        out = torch_model(input_ids=torch.from_numpy(ids).long(), attention_mask=mask,
+                          output_hidden_states=True)
+    hidden, first = out.last_hidden_state, out.hidden_states[0]
+
+    def masked_mean(x):
+        return (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
     if pooling == "last_token":
         pooled = hidden[torch.arange(4), mask.sum(1) - 1]
+    elif pooling == "mean":
+        pooled = masked_mean(hidden)
     else:
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        assert pooling == "mean_first_last"
+        unit = functools.partial(torch.nn.functional.normalize, p=2, dim=-1)
+        pooled = unit(masked_mean(first)) + unit(masked_mean(hidden))
     expected = torch.nn.functional.normalize(pooled, p=2, dim=-1).numpy()
     np.testing.assert_allclose(got, expected, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)

@@ -171,7 +171,7 @@ def hf_tower(env: Env, variant: str, node_type: str, texts: list[str]) -> np.nda
     import transformers
 
     llm = embed_config().llm
-    assert llm.pooling == "mean"
+    assert llm.pooling in ("mean", "mean_first_last")
     if node_type == MEMBER:
         max_len, texts = llm.member_max_len, [llm.instruction + t for t in texts]
     else:
@@ -185,9 +185,13 @@ def hf_tower(env: Env, variant: str, node_type: str, texts: list[str]) -> np.nda
     adapter = ORACLE_ADAPTERS[variant][MEMBER if node_type == MEMBER else JOB]
     model = hf_model(env.base, None if adapter is None else str(env.root / adapter))
     with torch.no_grad():
-        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return torch.nn.functional.normalize(pooled, p=2, dim=-1).numpy()
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        unit = functools.partial(torch.nn.functional.normalize, p=2, dim=-1)
+        pooled = (out.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        if llm.pooling == "mean_first_last":
+            first = (out.hidden_states[0] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            pooled = unit(first) + unit(pooled)
+        return unit(pooled).numpy()
 
 
 def bits(store: EmbeddingStore, node_type: str, ids: np.ndarray) -> np.ndarray:
@@ -213,7 +217,7 @@ def test_stored_vectors_equal_the_towers_direct_outputs(env, stores, variant):
         if variant != "frozen":  # the adapters matter far beyond the tolerance
             assert np.abs(hf_tower(env, "frozen", node_type, texts) - want).max() > 0.1
     m = store.manifest
-    assert m["pooling"] == "mean"  # the config's, as `direct` pooled
+    assert m["pooling"] == embed_config().llm.pooling  # the config's, as `direct` pooled
     assert (m["max_len"], m["dim"], m["dtype"]) == ({MEMBER: 64, JOB: 64}, 32, "bfloat16")
     assert m["model"].startswith("base@") and m["tokenizer"].startswith("tok@")
     assert m["extra"]["instruction"] == "Query: "

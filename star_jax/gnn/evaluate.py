@@ -14,19 +14,20 @@ import numpy as np
 from star_jax.config import GNNTrainConfig, SamplerConfig
 from star_jax.data.splits import train_applies
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
-from star_jax.gnn.model import GNN
+from star_jax.gnn.model import GNN, set_llm_gain
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FeatureSource, NeighborSampler, PairSeeds, eval_seeds, make_dataset
 from star_jax.metrics import activity_bucket, auc, auc_by_group
 
 
 def val_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainConfig,
-              sampler: SamplerConfig) -> PairSeeds:
-    """The val pairs scored at each evaluation: `eval_pairs` of them (a fixed random subset)."""
+              sampler: SamplerConfig, every: bool = False) -> PairSeeds:
+    """The val pairs scored at each evaluation: `eval_pairs` of them (a fixed random subset), or
+    with `every` all of them."""
     pairs = eval_seeds(data_dir, graph, sampler, "val")
     n = pairs.member_rows.shape[0]
     keep = np.arange(n)
-    if t.eval_pairs and n > t.eval_pairs:
+    if t.eval_pairs and n > t.eval_pairs and not every:
         keep = np.sort(np.random.default_rng([t.seed, 2]).choice(n, t.eval_pairs, replace=False))
     return PairSeeds(pairs.member_rows[keep], pairs.job_rows[keep], pairs.labels[keep], t.eval_batch_size,
                      shuffle=False)
@@ -44,17 +45,39 @@ class Evaluator:
         self.groups = activity_bucket(train_applies(data_dir, graph.ids["member"][pairs.member_rows]))
         self._samplers: dict[tuple[int, ...], NeighborSampler] = {}
 
-    def __call__(self, params: Any, hop_fanouts: tuple[int, ...]) -> dict[str, float]:
+    def embed_pairs(self, params: Any, hop_fanouts: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The member and job embeddings f32[N, D] of the N pairs, in order."""
         if hop_fanouts not in self._samplers:
             self._samplers[hop_fanouts] = NeighborSampler(self.graph, self.sampler_cfg,
                                                           features=self.features, hop_fanouts=hop_fanouts)
         sampler = self._samplers[hop_fanouts]
-        scores = []
+        members, jobs = [], []
         for batch in make_dataset(sampler, self.pairs, workers=0):
             member, job = self.embed(params, batch, sampler.layout)
-            s = np.einsum("bd,bd->b", np.asarray(member), np.asarray(job))
-            scores.append(s[batch.pair_mask])
-        scores = np.concatenate(scores)
+            members.append(np.asarray(member)[batch.pair_mask])
+            jobs.append(np.asarray(job)[batch.pair_mask])
+        return np.concatenate(members), np.concatenate(jobs)
+
+    def block_gains(self, params: Any, hop_fanouts: tuple[int, ...], block: int,
+                    gains: list[float]) -> dict[float, float]:
+        """Val AUC of each LLM block gain (`gnn.llm_block`), from one pass at gain 1.
+
+        An output is [graph part ; gain x LLM part], each part unit-length, so its dot product
+        ranks pairs as graph cosine + gain^2 x LLM cosine, whatever the gain it was embedded with.
+        """
+        member, job = self.embed_pairs(set_llm_gain(params, 1.0), hop_fanouts)
+
+        def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            return np.einsum("bd,bd->b", a, b) / np.maximum(norms, 1e-12)
+
+        graph = cosine(member[:, :-block], job[:, :-block])
+        llm = cosine(member[:, -block:], job[:, -block:])
+        return {g: auc(self.pairs.labels, graph + g * g * llm) for g in gains}
+
+    def __call__(self, params: Any, hop_fanouts: tuple[int, ...]) -> dict[str, float]:
+        member, job = self.embed_pairs(params, hop_fanouts)
+        scores = np.einsum("bd,bd->b", member, job)
         out = {"auc": auc(self.pairs.labels, scores)}
         cold = auc_by_group(self.pairs.labels, scores, self.groups).get("cold_start")
         if cold is not None:

@@ -32,14 +32,19 @@ class StandardizedFeatures(NamedTuple):
     MAX_ROWS = 65_536
 
     @classmethod
-    def fit(cls, store: FeatureSource, ids: dict[str, np.ndarray]) -> StandardizedFeatures:
-        # One set of statistics for members and jobs together: the towers share one space, and a
-        # per-type shift would bend the member-job inner products the GNN's LLM skip relies on.
+    def sample_rows(cls, store: FeatureSource, ids: dict[str, np.ndarray]) -> np.ndarray:
+        """f64[N, D]: up to MAX_ROWS stored rows of each node type, spread over its ids."""
         rows = []
         for t, all_ids in ids.items():
             spread = np.linspace(0, len(all_ids) - 1, min(len(all_ids), cls.MAX_ROWS)).astype(np.int64)
             rows.append(np.asarray(store.lookup(t, np.asarray(all_ids[spread], np.int64)), np.float64))
-        x = np.concatenate(rows)
+        return np.concatenate(rows)
+
+    @classmethod
+    def fit(cls, store: FeatureSource, ids: dict[str, np.ndarray]) -> StandardizedFeatures:
+        # One set of statistics for members and jobs together: the towers share one space, and a
+        # per-type shift would bend the member-job inner products the GNN's LLM skip relies on.
+        x = cls.sample_rows(store, ids)
         mean = x.mean(axis=0).astype(np.float32)
         scale = (1.0 / np.maximum(x.std(axis=0), 1e-6)).astype(np.float32)
         return cls(store, dict.fromkeys(ids, mean), dict.fromkeys(ids, scale))
@@ -47,6 +52,19 @@ class StandardizedFeatures(NamedTuple):
     def lookup(self, node_type: str, ids: np.ndarray) -> np.ndarray:
         x = np.asarray(self.store.lookup(node_type, ids), np.float32)
         return (x - self.mean[node_type]) * self.scale[node_type]
+
+    def principal_map(self, ids: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(f32[D, k], f32[k]): the stored vectors' top k principal directions, as a map of the
+        standardised rows. `x @ kernel + shift` is the stored vector's projection on them, so the
+        GNN's LLM block (gnn.llm_block) keeps the cosine the towers were trained on, not the
+        standardised rows' (docs/architecture.md decision 17)."""
+        x = self.sample_rows(self.store, ids)
+        _, vectors = np.linalg.eigh(np.cov(x, rowvar=False))  # ascending eigenvalues
+        top = vectors[:, ::-1][:, :k]
+        top = top * np.where(top[np.abs(top).argmax(0), np.arange(k)] < 0, -1.0, 1.0)  # a fixed sign
+        t = next(iter(self.mean))  # one mean and scale for members and jobs (fit)
+        kernel = top / self.scale[t].astype(np.float64)[:, None]  # stored = standardised / scale + mean
+        return kernel.astype(np.float32), (self.mean[t].astype(np.float64) @ top).astype(np.float32)
 
 
 def open_features(graph: HeteroGraph, root: str | os.PathLike, version: str | None,

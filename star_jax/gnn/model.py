@@ -204,9 +204,12 @@ class GNNEncoder(nn.Module):
             # outweighed the untrained graph part (docs/architecture.md decision 6).
             llm_out = nn.Dense(cfg.out_dim, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
         if block:
-            # A fixed map (a constant of the init key) and a gain, neither trained: the gain is 0
-            # while the graph part trains and is set on val afterwards (gnn_train.llm_block_gains).
+            # A fixed affine map and a gain, none of them trained. train-gnn sets the map to the
+            # stored vectors' principal directions (set_llm_block_map), so the block carries the
+            # towers' own cosine; the gain is 0 while the graph part trains and is set on val
+            # afterwards (gnn_train.llm_block_gains).
             llm_map = self.param("llm_block_map", nn.initializers.orthogonal(), (batch_llm_dim(batch), block))
+            llm_shift = self.param("llm_block_shift", nn.initializers.zeros, (block,))
             llm_gain = jax.lax.stop_gradient(self.param("llm_gain", nn.initializers.zeros, ()))
         shared_columns = sorted(set.intersection(*(set(columns.get(t, {})) for t in LLM_TYPES)))
         if cfg.attribute_skip and cfg.shared_cat and shared_columns:
@@ -234,7 +237,8 @@ class GNNEncoder(nn.Module):
                 # the score sees the overlap of the two nodes' skills, titles and companies directly.
                 z = z + attribute_out[s](bag).astype(jnp.float32)
             if blocked:
-                llm = unit(unit(jnp.asarray(batch.llm[t], jnp.float32)) @ jax.lax.stop_gradient(llm_map))
+                x = jnp.asarray(batch.llm[t], jnp.float32)
+                llm = unit(jax.lax.stop_gradient(x @ llm_map + llm_shift))
                 z = jnp.concatenate([unit(z), llm_gain * llm], -1)
             if cfg.normalize:  # cosine geometry downstream; the loss cannot be lowered by inflating norms
                 z = unit(z)
@@ -383,6 +387,16 @@ def build_gnn(cfg: GNNConfig) -> GNN:
 def set_llm_gain(params: Params, gain: float) -> Params:
     """`params` with the LLM block's gain (`gnn.llm_block`) set to `gain`."""
     return {**params, "encoder": {**params["encoder"], "llm_gain": jnp.asarray(gain, jnp.float32)}}
+
+
+def set_llm_block_map(params: Params, kernel: np.ndarray, shift: np.ndarray) -> Params:
+    """`params` with the LLM block's fixed map (`gnn.llm_block`) set to `x @ kernel + shift`."""
+    enc = params["encoder"]
+    want = (enc["llm_block_map"].shape, enc["llm_block_shift"].shape)
+    if (kernel.shape, shift.shape) != want:
+        raise StarError(f"gnn.llm_block: a map of shapes {kernel.shape}, {shift.shape} for a block of {want}")
+    return {**params, "encoder": {**enc, "llm_block_map": jnp.asarray(kernel, jnp.float32),
+                                  "llm_block_shift": jnp.asarray(shift, jnp.float32)}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, atomic_write_text, finished_result
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.evaluate import Evaluator, val_pairs
-from star_jax.gnn.features import feature_source
-from star_jax.gnn.model import GNN, build_gnn, set_llm_gain
+from star_jax.gnn.features import StandardizedFeatures, feature_source
+from star_jax.gnn.model import GNN, LLM_TYPES, build_gnn, set_llm_block_map
 from star_jax.gnn.run import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -41,6 +41,7 @@ from star_jax.gnn.run import (
     checkpoint_tree,
     fresh_state,
     from_checkpoint_tree,
+    initial_best,
     make_gnn_optimizer,
     run_fingerprint,
     uses_best,
@@ -142,6 +143,10 @@ class GNNLoop(TrainLoop):
         self.gnn = build_gnn(cfg.gnn)
         self.optimizer, self.lr = make_gnn_optimizer(t)
         self.seeds = training_pairs(data_dir, graph, t, cfg.sampler)
+        self.data_dir = data_dir
+        blocked = cfg.gnn.use_llm and cfg.gnn.llm_block and isinstance(features, StandardizedFeatures)
+        self.block_map = features.principal_map(
+            {t: np.asarray(graph.ids[t]) for t in LLM_TYPES}, cfg.gnn.llm_block) if blocked else None
         before = meta or {}
         if meta is None:
             self.schedule, self.history = FanoutSchedule.from_config(cfg.sampler), []
@@ -177,6 +182,13 @@ class GNNLoop(TrainLoop):
         first = stage.sampler.sample(self.seeds[stage.start], batch_rng(self.cfg.sampler.seed, stage.start))
         state, self.best = (abstract_state if resume else fresh_state)(
             self.gnn, self.optimizer, first, stage.sampler.layout, seed)
+        if not resume and self.block_map is not None:  # the LLM block keeps the towers' cosine
+            def placed(new: jax.Array, old: jax.Array) -> jax.Array:  # where fresh_state put them
+                return jax.device_put(new, old.sharding)
+
+            params = jax.tree.map(placed, set_llm_block_map(state.params, *self.block_map), state.params)
+            self.best = jax.tree.map(placed, initial_best(params), self.best)
+            state = state._replace(params=params)
         return state
 
     def counts(self) -> dict[str, int]:
@@ -241,9 +253,16 @@ class GNNLoop(TrainLoop):
         exported parameters the best val AUC, and each gain's val AUC; (None, {}) without a block."""
         if not (self.cfg.gnn.use_llm and self.cfg.gnn.llm_block):
             return None, {}
-        params = self.best["params"] if uses_best(self.cfg.gnn_train, self.best) else state.params
-        scores = {g: self.validate(state._replace(params=set_llm_gain(params, g)))["auc"]
-                  for g in sorted(set(self.cfg.gnn_train.llm_block_gains))}
+        t = self.cfg.gnn_train
+        params = self.best["params"] if uses_best(t, self.best) else state.params
+        # On every val pair, not the evaluations' subset: the gains' AUCs differ by little.
+        pairs = val_pairs(self.data_dir, self.graph, t, self.cfg.sampler, every=True)
+        every = Evaluator(self.gnn, self.graph, self.cfg.sampler, t.eval_batch_size, self.features, pairs,
+                          self.data_dir)
+        e0 = time.perf_counter()
+        scores = every.block_gains(params, self.schedule.fanouts, self.cfg.gnn.llm_block,
+                                   sorted(set(t.llm_block_gains)))
+        self.eval_seconds += time.perf_counter() - e0
         gain = max(scores, key=scores.get)
         tried = ", ".join(f"{g:g}: {a:.4f}" for g, a in scores.items())
         log.info(f"train-gnn: LLM block gain on val: {tried}; kept {gain:g}")

@@ -58,7 +58,7 @@ def tower_adapters(adapters: dict | None, tower: str) -> dict | None:
     return adapters[tower] if tower in adapters else adapters[SHARED]
 
 
-def last_token(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
+def last_token(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array) -> jax.Array:
     """`hidden[b, lengths[b] - 1]`: `[B, T, H]` -> `[B, H]` (a zero length picks position 0).
 
     E5's `last_token_pool` for right padding: found from the lengths, never from token ids (E5's
@@ -67,18 +67,27 @@ def last_token(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
 
 
-def mean_pool(hidden: jax.Array, lengths: jax.Array) -> jax.Array:
+def mean_pool(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array) -> jax.Array:
     """The mean of `hidden[b, :lengths[b]]`: `[B, T, H]` -> `[B, H]` in fp32 (a zero length gives 0)."""
     real = (jnp.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
     total = jnp.einsum("bt,bth->bh", real, hidden.astype(jnp.float32))
     return total / jnp.maximum(real.sum(1), 1.0)[:, None]
 
 
-# `llm.pooling` -> `[B, T, H], lengths -> [B, H]`; the config checks the name (config.POOLINGS).
-# `mean` (sentence-transformers') is the demo's: its 4-layer base pretrained for 200 steps has not
-# learned to summarise a text in its last state, whose vectors sit in a narrow cone (test AUC 0.73
-# with mean, 0.63 with last_token on the tiny data; docs/architecture.md, decision 12).
-POOL_FNS = {"last_token": last_token, "mean": mean_pool}
+def mean_first_last(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array) -> jax.Array:
+    """The unit mean of the token embeddings plus the unit mean of the final hidden states, `[B, H]`.
+
+    The "first-last average" of sentence encoders (Su et al. 2021), its first layer the embedding
+    table: the words two texts share reach the cosine whether or not the layers keep them."""
+    return l2_normalize(mean_pool(embedded, None, lengths)) + l2_normalize(mean_pool(hidden, None, lengths))
+
+
+# `llm.pooling` -> `(hidden [B, T, H], token embeddings [B, T, H], lengths [B]) -> [B, H]`; the
+# config checks the name (config.POOLINGS). `mean` (sentence-transformers') and `mean_first_last`
+# suit the demo: its 4-layer base pretrained for 200 steps has not learned to summarise a text in
+# its last state, whose vectors sit in a narrow cone, and its layers blur the words the texts share
+# (docs/architecture.md, decisions 12 and 23; docs/quality.md).
+POOL_FNS = {"last_token": last_token, "mean": mean_pool, "mean_first_last": mean_first_last}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -117,7 +126,8 @@ def encode(
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
     )
-    pooled = POOL_FNS[pooling](hidden, lengths)
+    embedded = jnp.take(base["embed_tokens"]["embedding"], ids, axis=0)  # unused ones are compiled away
+    pooled = POOL_FNS[pooling](hidden, embedded, lengths)
     return l2_normalize(pooled if head is None else head(pooled.astype(jnp.float32)))
 
 
