@@ -6,12 +6,13 @@ leaves the base unchanged. A is stored `[in, r]` and B `[r, out]` (PEFT's weight
 stacked over the layer axis, in the `lora` collection: `adapters['layers']['self_attn']['q_proj']
 ['lora_A']` is `[layers, hidden, r]`. PEFT's `modules_to_save` (`lora.modules_to_save`) are full
 trained copies of base modules, kept beside the LoRA weights in the same tree (`adapters
-['embed_tokens']['embedding']`) and run in place of the base's. Fresh adapters: `mistral.init_lora`;
-PEFT files: `peft_io`.
+['embed_tokens']['embedding']`) and run in place of the base's. `lora_linear`: a projection plus
+its adapter, with its own backward pass. Fresh adapters: `mistral.init_lora`; PEFT files: `peft_io`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -72,6 +73,15 @@ def lora_delta(
     `[r, out]` (fp32) in `module`'s `lora` collection, with logical axes (in, `lora_rank`) and
     (`lora_rank`, out).
     """
+    a, b = lora_weights(module, x, features, axes, cfg)
+    if cfg.dropout > 0.0:
+        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    # PEFT upcasts the adapter input to fp32; we stay in the compute dtype (same in fp32, cheaper in bf16).
+    return (jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * scaling(cfg)).astype(x.dtype)
+
+
+def lora_weights(module: nn.Module, x: jax.Array, features: int, axes: tuple[str, str], cfg: LoraConfig):
+    """`(lora_A [in, r], lora_B [r, out])` declared in `module`'s `lora` collection, as `lora_delta` does."""
     shapes = {"lora_A": (x.shape[-1], cfg.rank), "lora_B": (cfg.rank, features)}
     names = {"lora_A": (axes[0], "lora_rank"), "lora_B": ("lora_rank", axes[1])}
 
@@ -81,11 +91,87 @@ def lora_delta(
             COLLECTION, name, lambda: init(module.make_rng("params"), shapes[name], jnp.float32)
         ).value
 
-    a, b = variable("lora_A"), variable("lora_B")
-    if cfg.dropout > 0.0:
-        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    # PEFT upcasts the adapter input to fp32; we stay in the compute dtype (same in fp32, cheaper in bf16).
-    return (jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * scaling(cfg)).astype(x.dtype)
+    return variable("lora_A"), variable("lora_B")
+
+
+def lora_linear(
+    x: jax.Array,
+    kernel: jax.Array,
+    a: jax.Array,
+    b: jax.Array,
+    scale: float,
+    adapter_in: jax.Array | None = None,
+) -> jax.Array:
+    """`x @ kernel + scale * adapter_in @ a @ b` (adapter_in: x after the adapter's dropout; None: x).
+
+    The same values as autodiff, with a hand-written backward pass (`_lora_linear_bwd`).
+    """
+    dtype = x.dtype
+    a, b = a.astype(dtype), b.astype(dtype)
+    if adapter_in is None:
+        return _lora_linear(x, kernel, a, b, scale)
+    return _lora_linear_dropout(x, adapter_in, kernel, a, b, scale)
+
+
+def _forward(x, adapter_in, kernel, a, b, scale):
+    xa = jnp.dot(adapter_in, a)
+    return jnp.dot(x, kernel) + (jnp.dot(xa, b) * scale).astype(x.dtype), xa
+
+
+def _backward(x, adapter_in, xa, kernel, a, b, scale, kernel_grad, g):
+    # XLA's CPU layouts for autodiff's `dB = xa^T g` transpose all of g (a [tokens, out] copy per
+    # projection, about a fifth of the step); `(g^T xa)^T` reads g as it lies (docs/benchmarks.md).
+    flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+    g2, xa2 = flat(g), flat(xa)
+    gb = jnp.dot(g, b.T) * scale  # [..., r]
+    db = jax.lax.dot_general(g2, xa2, (((0,), (0,)), ((), ()))).T * scale
+    da = jax.lax.dot_general(flat(adapter_in), flat(gb), (((0,), (0,)), ((), ())))
+    dx = jnp.dot(g, kernel.T)
+    d_adapter = jnp.dot(gb, a.T)
+    dk = None
+    if kernel_grad:  # only when the caller differentiates the base kernel too
+        dk = jax.lax.dot_general(flat(x), g2, (((0,), (0,)), ((), ()))).astype(kernel.dtype)
+    return dx, d_adapter, dk, da.astype(a.dtype), db.astype(b.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _lora_linear(x, kernel, a, b, scale):
+    return _forward(x, x, kernel, a, b, scale)[0]
+
+
+def _lora_linear_fwd(x, kernel, a, b, scale):
+    y, xa = _forward(x.value, x.value, kernel.value, a.value, b.value, scale)
+    # The residuals' pytree structure records whether the kernel needs a gradient (None: frozen).
+    return y, (x.value, xa, kernel.value, a.value, b.value, () if kernel.perturbed else None)
+
+
+def _lora_linear_bwd(scale, res, g):
+    x, xa, kernel, a, b, kernel_grad = res
+    dx, d_adapter, dk, da, db = _backward(x, x, xa, kernel, a, b, scale, kernel_grad is not None, g)
+    return dx + d_adapter, dk, da, db
+
+
+_lora_linear.defvjp(_lora_linear_fwd, _lora_linear_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lora_linear_dropout(x, adapter_in, kernel, a, b, scale):
+    return _forward(x, adapter_in, kernel, a, b, scale)[0]
+
+
+def _lora_linear_dropout_fwd(x, adapter_in, kernel, a, b, scale):
+    y, xa = _forward(x.value, adapter_in.value, kernel.value, a.value, b.value, scale)
+    res = (x.value, adapter_in.value, xa, kernel.value, a.value, b.value, () if kernel.perturbed else None)
+    return y, res
+
+
+def _lora_linear_dropout_bwd(scale, res, g):
+    x, adapter_in, xa, kernel, a, b, kernel_grad = res
+    dx, d_adapter, dk, da, db = _backward(x, adapter_in, xa, kernel, a, b, scale, kernel_grad is not None, g)
+    return dx, d_adapter, dk, da, db
+
+
+_lora_linear_dropout.defvjp(_lora_linear_dropout_fwd, _lora_linear_dropout_bwd, symbolic_zeros=True)
 
 
 def split_saved(adapters: dict) -> tuple[dict, dict]:

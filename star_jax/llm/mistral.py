@@ -97,9 +97,15 @@ class Linear(nn.Module):
             (x.shape[-1], self.features),
             jnp.dtype(self.config.param_dtype),
         )
-        y = jnp.dot(x, kernel.astype(dtype))
-        if self.lora is not None:
-            y = y + lora_lib.lora_delta(self, x, self.features, self.axes, self.lora, self.deterministic)
+        if self.lora is None:
+            y = jnp.dot(x, kernel.astype(dtype))
+        else:
+            # The adapter's own backward pass: see lora.lora_linear.
+            a, b = lora_lib.lora_weights(self, x, self.features, self.axes, self.lora)
+            adapter_in = None
+            if self.lora.dropout > 0.0:
+                adapter_in = nn.Dropout(self.lora.dropout)(x, deterministic=self.deterministic)
+            y = lora_lib.lora_linear(x, kernel.astype(dtype), a, b, lora_lib.scaling(self.lora), adapter_in)
         return checkpoint_name(y, self.name)
 
 
