@@ -31,11 +31,15 @@ from star_jax.store import EmbeddingStore
 DATA_SEED = 1  # the thresholds below come from data seed 0
 
 
-def test_finetuning_beats_the_frozen_towers_on_a_planted_pairing(tmp_path):
+@pytest.mark.parametrize("saved, pooling", [([], "mean"), (["embed_tokens"], "mean_first_last")])
+def test_finetuning_beats_the_frozen_towers_on_a_planted_pairing(tmp_path, saved, pooling):
     """Members and jobs name their cluster in disjoint vocabularies: the frozen random-init towers
-    have nothing to match them by, 30 LoRA steps learn the pairing from the train pairs."""
+    have nothing to match them by, 30 LoRA steps learn the pairing from the train pairs. Both
+    recipes: LoRA alone pooling the last layer, and the demo's (the trained table, pooled too;
+    with a frozen table that half of the vector cannot adapt)."""
     data = write_planted_data(tmp_path / "data", seed=DATA_SEED, filler=1)
     tok, cfg = tiny_towers(tmp_path, data)
+    cfg.lora.modules_to_save, cfg.llm.pooling = saved, pooling
     # E5's InfoNCE alone: on a random-init base the semi-hard triplet term (the default) collapses
     # every embedding onto one point within 40 steps, where its loss is the margin and its gradient 0.
     cfg.llm_train = LLMTrainConfig(

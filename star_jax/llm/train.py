@@ -214,6 +214,10 @@ def train_llm(
     arch = runtime_arch(read_config(base_dir), cfg.llm.arch)
     check_vocab(tokenizer, tokenizer_dir, arch, base_dir)
     bienc = build_biencoder(cfg.llm, cfg.lora, tcfg, arch=arch)
+    if cfg.llm.pooling == "mean_first_last" and "embed_tokens" not in cfg.lora.modules_to_save:
+        log.warning("train-llm: llm.pooling mean_first_last pools the token embeddings, which LoRA "
+                    "alone cannot adapt; add embed_tokens to lora.modules_to_save (docs/architecture.md, "
+                    "decision 23)")
     check_matryoshka(tcfg.matryoshka_dims, bienc.dim)
     mesh, rules = make_mesh(cfg.mesh, devices), logical_rules(cfg.mesh)
     loop.check_batch(tcfg.batch_size, tcfg.grad_accum, mesh, "llm_train")
