@@ -7,10 +7,11 @@ Reads the versions `star-jax embed --dims` wrote into `--store`: `mrl` / `plain`
 trained with and without `llm_train.matryoshka_dims`), `mrl-dD` and `plain-dD` (prefixes),
 `plain-pcaD` and `plain-linD` (`--reduce linear`). `--only` measures those reductions and merges
 them into the saved results (the others and the 7B rows keep their earlier run). Test AUC is
-scikit-learn's on numpy cosines of the stored rows; bytes are the version's files; lookup rows/s
-the median of 50 batches of 1,000 random member rows (`lookup`). The 7B-shape rows write `--rows`
-random bf16 rows per width through `EmbeddingWriter`. `--gnn STORE` adds the test AUC of the
-gnn_id_cat_llm embeddings `star-jax gnn-embed` wrote as `gnn-<version>`.
+scikit-learn's on numpy cosines of the stored rows; bytes are the version's published rows
+(`stored_bytes`); lookup rows/s the median of 50 batches of 1,000 random member rows
+(`lookup_rate`). The 7B-shape rows write `--rows` random bf16 rows per width through
+`EmbeddingWriter`. `--gnn STORE` adds the test AUC of the gnn_id_cat_llm embeddings
+`star-jax gnn-embed` wrote as `gnn-<version>`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import ml_dtypes
@@ -30,28 +30,19 @@ from benchmarks.common import RESULTS, machine_info
 from star_jax.config import GNNConfig, StoreConfig
 from star_jax.data.tables import read_labels
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter
+from star_jax.store.compact import lookup_rate, stored_bytes
 
 DIMS = (16, 32, 64, 128)
 WIDE = (4096, 2048, 1024, 512)  # E5-Mistral's 4096 and its compact sizes
-_BATCH, _BATCHES = 1000, 50
 
 
 def _bytes(root: Path, version: str) -> int:
-    return sum(f.stat().st_size for f in (root / "data" / version).rglob("*") if f.is_file())
+    return stored_bytes(EmbeddingStore.open(root, version))
 
 
 def _lookup_rate(root: Path, version: str, node_type: str, seed: int = 0) -> float:
-    store = EmbeddingStore.open(root, version)
-    ids = store.ids(node_type)
-    rng = np.random.default_rng(seed)
-    queries = [rng.choice(ids, min(_BATCH, len(ids)), replace=False) for _ in range(_BATCHES)]
-    store.lookup(node_type, queries[0][:10])  # open the arrays once
-    rates = []
-    for q in queries:  # the median batch: the cores are shared, a mean would carry others' bursts
-        t0 = time.perf_counter()
-        store.lookup(node_type, q)
-        rates.append(len(q) / (time.perf_counter() - t0))
-    return float(np.median(rates))
+    # the same measurement as the pipeline's compact stage (batches of LOOKUP_BATCH random rows)
+    return lookup_rate(EmbeddingStore.open(root, version), node_type, seed=seed)
 
 
 def _auc(root: Path, version: str, pairs, cosine: bool = True) -> float:
@@ -91,6 +82,14 @@ def tiny(root: Path, data: Path, gnn: Path | None, only: list[str] | None = None
     return out
 
 
+def gnn_input_flops(gnn: GNNConfig, d: int) -> int:
+    """The GNN's LLM input projections per member or job node (star_jax/gnn/model.py), 2 FLOPs per
+    weight: the Dense to hidden_dim, and the LLM block's fixed map to llm_block dims (or, with
+    llm_block 0, the LLM skip's Dense to out_dim)."""
+    second = gnn.llm_block or (gnn.out_dim if gnn.llm_skip else 0)
+    return 2 * d * (gnn.hidden_dim + second)
+
+
 def wide(rows: int, seed: int = 0) -> dict:
     """Per 7B width: measured bytes and lookup rows/s of `rows` random bf16 rows, and the arithmetic."""
     gnn = GNNConfig()
@@ -120,9 +119,7 @@ def wide(rows: int, seed: int = 0) -> dict:
                 "lookup_rows_s": measured["default"][1],
                 "bytes_chunk_rows_1": measured["chunk_rows=1"][0],
                 "lookup_rows_s_chunk_rows_1": measured["chunk_rows=1"][1],
-                # The GNN's LLM input projections per member or job node: a Dense to hidden_dim and
-                # the LLM skip's Dense to out_dim (star_jax/gnn/model.py), 2 FLOPs per weight.
-                "gnn_input_flops_per_node": 2 * d * (gnn.hidden_dim + gnn.out_dim),
+                "gnn_input_flops_per_node": gnn_input_flops(gnn, d),
             }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,7 +146,8 @@ def tables(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    """docs/compact.png: the towers' test AUC and the store bytes against D, one line per reduction."""
+    """docs/compact.png: the towers' test AUC (gnn_id_cat_llm's too, where run) and the store bytes
+    against D, one line per reduction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,15 +159,19 @@ def plot(result: dict, path: Path) -> None:
     for label in labels:
         xs = [int(d) for d in dims if label in result["tiny"][d]]
         rows = [result["tiny"][str(x)][label] for x in xs]
-        auc_ax.plot(xs, [r["test_auc"] for r in rows], marker="o", label=label)
+        line, = auc_ax.plot(xs, [r["test_auc"] for r in rows], marker="o", label=label)
         bytes_ax.plot(xs, [r["bytes"] / 1e3 for r in rows], marker="o", label=label)
-    for ax, name in ((auc_ax, "LLM towers' test AUC"), (bytes_ax, "store kB (members + jobs)")):
+        gnn = [(x, r["gnn_test_auc"]) for x, r in zip(xs, rows) if "gnn_test_auc" in r]
+        if gnn:
+            auc_ax.plot(*zip(*gnn), marker="^", ls="--", color=line.get_color(),
+                        label=f"{label}: gnn_id_cat_llm")
+    for ax, name in ((auc_ax, "test AUC"), (bytes_ax, "store kB (members + jobs)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks([int(d) for d in dims], [str(d) for d in dims])
         ax.set_xlabel("D (components kept)")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    auc_ax.legend()
+    auc_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -201,6 +203,7 @@ def main() -> None:
         result = {"tiny": tiny(args.store, args.data, args.gnn), "wide": wide(args.rows)}
         result["machine"] = machine_info()
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = json.loads(args.out.read_text())  # string keys, as --replot reads them
     plot(result, args.plot)
     print(tables(result))
     print(f"machine: {result['machine']}")

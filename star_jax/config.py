@@ -497,6 +497,9 @@ class GNNTrainConfig(Checked):
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    # Split each batch over every device of the mesh (star_jax.gnn.distributed), as a run of several
+    # processes always does; false: one process trains on its first device.
+    data_parallel: bool = False
 
     def check(self) -> None:
         _at_least("gnn_train", self, 1, "steps", "checkpoint_every", "log_every", "eval_batch_size",

@@ -111,3 +111,24 @@ def edit_table(
     path = Path(root) / rel_path
     out = fn(pq.read_table(path).to_pandas())
     _write(path, out if isinstance(out, pa.Table) else pa.Table.from_pandas(out, preserve_index=False))
+
+
+def write_tiny_inputs(root: Path) -> tuple[str, str, Path]:
+    """Under `root`: a tiny data directory, a BPE tokenizer trained on it and a random 1-layer,
+    16-d Mistral saved in HF format by star_jax; returns (data, tokenizer, base) paths."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from star_jax.config import MistralConfig, TokenizerConfig
+    from star_jax.data.tokenizer import train_tokenizer
+    from star_jax.llm.hf_io import save_mistral
+    from star_jax.llm.mistral import MistralModel
+
+    data = write_tiny_data(root / "data")
+    tok = train_tokenizer(data, root / "tok", TokenizerConfig(vocab_size=400))
+    arch = MistralConfig(vocab_size=512, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    params = MistralModel(arch).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    save_mistral(root / "base", arch, nn.unbox(params))
+    return data, tok, root / "base"

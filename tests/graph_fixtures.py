@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from star_jax.config import StoreConfig
 from star_jax.data.schema import Schema, default_schema, write_schema
+from star_jax.graph.hetero import build_graph
+from star_jax.store import EmbeddingSpec, EmbeddingWriter, text_hash
 
 MEMBERS = [501, 17, 230, 42, 99, 8, 777, 3]
 JOBS = [2005, 2001, 2003, 2000, 2004, 2002]
@@ -146,3 +150,35 @@ class FakeFeatures:
         self.calls.append((node_type, np.array(ids)))
         ids = np.asarray(ids, np.float32)
         return np.stack([ids, -ids, np.full_like(ids, 0.5)], axis=1)
+
+
+def write_random_features(root: str, graph, dim: int) -> None:
+    """A random LLM-feature version `v1` for every member and job of `graph`, through the writer API."""
+    spec = EmbeddingSpec(model="random", adapter=None, tokenizer="none", max_len=0, pooling="none", dim=dim)
+    vectors = {t: np.random.default_rng(i).normal(size=(graph.num_nodes(t), dim)).astype(np.float32)
+               for i, t in enumerate(("member", "job"))}
+    inputs = {t: (graph.ids[t], text_hash(f"{t} {i}" for i in graph.ids[t])) for t in vectors}
+    writer = EmbeddingWriter.open(root, "v1", spec, inputs, StoreConfig(dtype="float32"))
+    for t in writer.node_types:
+        for block in writer.pending_blocks(t):
+            writer.write(t, block.rows, vectors[t][block.positions])
+    writer.publish()
+
+
+@dataclasses.dataclass
+class GraphEnv:
+    """A data directory, its graph and a random LLM-feature store under one root."""
+
+    root: Path
+    data: str
+    graph_dir: str
+    features: str  # the store root; version `v1`
+    graph: object  # HeteroGraph
+
+
+def graph_env(root: Path, llm_dim: int) -> GraphEnv:
+    """`write_data_dir` under root/data, its graph in root/graph, `v1` features in root/features."""
+    data = write_data_dir(root / "data")
+    graph = build_graph(data, root / "graph")
+    write_random_features(str(root / "features"), graph, llm_dim)
+    return GraphEnv(root, str(data), str(root / "graph"), str(root / "features"), graph)

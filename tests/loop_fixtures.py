@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import grain
@@ -32,3 +35,23 @@ def toy_problem(steps: int = STEPS) -> Toy:
         return jnp.mean((params["w"] + 0.01 * noise - batch["x"]) ** 2), {}
 
     return Toy(batches, state, make_train_step(loss, tx, schedule))
+
+
+@contextlib.contextmanager
+def compilation_cache_at(path: str | os.PathLike) -> Iterator[None]:
+    """JAX's persistent compilation cache in `path` for every program (no size or time floor), and
+    the previous settings back afterwards; child processes given the same settings share it."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(path), 0, 0)):
+        jax.config.update(k, v)
+    cc.reset_cache()
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
+        cc.reset_cache()

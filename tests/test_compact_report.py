@@ -87,3 +87,8 @@ def test_the_report_carries_the_compact_trade_off_only_when_matryoshka_is_set(ru
             assert f"| {d} | {DIM / d:g}x | {w['prefix_auc']:.4f} (" in md
         else:
             assert "pca_auc" not in w
+        # No compact stage and no gnn_id_cat_llm in this run: those cells are n/a, and say why.
+        assert w["store_bytes"] is None and w["lookup_rows_s"] is None and w["gnn_auc"] is None
+        assert w["gnn_reason"] == "gnn_id_cat_llm is not in eval.variants"
+    assert "no `compact` stage in this run" in got["costs_reason"]
+    assert "- n/a: gnn_id_cat_llm is not in eval.variants" in md

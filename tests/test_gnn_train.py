@@ -21,13 +21,14 @@ from pathlib import Path
 
 import graph_fixtures as gf
 import jax
+import loop_fixtures as lf
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from star_jax import cli
 from star_jax.checkpoint import Checkpointer
-from star_jax.config import StoreConfig, load_config
+from star_jax.config import load_config
 from star_jax.gnn import train as train_module
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
@@ -39,7 +40,7 @@ from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import build_graph
 from star_jax.graph.sampler import NeighborSampler, batch_rng, eval_seeds, make_dataset, node_seeds
 from star_jax.metrics import auc
-from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
+from star_jax.store import EmbeddingStore
 from star_jax.tracking import read_metrics
 from star_jax.train_loop import Static, first_device, init_state, make_train_step
 
@@ -66,27 +67,7 @@ class Crash(Exception):
     pass
 
 
-@dataclasses.dataclass
-class Env:
-    root: str
-    data: str
-    graph_dir: str
-    features: str
-    graph: object
-
-
-def write_features(root: str, graph) -> None:
-    """A random LLM-feature version `v1` for every member and job, through the writer API."""
-    spec = EmbeddingSpec(model="random", adapter=None, tokenizer="none", max_len=0, pooling="none",
-                         dim=LLM_DIM)
-    vectors = {t: np.random.default_rng(i).normal(size=(graph.num_nodes(t), LLM_DIM)).astype(np.float32)
-               for i, t in enumerate(("member", "job"))}
-    inputs = {t: (graph.ids[t], text_hash(f"{t} {i}" for i in graph.ids[t])) for t in vectors}
-    writer = EmbeddingWriter.open(root, "v1", spec, inputs, StoreConfig(dtype="float32"))
-    for t in writer.node_types:
-        for block in writer.pending_blocks(t):
-            writer.write(t, block.rows, vectors[t][block.positions])
-    writer.publish()
+Env = gf.GraphEnv
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,27 +75,13 @@ def compilation_cache(tmp_path_factory):
     """The runs of one config here compile the same programs again (the crashed run, its resumption,
     gnn-embed's encoder = the run's evaluator): a persistent compilation cache turns the repeats into
     reads. They still count as compilations: JAX reports a cache read as one."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0, 0)):
-        jax.config.update(k, v)
-    cc.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
+    with lf.compilation_cache_at(tmp_path_factory.mktemp("xla_cache")):
+        yield
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Env:
-    root = tmp_path_factory.mktemp("gnn_train")
-    data = gf.write_data_dir(root / "data")
-    graph = build_graph(data, root / "graph")
-    write_features(str(root / "features"), graph)
-    return Env(str(root), str(data), str(root / "graph"), str(root / "features"), graph)
+    return gf.graph_env(tmp_path_factory.mktemp("gnn_train"), LLM_DIM)
 
 
 def run(env: Env, out: str, cfg=CFG) -> dict:

@@ -183,24 +183,9 @@ def micro_config(data, tokenizer, base, **eval_) -> Config:
 @pytest.fixture(scope="module")
 def own_inputs(tmp_path_factory):
     """A data directory, a BPE tokenizer and a random 1-layer HF Mistral directory (saved by us)."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    from data_fixtures import write_tiny_data
+    from data_fixtures import write_tiny_inputs
 
-    from star_jax.config import MistralConfig, TokenizerConfig
-    from star_jax.data.tokenizer import train_tokenizer
-    from star_jax.llm.hf_io import save_mistral
-    from star_jax.llm.mistral import MistralModel
-
-    root = tmp_path_factory.mktemp("own")
-    data = write_tiny_data(root / "data")
-    tok = train_tokenizer(data, root / "tok", TokenizerConfig(vocab_size=400))
-    arch = MistralConfig(vocab_size=512, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
-    params = MistralModel(arch).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
-    save_mistral(root / "base", arch, nn.unbox(params))
-    return data, tok, root / "base"
+    return write_tiny_inputs(tmp_path_factory.mktemp("own"))
 
 
 def test_pipeline_runs_skips_and_refreshes_only_what_changed(own_inputs, tmp_path, capsys):

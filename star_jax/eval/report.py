@@ -24,7 +24,7 @@ import pandas as pd
 from star_jax.config import to_dict
 from star_jax.data.splits import cold_start, train_applies
 from star_jax.errors import StarError
-from star_jax.eval.compact_report import compact_markdown, compact_tradeoff, plot_compact
+from star_jax.eval.compact_report import compact_markdown, compact_section, plot_compact
 from star_jax.eval.runs import GNN_VARIANTS, LLM_VARIANTS, PAPER_AUC, VARIANTS, Run, read_run
 from star_jax.fileio import atomic_write_bytes, atomic_write_files, json_bytes
 from star_jax.metrics import (
@@ -415,11 +415,10 @@ def evaluate(run: Run) -> tuple[dict, dict[str, np.ndarray]]:
     migration = run.result("migration")
     if migration is not None:
         report["migration"] = migration
-    towers = run.store_version("llm_finetuned") if cfg.llm_train.matryoshka_dims else None
-    if towers is not None:  # the compact trade-off of the Matryoshka towers (docs/compact.md)
-        store = EmbeddingStore.open(towers[0], towers[1], kvstore=cfg.store.kvstore)
-        report["compact"] = compact_tradeoff(store, pairs.member_ids, pairs.job_ids, pairs.labels,
-                                             cfg.llm_train.matryoshka_dims)
+    # the compact trade-off of the Matryoshka towers (docs/compact.md)
+    compact = compact_section(run, pairs.member_ids, pairs.job_ids, pairs.labels)
+    if compact is not None:
+        report["compact"] = compact
     return report, {"labels": pairs.labels, **pair_scores}
 
 

@@ -35,9 +35,10 @@ class ColdStartSampler:
 
     def sample(self, seeds: Any, rng: np.random.Generator) -> HeteroBatch:
         batch = self.sampler.sample(seeds, rng)
-        L = self.layout
-        cold = {"member": rng.random(L.num_pairs) < self.rate,
-                "job": rng.random(L.num_pairs + L.num_negatives) < self.rate}
+        L, whole, part = self.layout, self.sampler.global_layout, self.sampler.seed_positions
+        # drawn for the whole batch, so a part of it (NeighborSampler's `parts`) turns the same seeds cold
+        cold = {"member": (rng.random(whole.num_pairs) < self.rate)[part("member")],
+                "job": (rng.random(whole.num_pairs + whole.num_negatives) < self.rate)[part("job")]}
         g = batch.graph
         senders, receivers, mask = g.senders.copy(), g.receivers.copy(), g.edges["mask"].copy()
         for es, dst, start, pad_sender, pad_receiver in self._cuts:

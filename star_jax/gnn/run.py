@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, fingerprint, load_config
@@ -21,6 +22,7 @@ from star_jax.gnn.model import GNN, build_gnn, decay_mask, set_llm_gain
 from star_jax.graph.batch import HeteroBatch, Layout
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, node_seeds
+from star_jax.parallel import replicate, replicated
 from star_jax.train_loop import TrainState, first_device, init_state, optimizer_from_config
 
 CONFIG_FILE = "config.yaml"  # the resolved config, variant applied
@@ -29,7 +31,7 @@ RESULT = "result.json"  # written last
 CHECKPOINTS = "checkpoints"
 # Fields that change neither the trained parameters nor the batches: free to change on resume.
 _NOT_FINGERPRINTED = {
-    "gnn_train": ("log_every", "checkpoint_every", "keep_checkpoints"),
+    "gnn_train": ("log_every", "checkpoint_every", "keep_checkpoints", "data_parallel"),
     "sampler": ("workers", "prefetch"),
 }
 
@@ -83,16 +85,19 @@ def from_checkpoint_tree(tree: dict) -> tuple[TrainState, dict]:
 
 
 def fresh_state(gnn: GNN, optimizer: optax.GradientTransformation, batch: HeteroBatch, layout: Layout,
-                seed: int) -> tuple[TrainState, dict]:
+                seed: int, mesh: Mesh | None = None) -> tuple[TrainState, dict]:
     """Step 0 and the best evaluation, on `first_device()` (fresh and restored runs alike, so the
-    train step sees one placement and compiles once)."""
+    train step sees one placement and compiles once), or replicated on `mesh` (data-parallel)."""
     params = gnn.init(init_key(seed), batch, layout)
+    if mesh is not None:  # the same init on every process
+        best = replicate(initial_best(params), mesh)
+        return init_state(replicate(params, mesh), optimizer, seed, mesh), best
     best = jax.device_put(initial_best(params), first_device())
     return init_state(params, optimizer, seed), best
 
 
 def abstract_state(gnn: GNN, optimizer: optax.GradientTransformation, batch: HeteroBatch, layout: Layout,
-                   seed: int) -> tuple[TrainState, dict]:
+                   seed: int, mesh: Mesh | None = None) -> tuple[TrainState, dict]:
     """`fresh_state`'s shapes, dtypes and placement, traced without compiling anything."""
 
     def shapes() -> tuple[TrainState, dict]:
@@ -101,7 +106,7 @@ def abstract_state(gnn: GNN, optimizer: optax.GradientTransformation, batch: Het
                            jax.random.key_data(jax.random.key(seed)))
         return state, initial_best(params)
 
-    sharding = first_device()
+    sharding = first_device() if mesh is None else replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         jax.eval_shape(shapes))
 

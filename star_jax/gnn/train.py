@@ -7,6 +7,8 @@ Wires the model (star_jax.gnn.model), the sampler's batches and the shared loop
 (star_jax.train_loop). The task is LinkSAGE's (arXiv 2402.13430): predict the train period's
 member -> job applies from sampled neighbourhoods. OUT holds config.yaml and run.json (read by
 gnn-embed), checkpoints/, metrics.jsonl and tb/, and result.json, written last (star_jax.gnn.run).
+Several processes (`mesh.num_processes`) or `gnn_train.data_parallel` split each batch over every
+device (star_jax.gnn.distributed), with the one-device run's loss and updates.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from star_jax.config import Config, GNNTrainConfig, SamplerConfig, to_yaml
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, atomic_write_text, finished_result
 from star_jax.gnn.cold_start import ColdStartSampler
+from star_jax.gnn.distributed import DataParallel, ShardedEvaluator
 from star_jax.gnn.evaluate import Evaluator, val_pairs
 from star_jax.gnn.features import StandardizedFeatures, feature_source
 from star_jax.gnn.model import GNN, LLM_TYPES, build_gnn, set_llm_block_map
@@ -59,6 +62,7 @@ from star_jax.graph.sampler import (
     train_seeds,
 )
 from star_jax.graph.tstore import open_graph
+from star_jax.parallel import initialize_distributed
 from star_jax.tracking import MetricsLogger
 from star_jax.train_loop import LossFn, Static, TrainLoop, TrainState, make_train_step
 
@@ -128,8 +132,10 @@ class GNNLoop(TrainLoop):
     the val history, and LiGNN's fan-out stages (arXiv 2402.11139): with `sampler.adaptive` the
     fan-outs grow when the val AUC plateaus, one new Layout (and one compilation) per growth.
 
-    Every batch of a stage has the same Layout, so the train step compiles once per stage. The GNN
-    trains on one device: its batch is one graph with flat edge indices.
+    Every batch of a stage has the same Layout, so the train step compiles once per stage. One
+    process trains on one device: its batch is one graph with flat edge indices. Data-parallel
+    (`dp`), each device gets one part of the batch (a part's Layout) and every process the same
+    gathered val AUC, so all grow their fan-outs at the same step.
     """
 
     eval_at_start = False
@@ -142,6 +148,7 @@ class GNNLoop(TrainLoop):
         self.cfg, self.graph, self.features = cfg, graph, features
         self.gnn = build_gnn(cfg.gnn)
         self.optimizer, self.lr = make_gnn_optimizer(t)
+        self.dp = DataParallel(cfg.mesh, cfg.sampler.batch_size) if data_parallel(cfg) else None
         self.seeds = training_pairs(data_dir, graph, t, cfg.sampler)
         self.data_dir = data_dir
         blocked = cfg.gnn.use_llm and cfg.gnn.llm_block and isinstance(features, StandardizedFeatures)
@@ -159,34 +166,50 @@ class GNNLoop(TrainLoop):
         self.eval_seconds = float(before.get("eval_seconds", 0.0))
         self.evaluator = Evaluator(self.gnn, graph, cfg.sampler, t.eval_batch_size, features,
                                    val_pairs(data_dir, graph, t, cfg.sampler), data_dir)
+        if self.dp is not None:
+            self.evaluator = ShardedEvaluator(self.evaluator, self.dp)
         self.best: dict = {}  # initial_best's fields, set by initial_state and by restores
-        step_fn = make_train_step(gnn_loss(self.gnn), self.optimizer, self.lr, fold_in_step=True)
+        if self.dp is None:
+            step_fn = make_train_step(gnn_loss(self.gnn), self.optimizer, self.lr, fold_in_step=True)
+        else:
+            step_fn = self.dp.train_step(self.gnn, self.optimizer, self.lr)
         super().__init__(
-            step_fn, Static(self.stage.sampler.layout), self.stage.batches, put=lambda batch: batch,
+            step_fn, Static(self.stage.sampler.layout), self.stage.batches,
+            put=(lambda batch: batch) if self.dp is None else self.dp.put,
             ckpt=ckpt, logger=logger, steps=t.steps, log_every=t.log_every,
             checkpoint_every=t.checkpoint_every, desc=f"train-gnn {variant}", eval_every=t.eval_every,
             evaluate=self.validate, watchdog_s=cfg.mesh.watchdog_s,
         )
 
     def make_stage(self, fanouts: tuple[int, ...], start: int) -> Stage:
-        sampler = NeighborSampler(self.graph, self.cfg.sampler, features=self.features, hop_fanouts=fanouts)
+        sampler = NeighborSampler(self.graph, self.cfg.sampler, features=self.features, hop_fanouts=fanouts,
+                                  parts=1 if self.dp is None else self.dp.ways)
         # Held-out pairs are mostly with nodes that have no training apply, while every training
         # seed has some: stripping seeds of their applies teaches the encoder to embed cold nodes.
         rate = self.cfg.gnn_train.cold_start_rate
-        draw = ColdStartSampler(sampler, rate) if rate > 0 else sampler
-        return Stage(sampler, iter(make_dataset(draw, SeedsFrom(self.seeds, start))), start)
+
+        def draw(s: NeighborSampler) -> NeighborSampler | ColdStartSampler:
+            return ColdStartSampler(s, rate) if rate > 0 else s
+
+        if self.dp is None:
+            return Stage(sampler, iter(make_dataset(draw(sampler), SeedsFrom(self.seeds, start))), start)
+        parts = self.dp.samplers(sampler)  # this process's parts of each batch
+        return Stage(parts[0], iter(make_dataset([draw(s) for s in parts], SeedsFrom(self.seeds, start))),
+                     start)
 
     def initial_state(self, resume: bool) -> TrainState:
         """Step 0, or with `resume` only its shapes (the checkpoint fills them)."""
         stage, seed = self.stage, self.cfg.gnn_train.seed
+        mesh = None if self.dp is None else self.dp.mesh
         first = stage.sampler.sample(self.seeds[stage.start], batch_rng(self.cfg.sampler.seed, stage.start))
         state, self.best = (abstract_state if resume else fresh_state)(
-            self.gnn, self.optimizer, first, stage.sampler.layout, seed)
+            self.gnn, self.optimizer, first, stage.sampler.layout, seed, mesh)
         if not resume and self.block_map is not None:  # the LLM block keeps the towers' cosine
+            params = set_llm_block_map(state.params, *self.block_map)
             def placed(new: jax.Array, old: jax.Array) -> jax.Array:  # where fresh_state put them
                 return jax.device_put(new, old.sharding)
 
-            params = jax.tree.map(placed, set_llm_block_map(state.params, *self.block_map), state.params)
+            params = jax.tree.map(placed, params, state.params)
             self.best = jax.tree.map(placed, initial_best(params), self.best)
             state = state._replace(params=params)
         return state
@@ -230,6 +253,8 @@ class GNNLoop(TrainLoop):
         if values["auc"] > float(self.best["auc"]):  # a copy: the train step donates its state
             self.best = {"params": jax.tree.map(jnp.copy, state.params),
                          "auc": jnp.asarray(values["auc"], jnp.float32), "step": jnp.asarray(step, jnp.int32)}
+            if self.dp is not None:  # beside the params, on the mesh
+                self.best.update(self.dp.replicate({k: self.best[k] for k in ("auc", "step")}))
         self.history.append({"step": step, **values, "fanouts": list(self.schedule.fanouts)})
         return self.adapt(step, values["auc"])
 
@@ -255,6 +280,8 @@ class GNNLoop(TrainLoop):
             return None, {}
         t = self.cfg.gnn_train
         params = self.best["params"] if uses_best(t, self.best) else state.params
+        if self.dp is not None:  # every process scores every pair with its copy
+            params = self.dp.local(params)
         # On every val pair, not the evaluations' subset: the gains' AUCs differ by little.
         pairs = val_pairs(self.data_dir, self.graph, t, self.cfg.sampler, every=True)
         every = Evaluator(self.gnn, self.graph, self.cfg.sampler, t.eval_batch_size, self.features, pairs,
@@ -277,6 +304,11 @@ class GNNLoop(TrainLoop):
         return state, seconds
 
 
+def data_parallel(cfg: Config) -> bool:
+    """Whether `train-gnn` splits its batches over every device of every process."""
+    return jax.process_count() > 1 or cfg.gnn_train.data_parallel
+
+
 def train_gnn(
     cfg: Config,
     data_dir: str | os.PathLike,
@@ -292,6 +324,8 @@ def train_gnn(
 
     if store_version is not None:  # a name, not a path: refused before anything is read
         check_name("--store-version", store_version)
+    initialize_distributed(cfg.mesh)
+    lead = jax.process_index() == 0  # writes the run's files; every process trains
     cfg = variant_config(cfg, variant)
     cfg.gnn_train.check()  # again: a config changed in code after it was built
     data_dir, out = os.fspath(data_dir), Path(out_dir)
@@ -311,10 +345,11 @@ def train_gnn(
             raise StarError(f"{ckpt.directory}: checkpoint was written with a different config or "
                             f"inputs (fingerprint {meta.get('fingerprint')} != {fp}); use a new --out or "
                             "restore them")
-        atomic_write_text(out / CONFIG_FILE, to_yaml(cfg))
-        atomic_write_json(out / RUN_FILE, {"variant": variant, "fingerprint": fp, "features": feat_info,
-                                           "data": os.path.abspath(data_dir), "graph": graph.path,
-                                           "graph_digest": graph.digest})
+        if lead:
+            atomic_write_text(out / CONFIG_FILE, to_yaml(cfg))
+            atomic_write_json(out / RUN_FILE, {"variant": variant, "fingerprint": fp, "features": feat_info,
+                                               "data": os.path.abspath(data_dir), "graph": graph.path,
+                                               "graph_digest": graph.digest})
         with MetricsLogger(out) as logger:
             loop = GNNLoop(cfg, variant, data_dir, graph, features, ckpt, logger, meta)
             state, seconds = loop.run(loop.initial_state(resume=meta is not None))
@@ -342,7 +377,8 @@ def train_gnn(
         "fanouts": list(loop.schedule.fanouts),
         "features": feat_info,
     }
-    atomic_write_json(out / RESULT, result)
+    if lead:
+        atomic_write_json(out / RESULT, result)
     cold = result["val_auc_cold_start"]
     log.info(f"train-gnn: {variant}: val AUC {result['val_auc']:.4f}"
              + (f" (cold-start {cold:.4f})" if cold is not None else "")

@@ -5,13 +5,16 @@ tree: at every hop each frontier node draws a fixed fan-out of neighbours per re
 replacement, so the batch shapes follow from the config alone. A pair's own edge is never drawn in
 its trees. Neighbours are drawn uniformly, by degree or by edge weight, and `FanoutSchedule` grows
 the fan-outs when validation AUC plateaus (LiGNN); docs/pipeline.md, "The sampler", has the details.
-A batch is a pure function of (graph, config, sampler seed, batch index).
+A batch is a pure function of (graph, config, sampler seed, batch index). With `parts` a sampler
+draws one contiguous part of each batch's seeds, exactly as the whole batch draws them (data-parallel
+training: star_jax.gnn.distributed).
 
     batches = make_dataset(NeighborSampler(graph, cfg.sampler), train_seeds(data_dir, graph, cfg.sampler, n))
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Sequence
@@ -116,6 +119,16 @@ def _plan(
     return layout, steps
 
 
+def _child_starts(steps: list[_Step], layout: Layout) -> list[int]:
+    """Per step, where the nodes it draws start in the next hop's frontier of their type."""
+    out, filled = [], {}
+    for s in steps:
+        key = (s.hop, layout.relations[s.relation][1])
+        out.append(filled.get(key, 0))
+        filled[key] = out[-1] + s.receivers * s.fanout
+    return out
+
+
 def make_layout(schema: Schema, cfg: SamplerConfig, hop_fanouts: Sequence[int] | None = None) -> Layout:
     """The static batch shapes for `cfg` (and the schedule's current `hop_fanouts`), from config alone."""
     check_config(cfg, schema)
@@ -189,6 +202,7 @@ def sample_neighbors(
     cum: np.ndarray | None = None,
     exclude: np.ndarray | None = None,
     distinct: bool = False,
+    u: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `fanout` neighbours of each row, with replacement (GraphSAGE's node-wise sampling,
     DeepGNN's `sample_neighbors` contract).
@@ -198,8 +212,9 @@ def sample_neighbors(
 
     rows: int [n], -1 for an invalid parent. cum: float64 [edges + 1] prefix sum of edge masses
     (None: uniform). exclude: int [n], a neighbour row whose every copy row i must not draw (-1:
-    none). Returns (neighbour rows int64 [n, fanout], edge positions in `csr` int64 [n, fanout]),
-    both -1 where nothing could be drawn.
+    none). u: float64 [n, fanout], the uniform draws to use instead of `rng`'s next ones. Returns
+    (neighbour rows int64 [n, fanout], edge positions in `csr` int64 [n, fanout]), both -1 where
+    nothing could be drawn.
     """
     n = rows.shape[0]
     none = np.full((n, fanout), -1, np.int64)
@@ -220,7 +235,8 @@ def sample_neighbors(
             ex_hi[m] = _segment_search(csr.indices, ex_lo[m], end[m], t, "right")
     copies = ex_hi - ex_lo
     left = end - start - copies  # edges still eligible
-    u = rng.random((n, fanout))
+    if u is None:
+        u = rng.random((n, fanout))
     if cum is None:
         # min(): u * left can round up to left when u is within an ulp of 1.
         offset = np.minimum(np.floor(u * left[:, None]).astype(np.int64), left[:, None] - 1)
@@ -438,15 +454,32 @@ class NeighborSampler:
     `features` supplies the LLM embeddings of the node types that have texts (member, job);
     None leaves `HeteroBatch.llm` empty. `hop_fanouts` caps every relation's fan-out per hop
     (`FanoutSchedule.fanouts`); None uses the config's.
+
+    `parts` > 1 splits each batch's B pairs into contiguous parts of B / parts (one per device):
+    `layout` is then a part's and `global_layout` the whole batch's, and `sample`, given the whole
+    batch's seeds, draws part `part` (`for_part`). A part takes, row for row, the random numbers the
+    whole batch gives those seeds, so the parts of a batch hold exactly its trees. Every part holds
+    the K shared negatives and their trees.
     """
 
     def __init__(self, graph: HeteroGraph, cfg: SamplerConfig, *, features: FeatureSource | None = None,
-                 hop_fanouts: Sequence[int] | None = None):
+                 hop_fanouts: Sequence[int] | None = None, parts: int = 1):
         check_config(cfg, graph.schema)
         self.graph, self.cfg, self.features = graph, cfg, features
         self.hop_fanouts = tuple(hop_fanouts) if hop_fanouts is not None else None
         self.fanouts = relation_fanouts(cfg, graph.schema, hop_fanouts)
-        self.layout, self._steps = _plan(graph.schema, cfg, self.fanouts)
+        self.global_layout, self._global_steps = _plan(graph.schema, cfg, self.fanouts)
+        if parts < 1 or cfg.batch_size % parts:
+            raise StarError(f"sampler.batch_size: {cfg.batch_size} pairs do not split into {parts} equal "
+                            "parts, one per device")
+        self.parts, self.part = parts, 0
+        self.layout, self._steps = self.global_layout, self._global_steps
+        if parts > 1:
+            self.layout, self._steps = _plan(graph.schema, replace(cfg, batch_size=cfg.batch_size // parts),
+                                             self.fanouts)
+            # B / parts >= 1 seeds per type reach exactly the types B do: the same steps, in order
+            assert [s[:3] for s in self._steps] == [s[:3] for s in self._global_steps]
+        self._child_start = _child_starts(self._global_steps, self.global_layout)
         if graph.num_nodes("job") == 0:
             raise StarError(f"{graph.schema.node_types['job'].table}: no jobs to sample negatives from")
         text_types = tuple(t for t, s in graph.schema.node_types.items() if s.text)
@@ -454,6 +487,23 @@ class NeighborSampler:
         self.llm_dim = {t: self._probe_dim(t) for t in self.llm_types}
         self._cum: dict[str, np.ndarray | None] = {}
         self._interacted: dict[str, np.ndarray] = {}
+
+    def for_part(self, index: int) -> NeighborSampler:
+        """This sampler drawing part `index` of each batch (sharing its prefix sums)."""
+        if not 0 <= index < self.parts:
+            raise ValueError(f"part {index} of {self.parts}")
+        other = copy.copy(self)
+        other.part = index
+        return other
+
+    def seed_positions(self, node_type: str) -> np.ndarray:
+        """int64: where this part's hop-0 `node_type` nodes sit among the whole batch's (member: the
+        pair members; job: the pair jobs, then the K negatives)."""
+        b, whole = self.layout.num_pairs, self.global_layout.num_pairs
+        own = self.part * b + np.arange(b)
+        if node_type == "member":
+            return own
+        return np.concatenate([own, whole + np.arange(self.layout.num_negatives)])
 
     def __getstate__(self) -> dict:
         # Prefix sums and apply flags are rebuilt per process; the graph pickles as its directory path.
@@ -506,39 +556,49 @@ class NeighborSampler:
         rows = {t: np.full(c, -1, np.int64) for t, c in zip(L.node_types, L.node_capacity)}
         m = np.asarray(seeds.member_rows, np.int64)
         j = np.asarray(seeds.job_rows, np.int64)
-        if m.shape != (B,) or j.shape != (B,):
-            raise ValueError(f"seed batch of {m.shape[0]} pairs for a layout of {B}")
+        whole = self.global_layout.num_pairs
+        if m.shape != (whole,) or j.shape != (whole,):
+            raise ValueError(f"seed batch of {m.shape[0]} pairs for a layout of {whole}")
         neg = rng.integers(0, g.num_nodes("job"), K) if seeds.negatives else np.full(K, -1, np.int64)
         if seeds.negatives and seeds.hard_jobs is not None:
             hard = np.asarray(seeds.hard_jobs, np.int64)
             hard = hard[hard >= 0][:K]
             neg[: hard.shape[0]] = hard
-        mask = np.asarray(seeds.pair_mask, bool)
+        mask, labels = np.asarray(seeds.pair_mask, bool), np.asarray(seeds.labels, np.float32)
+        at = None  # a part: per frontier node, its position in the whole batch's frontier
+        if self.parts > 1:
+            own = slice(self.part * B, (self.part + 1) * B)
+            m, j, mask, labels = m[own], j[own], mask[own], labels[own]
+            at = {t: self.seed_positions(t) for t in ("member", "job")}
         root = np.where(seeds.exclude_targets & mask & (m >= 0) & (j >= 0), np.arange(B), -1)
         jobs0 = np.concatenate([j, neg])
         rows["member"][:B], rows["job"][: B + K] = m, jobs0
         filled = {t: 0 for t in L.node_types}
         filled["member"], filled["job"] = B, B + K
-        frontier = {"member": (m, start["member"] + np.arange(B), root),
-                    "job": (jobs0, start["job"] + np.arange(B + K), np.concatenate([root, np.full(K, -1)]))}
-        grown: dict[str, list[tuple[np.ndarray, ...]]] = {t: [] for t in L.node_types}
+        frontier = {"member": (m, start["member"] + np.arange(B), root, at and at["member"]),
+                    "job": (jobs0, start["job"] + np.arange(B + K), np.concatenate([root, np.full(K, -1)]),
+                            at and at["job"])}
+        grown: dict[str, list[tuple]] = {t: [] for t in L.node_types}
 
         E = L.num_edges
         senders, receivers = np.empty(E, np.int32), np.empty(E, np.int32)
         edge_mask, edge_weight = np.zeros(E, bool), np.ones(E, np.float32)
         edge_at = [L.edge_slice(name).start for name, _, _ in L.relations]
         hop = 0
-        for step in self._steps:
+        for i, step in enumerate(self._steps):
             if step.hop != hop:
-                frontier = {t: tuple(np.concatenate(a) for a in zip(*parts))
+                frontier = {t: tuple(None if a[0] is None else np.concatenate(a) for a in zip(*parts))
                             for t, parts in grown.items() if parts}
                 grown, hop = {t: [] for t in L.node_types}, step.hop
             name, sender, receiver = L.relations[step.relation]
-            v, v_slot, v_root = frontier[receiver]
+            v, v_slot, v_root, v_at = frontier[receiver]
             csr_name = reverse_name(name)  # receiver -> sender adjacency
+            u = None
+            if v_at is not None and g.csr[csr_name].indices.shape[0]:  # else nothing is drawn
+                u = rng.random((self._global_steps[i].receivers, step.fanout))[v_at]  # the batch's rows
             nbr, pos = sample_neighbors(g.csr[csr_name], v, step.fanout, rng, cum=self._mass(csr_name),
                                         exclude=self._exclusion(name, v, v_root, m, j),
-                                        distinct=self.cfg.distinct)
+                                        distinct=self.cfg.distinct, u=u)
             nbr, pos = nbr.ravel(), pos.ravel()
             ok, n = nbr >= 0, nbr.shape[0]
             slot = start[sender] + filled[sender] + np.arange(n)
@@ -552,7 +612,9 @@ class NeighborSampler:
             weight = g.csr[csr_name].weight
             if weight is not None and ok.any():
                 edge_weight[e.start + np.flatnonzero(ok)] = weight[pos[ok]]
-            grown[sender].append((nbr, slot, np.repeat(v_root, step.fanout)))
+            child_at = None if v_at is None else (
+                self._child_start[i] + v_at[:, None] * step.fanout + np.arange(step.fanout)).ravel()
+            grown[sender].append((nbr, slot, np.repeat(v_root, step.fanout), child_at))
 
         node_ids, cat, llm, node_mask, known = {}, {}, {}, [], []
         for t in L.node_types:
@@ -585,7 +647,7 @@ class NeighborSampler:
             job_seeds=(start["job"] + np.arange(B)).astype(np.int32),
             neg_jobs=(start["job"] + B + np.arange(K)).astype(np.int32),
             pair_mask=mask,
-            labels=np.asarray(seeds.labels, np.float32),
+            labels=labels,
         )
 
     def _lookup(self, t: str, ids: np.ndarray) -> np.ndarray:
@@ -620,18 +682,36 @@ class _Sample:
         return self.sampler.sample(seeds, batch_rng(self.seed, seeds.index))
 
 
-def make_dataset(sampler: NeighborSampler, seeds: PairSeeds | NodeSeeds, *, workers: int | None = None,
-                 prefetch: int | None = None, seed: int | None = None) -> grain.IterDataset:
+class _SampleParts:
+    """The grain map step of several parts of each batch: seeds -> their HeteroBatches stacked on a
+    new leading axis, one row per sampler (each draws from its own copy of the batch's stream)."""
+
+    def __init__(self, samplers: Sequence[NeighborSampler], seed: int):
+        self.samplers, self.seed = tuple(samplers), seed
+
+    def __call__(self, seeds: SeedBatch) -> HeteroBatch:
+        import jax
+
+        parts = [s.sample(seeds, batch_rng(self.seed, seeds.index)) for s in self.samplers]
+        return jax.tree.map(lambda *xs: np.stack(xs), *parts)
+
+
+def make_dataset(sampler: NeighborSampler | Sequence[NeighborSampler], seeds: PairSeeds | NodeSeeds, *,
+                 workers: int | None = None, prefetch: int | None = None,
+                 seed: int | None = None) -> grain.IterDataset:
     """grain `MapDataset(seeds).map(sample)` as an `IterDataset`, prefetched in a thread or `workers`
     processes. `iter()` of it has `get_state`/`set_state` (orbax: `Checkpointer(data_iter=...)`).
-    Defaults come from the sampler's config."""
+    Defaults come from the sampler's config. A sequence of samplers (parts of one sampler: this
+    process's devices) gives each batch as their parts stacked on a leading axis."""
     import grain
 
-    cfg = sampler.cfg
+    several = isinstance(sampler, Sequence)
+    cfg = sampler[0].cfg if several else sampler.cfg
     workers = cfg.workers if workers is None else workers
     prefetch = cfg.prefetch if prefetch is None else prefetch
     seed = cfg.seed if seed is None else seed
-    ds = grain.MapDataset.source(seeds).map(_Sample(sampler, seed))
+    sample = _SampleParts(sampler, seed) if several else _Sample(sampler, seed)
+    ds = grain.MapDataset.source(seeds).map(sample)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
     if workers > 0:
         from star_jax.data import loader  # noqa: F401  (marks absl flags parsed, which grain workers need)

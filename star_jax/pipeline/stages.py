@@ -2,9 +2,11 @@
 
     synth | data.dir -> validate -> tokenizer | tokenizer.dir -> pretrain | llm.base_dir
       -> train-llm -> embed (llm_frozen, llm_finetuned) -> build-graph
-      -> train-gnn + gnn-embed per GNN variant -> [migration] -> evaluate
+      -> train-gnn + gnn-embed per GNN variant
+      -> [compact -> train-gnn + gnn-embed of gnn_id_cat_llm per D] -> [migration] -> evaluate
 
-Only the stages `eval.variants` needs run. docs/pipeline.md describes the run directory.
+Only the stages `eval.variants` needs run; `compact` only with `llm_train.matryoshka_dims`.
+docs/pipeline.md describes the run directory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from star_jax.config import GNN_VARIANTS, Config, check_variants, fingerprint, to_yaml
 from star_jax.errors import StarError
+from star_jax.eval.compact_report import COMPACT_GNN, COMPACT_STAGE, compact_gnn_name, compact_version
 from star_jax.eval.runs import CONFIG_FILE, read_run, run_paths
 from star_jax.fileio import atomic_write_text
 from star_jax.pipeline.lock import run_lock
@@ -36,7 +39,7 @@ _LLM_UPSTREAM = ("synth", "tokenizer", "pretrain")
 
 
 def _features_stage(features: dict | None) -> tuple[str, ...]:
-    return () if features is None else ("embed-llm_finetuned",)
+    return () if features is None else (features.get("stage", "embed-llm_finetuned"),)
 
 
 def _section(obj: Any, *drop: str) -> dict:
@@ -203,11 +206,14 @@ class Pipeline:
                         exists=lambda r: os.path.isdir(r["dir"]),
                         code=("star_jax.graph.hetero", "star_jax.graph.tstore"), after=("synth",))
 
-    def train_gnn(self, variant: str, features: dict | None) -> dict:
+    def train_gnn(self, variant: str, features: dict | None, name: str | None = None) -> dict:
+        """Train `variant` (`name`: its stage suffix and RUN_DIR/gnn/ folder when not the variant's,
+        as for the compact widths' runs)."""
         from star_jax.gnn.train import train_gnn
 
         cfg, p = self.cfg, self.paths
-        out = p.gnn(variant)
+        name = name or variant
+        out = p.gnn(name)
         inputs = {"data": self.run.digest(p.data), "graph": self.run.digest(p.graph)}
         if features is not None:
             inputs["features"] = _manifest_digest(features["store"], features["version"], cfg.store.kvstore)
@@ -220,16 +226,17 @@ class Pipeline:
             return {"dir": os.fspath(out), **{k: result.get(k) for k in keep}}
 
         config = (cfg.gnn, cfg.gnn_train, cfg.sampler, _section(cfg.store, "root"))
-        return self.run(f"train-gnn-{variant}", fn, inputs=inputs, config=config,
+        return self.run(f"train-gnn-{name}", fn, inputs=inputs, config=config,
                         exists=lambda r: os.path.isfile(os.path.join(r["dir"], "result.json")), owns=(out,),
-                        code=("star_jax.gnn.train",),
+                        code=("star_jax.gnn.train",), collective=True,  # data-parallel on every process
                         after=("synth", "build-graph", *_features_stage(features)))
 
-    def gnn_embed(self, variant: str, trained: dict, features: dict | None) -> dict:
+    def gnn_embed(self, variant: str, trained: dict, features: dict | None, name: str | None = None) -> dict:
         from star_jax.gnn.export import gnn_embed
 
         cfg, p = self.cfg, self.paths
-        version = f"{variant}-{trained['fingerprint'][:8]}"
+        name = name or variant
+        version = f"{name}-{trained['fingerprint'][:8]}"
         inputs = {"graph": self.run.digest(p.graph),
                   "run": self.run.digest(Path(trained["dir"]) / "result.json")}
 
@@ -239,10 +246,46 @@ class Pipeline:
                       store_version=None if features is None else features["version"])
             return {"store": p.store, "version": version}
 
-        return self.run(f"gnn-embed-{variant}", fn, inputs=inputs,
+        return self.run(f"gnn-embed-{name}", fn, inputs=inputs,
                         config=(_section(cfg.store, "root"), cfg.gnn_train.eval_batch_size),
                         exists=lambda r: _version_exists(r, cfg.store.kvstore), code=("star_jax.gnn.export",),
-                        after=("build-graph", f"train-gnn-{variant}", *_features_stage(features)))
+                        after=("build-graph", f"train-gnn-{name}", *_features_stage(features)))
+
+    def compact(self, finetuned: dict) -> dict:
+        """The Matryoshka sizes of the fine-tuned towers: per D of `llm_train.matryoshka_dims`, the
+        store version `star-jax embed --dims D` writes, and every width's store bytes and lookup rows/s."""
+        from star_jax.store import EmbeddingStore
+        from star_jax.store.compact import lookup_rate, stored_bytes, write_compact
+
+        cfg = self.cfg
+        root, parent, kv = finetuned["store"], finetuned["version"], cfg.store.kvstore
+        versions = [compact_version(parent, d) for d in cfg.llm_train.matryoshka_dims]
+
+        def fn() -> dict:
+            for d, version in zip(cfg.llm_train.matryoshka_dims, versions):
+                write_compact(root, parent, version, d, config=cfg.store)
+            widths = []
+            for version in [*versions, parent]:
+                store = EmbeddingStore.open(root, version, kvstore=kv)
+                widths.append({"dims": store.dim, "version": version, "bytes": stored_bytes(store),
+                               "lookup_rows_s": lookup_rate(store)})
+            return {"store": root, "parent": parent, "widths": widths}
+
+        def exists(r: dict) -> bool:
+            return all(_version_exists({**r, "version": w["version"]}, kv) for w in r["widths"])
+
+        return self.run(COMPACT_STAGE, fn, inputs={"parent": _manifest_digest(root, parent, kv)},
+                        config=(cfg.llm_train.matryoshka_dims, _section(cfg.store, "root")), exists=exists,
+                        code=("star_jax.store.compact",), after=("embed-llm_finetuned",))
+
+    def compact_gnns(self, compact: dict) -> None:
+        """COMPACT_GNN trained and embedded again on each compact version's features."""
+        full = max(w["dims"] for w in compact["widths"])
+        for w in compact["widths"]:
+            if w["dims"] < full:
+                features = {"store": compact["store"], "version": w["version"], "stage": COMPACT_STAGE}
+                name = compact_gnn_name(w["dims"])
+                self.gnn_embed(COMPACT_GNN, self.train_gnn(COMPACT_GNN, features, name), features, name)
 
     def migration(self, v1: dict) -> dict:
         """STAR's version management: a second adapter (another seed) as V2, mapped onto V1."""
@@ -300,6 +343,10 @@ class Pipeline:
         for variant in self.gnn_variants:
             features = finetuned if self.gnn_llm[variant] else None
             self.gnn_embed(variant, self.train_gnn(variant, features), features)
+        if finetuned is not None and cfg.llm_train.matryoshka_dims:
+            compact = self.compact(finetuned)
+            if COMPACT_GNN in self.gnn_variants:
+                self.compact_gnns(compact)
         if cfg.eval.migration:
             if finetuned is None:
                 raise StarError("eval.migration: needs llm_finetuned or a gnn_*_llm variant in eval.variants")
@@ -309,7 +356,7 @@ class Pipeline:
 
 # Stage families; a stamp name is a family or `<family>-<variant or seed>` (docs/pipeline.md).
 STAGES = ("synth", "validate", "tokenizer", "pretrain", "train-llm", "embed", "build-graph", "train-gnn",
-          "gnn-embed", "migration", "evaluate")
+          "gnn-embed", "compact", "migration", "evaluate")
 
 
 def check_redo(names: tuple[str, ...]) -> None:

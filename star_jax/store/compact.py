@@ -6,7 +6,8 @@ principal axes; `linear` learns a D x dim map of the centred rows from the train
 InfoNCE on renormalised outputs, started from PCA): the post-hoc choices for towers trained without
 Matryoshka. The manifest's `compact` field records the parent, D and the reduction (a fitted map
 is stored with the version and reused on refresh); rows go through `EmbeddingWriter`, so a refresh
-after the parent's texts changed writes only the changed rows.
+after the parent's texts changed writes only the changed rows. `stored_bytes` and `lookup_rate`
+measure what a version costs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from star_jax.config import StoreConfig, fingerprint
 from star_jax.data.tables import read_labels
 from star_jax.errors import StarError
 from star_jax.store.kv import StoreRoot
-from star_jax.store.layout import matrix_metadata
+from star_jax.store.layout import gen_dir, matrix_metadata
 from star_jax.store.manifest import EmbeddingSpec, check_name
 from star_jax.store.reader import EmbeddingStore
 from star_jax.store.rows import read_checked
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 REDUCTIONS = ("prefix", "pca", "linear")
 _BLOCK = 4096  # parent rows read per step while fitting
+LOOKUP_BATCH, LOOKUP_BATCHES = 1000, 50  # `lookup_rate`: random rows per call, calls timed
 
 
 class LinearFit(NamedTuple):
@@ -158,6 +160,37 @@ def fit_linear(src: EmbeddingStore, node_types: Sequence[str], dims: int,
     facts = {"fit_pairs": int(len(members)), "pairs_digest": fingerprint(members.tolist(), jobs.tolist()),
              **fit._asdict(), "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6)}
     return np.asarray(w, np.float64), mean, facts
+
+
+def stored_bytes(store: EmbeddingStore) -> int:
+    """Bytes of the published rows of `store`'s version: every object of each node type's current
+    generation (vectors, ids and text hashes, as compressed on the store; not a fitted map)."""
+    r, total = store.store_root, 0
+    local = r.spec.get("driver") == "file"
+    for t in store.node_types:
+        prefix = f"{gen_dir(store.version, store.manifest['node_types'][t]['generation'])}/{t}/"
+        for key in r.list(prefix):
+            if local:  # a stat, not a read
+                total += os.path.getsize(os.path.join(r.spec["path"], prefix, key))
+            else:
+                total += len(r.kv.read(prefix + key).result().value)
+    return total
+
+
+def lookup_rate(store: EmbeddingStore, node_type: str = "member", *, batch: int = LOOKUP_BATCH,
+                batches: int = LOOKUP_BATCHES, seed: int = 0) -> float:
+    """Rows per second of `store.lookup` on `batch` distinct random stored ids: the median of
+    `batches` timed calls (seeded), after one untimed call that opens the arrays."""
+    ids = store.ids(node_type)
+    rng = np.random.default_rng(seed)
+    queries = [rng.choice(ids, min(batch, len(ids)), replace=False) for _ in range(batches)]
+    store.lookup(node_type, queries[0][:10])
+    rates = []
+    for q in queries:  # the median call: on shared cores a mean would carry other processes' bursts
+        t0 = time.perf_counter()
+        store.lookup(node_type, q)
+        rates.append(len(q) / max(time.perf_counter() - t0, 1e-9))
+    return float(np.median(rates))
 
 
 def _save_map(r: StoreRoot, version: str, kind: str, components: np.ndarray, mean: np.ndarray) -> str:

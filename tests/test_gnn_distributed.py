@@ -1,0 +1,197 @@
+"""Data-parallel `train-gnn` (star_jax.gnn.distributed) against the one-device run.
+
+The parts of a batch (`NeighborSampler(parts=P)`) give each seed the embedding the whole batch
+gives it, under the model itself; `gnn_train.data_parallel` over this process's 8 simulated devices,
+and 2 (and, slow, 4 with adaptive fan-outs) `jax.distributed` processes of one CPU device each
+(tests/gnn_dp_worker.py) train to the one-device run's losses, parameters and val AUCs, each
+process sampling 1/P of the seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import graph_fixtures as gf
+import jax
+import loop_fixtures as lf
+import numpy as np
+import pytest
+
+from star_jax.config import StoreConfig, load_config
+from star_jax.gnn.cold_start import ColdStartSampler
+from star_jax.gnn.features import open_features
+from star_jax.gnn.model import build_gnn
+from star_jax.gnn.run import load_run
+from star_jax.gnn.train import train_gnn, training_pairs
+from star_jax.graph.sampler import NeighborSampler, batch_rng
+from star_jax.tracking import read_metrics
+
+WORKER = Path(__file__).with_name("gnn_dp_worker.py")
+TIMEOUT = 900  # seconds the children of one test may take (compiling is most of it)
+VARIANT = "gnn_id_cat_llm"
+LLM_DIM = 8
+SETS = [
+    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.heads=2", "gnn.layers=1",
+    "gnn.id_buckets=64", "gnn.cat_dim=4", "gnn.cat_buckets=16",
+    "sampler.batch_size=8", "sampler.num_random_negatives=3", "sampler.fanouts=[2,2]",
+    "gnn_train.steps=4", "gnn_train.eval_every=2", "gnn_train.checkpoint_every=2", "gnn_train.log_every=1",
+    "gnn_train.warmup_steps=1", "gnn_train.lr=0.01", "gnn_train.eval_batch_size=2", "gnn_train.eval_pairs=0",
+    "gnn_train.keep_best=false", "gnn_train.llm_block_gains=[1.0]",
+]
+# Two fan-out stages: (1, 1), then (2, 2) from the second evaluation on (a tolerance of 1 always plateaus).
+ADAPTIVE = [*SETS, "sampler.adaptive=true", "sampler.start_fanouts=[1,1]", "sampler.plateau_tolerance=1.0",
+            "gnn_train.steps=6"]
+
+
+Env = gf.GraphEnv
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the runs here and their child processes."""
+    with lf.compilation_cache_at(tmp_path_factory.mktemp("xla_cache")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Env:
+    return gf.graph_env(tmp_path_factory.mktemp("gnn_dp"), LLM_DIM)
+
+
+def run(env: Env, out: str, sets: list[str]) -> dict:
+    return train_gnn(load_config(None, sets), env.data, env.graph_dir, env.root / out, VARIANT,
+                     store_root=env.features, store_version="v1")
+
+
+@pytest.fixture(scope="module")
+def one_device(env) -> str:
+    run(env, "one", SETS)
+    return "one"
+
+
+# -- the parts of a batch ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parts", [2, 4])
+def test_the_parts_of_a_batch_give_every_seed_its_whole_batch_embedding(env, parts):
+    cfg = load_config(None, SETS)
+    features, _ = open_features(env.graph, env.features, "v1", cfg.store)
+    seeds = training_pairs(env.data, env.graph, cfg.gnn_train, cfg.sampler)
+    whole = ColdStartSampler(NeighborSampler(env.graph, cfg.sampler, features=features), 0.5)
+    split = NeighborSampler(env.graph, cfg.sampler, features=features, parts=parts)
+    gnn = build_gnn(cfg.gnn)
+    embed = jax.jit(gnn.seed_embeddings, static_argnums=2)
+    b, k = split.layout.num_pairs, split.layout.num_negatives
+    assert b * parts == cfg.sampler.batch_size and split.global_layout == whole.layout
+    for index in (0, 3):
+        batch = whole.sample(seeds[index], batch_rng(0, index))
+        params = gnn.init(jax.random.key(0), batch, whole.layout)
+        members, jobs = map(np.asarray, embed(params, batch, whole.layout))
+        for p in range(parts):
+            part = ColdStartSampler(split.for_part(p), 0.5).sample(seeds[index], batch_rng(0, index))
+            assert part.pair_mask.sum() == b  # training batches are full
+            m, j = map(np.asarray, embed(params, part, split.layout))
+            np.testing.assert_allclose(m, members[p * b: (p + 1) * b], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(j[:b], jobs[p * b: (p + 1) * b], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(j[b:], jobs[-k:], rtol=1e-5, atol=1e-6)  # the shared negatives
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+
+def assert_same_run(env: Env, a: str, b: str) -> None:
+    """Losses and parameters within 1e-5 relative, val AUCs within 1e-4, fan-outs at the same steps."""
+    ra, rb = (json.loads((env.root / d / "result.json").read_text()) for d in (a, b))
+    la, lb = ([r["loss"] for r in read_metrics(env.root / d / "metrics.jsonl") if r["split"] == "train"]
+              for d in (a, b))
+    assert len(la) == len(lb) == ra["steps"]
+    np.testing.assert_allclose(lb, la, rtol=1e-5)
+    assert [h["step"] for h in ra["val_history"]] == [h["step"] for h in rb["val_history"]]
+    assert [h["fanouts"] for h in ra["val_history"]] == [h["fanouts"] for h in rb["val_history"]]
+    for ha, hb in zip(ra["val_history"], rb["val_history"]):
+        assert hb["auc"] == pytest.approx(ha["auc"], abs=1e-4)
+    assert rb["val_auc"] == pytest.approx(ra["val_auc"], abs=1e-4) and ra["fanouts"] == rb["fanouts"]
+    features, _ = open_features(env.graph, env.features, "v1", StoreConfig())
+    pa, pb = (load_run(env.root / d, env.graph, features).params for d in (a, b))
+
+    def close(x, y):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert np.linalg.norm(y - x) <= 1e-5 * max(np.linalg.norm(x), 1e-6)
+
+    jax.tree.map(close, pa, pb)
+
+
+def test_data_parallel_over_this_process_devices_trains_like_one_device(env, one_device):
+    result = run(env, "dp8", [*SETS, "gnn_train.data_parallel=true"])
+    assert jax.device_count() == 8 and result["train_step_compiles"] == result["layouts"] == 1
+    assert_same_run(env, one_device, "dp8")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def run_processes(env: Env, out: str, sets: list[str], n: int) -> list[dict]:
+    """`n` workers joined by jax.distributed; each one's inputs-<i>.json."""
+    (env.root / f"{out}.json").write_text(json.dumps(sets))
+    port, procs, logs = str(free_port()), [], []
+    for i in range(n):
+        logs.append(env.root / f"{out}-{i}.log")
+        with open(logs[-1], "w") as f:
+            procs.append(subprocess.Popen(
+                [sys.executable, str(WORKER), str(env.root / f"{out}.json"), env.data, env.graph_dir,
+                 str(env.root / out), VARIANT, "--store", env.features, "--process-id", str(i),
+                 "--num-processes", str(n), "--port", port],
+                env=child_env(), stdout=f, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        codes = [p.wait(max(deadline - time.monotonic(), 0.1)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [0] * n, "\n".join(log.read_text()[-3000:] for log in logs)
+    return [json.loads((env.root / out / f"inputs-{i}.json").read_text()) for i in range(n)]
+
+
+def assert_even_inputs(inputs: list[dict], batch_size: int, steps: int) -> None:
+    n = len(inputs)
+    assert [i["batches"] for i in inputs] == [steps] * n
+    assert sum(i["seeds"] for i in inputs) == batch_size * steps
+    for i in inputs:
+        assert abs(i["seeds"] - batch_size * steps / n) <= 0.02 * batch_size * steps / n
+        assert i["feature_rows"] > 0
+
+
+@pytest.mark.slow  # two JAX processes compiling on two cores: about a minute
+def test_two_processes_train_like_one_device(env, one_device):
+    inputs = run_processes(env, "two", SETS, 2)
+    assert_even_inputs(inputs, 8, 4)
+    assert_same_run(env, one_device, "two")
+
+
+@pytest.mark.slow
+def test_four_processes_with_adaptive_fanouts_train_like_one_device(env):
+    run(env, "one_adaptive", ADAPTIVE)
+    inputs = run_processes(env, "four", ADAPTIVE, 4)
+    assert_even_inputs(inputs, 8, 6)
+    assert_same_run(env, "one_adaptive", "four")
+    history = json.loads((env.root / "four" / "result.json").read_text())["val_history"]
+    assert [h["fanouts"] for h in history] == [[1, 1], [1, 1], [2, 2]]  # grown at the second evaluation
