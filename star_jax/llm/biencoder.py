@@ -4,8 +4,8 @@ STAR's LLM embedding component (arXiv 2507.09797): a request tower embeds member
 document tower job postings, both LoRA fine-tunings of one frozen base (E5-Mistral); the paper
 does not say whether the towers share the adapter, so `lora.shared` offers both. Otherwise the
 towers differ only in their input: the E5 instruction is on the member (query) side, added by the
-loader (`data.loader.tower`; E5-Mistral, arXiv 2401.00368). A tower pools the final hidden states
-(`llm.pooling`), maps them through an optional projection head (`llm.projection`) and
+loader (`data.loader.tower`; E5-Mistral, arXiv 2401.00368). A tower pools its hidden states (and
+token embeddings, `llm.pooling`), maps them through an optional projection head (`llm.projection`) and
 L2-normalises them in fp32, as big_vision's `two_towers.py`. `build_biencoder` bundles init,
 encode, loss (star_jax.llm.losses), export and load of everything trainable.
 """
