@@ -16,6 +16,7 @@ import numpy as np
 
 from star_jax.eval.runs import Run
 from star_jax.metrics import auc
+from star_jax.store import EmbeddingStore
 from star_jax.store.compact import fit_pca, renormalize
 
 COMPACT_STAGE = "compact"  # the pipeline stage that writes the compact versions and measures them
@@ -85,8 +86,6 @@ def compact_tradeoff(store: Any, member_ids: np.ndarray, job_ids: np.ndarray, la
 
 def compact_section(run: Run, member_ids: np.ndarray, job_ids: np.ndarray, labels: np.ndarray) -> dict | None:
     """The compact block of `run`'s report (None: matryoshka_dims unset or no fine-tuned towers)."""
-    from star_jax.store import EmbeddingStore
-
     cfg = run.cfg
     towers = run.store_version("llm_finetuned") if cfg.llm_train.matryoshka_dims else None
     if towers is None:

@@ -28,7 +28,6 @@ from star_jax.gnn.evaluate import Evaluator
 from star_jax.gnn.model import GNN, link_logits, link_loss, link_targets
 from star_jax.graph.batch import HeteroBatch, Layout
 from star_jax.graph.sampler import NeighborSampler, PairSeeds
-from star_jax.metrics import auc, auc_by_group
 from star_jax.parallel import batch_sharding, make_mesh, replicate
 from star_jax.train_loop import LossFn, StepFn, TrainState, make_train_step, process_shard
 
@@ -184,9 +183,5 @@ class ShardedEvaluator:
         if jax.process_count() > 1:
             scores = np.asarray(multihost_utils.process_allgather(scores))  # [processes, per * size]
             count = np.asarray(multihost_utils.process_allgather(count))
-        scores = np.concatenate([s[:c] for s, c in zip(scores.reshape(-1, per * size), count.reshape(-1))])
-        out = {"auc": auc(pairs.labels, scores)}
-        cold = auc_by_group(pairs.labels, scores, self.ev.groups).get("cold_start")
-        if cold is not None:
-            out["auc_cold_start"] = cold
-        return out
+        return self.ev.aucs(np.concatenate([s[:c] for s, c in zip(scores.reshape(-1, per * size),
+                                                                   count.reshape(-1))]))

@@ -77,7 +77,10 @@ class Evaluator:
 
     def __call__(self, params: Any, hop_fanouts: tuple[int, ...]) -> dict[str, float]:
         member, job = self.embed_pairs(params, hop_fanouts)
-        scores = np.einsum("bd,bd->b", member, job)
+        return self.aucs(np.einsum("bd,bd->b", member, job))
+
+    def aucs(self, scores: np.ndarray) -> dict[str, float]:
+        """The val AUC of the pairs' scores f32[N], overall and for cold-start members (if any)."""
         out = {"auc": auc(self.pairs.labels, scores)}
         cold = auc_by_group(self.pairs.labels, scores, self.groups).get("cold_start")
         if cold is not None:

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -18,7 +19,7 @@ from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, fingerprint, load_config
 from star_jax.errors import StarError
 from star_jax.fileio import content_digest, read_json
-from star_jax.gnn.model import GNN, build_gnn, decay_mask, set_llm_gain
+from star_jax.gnn.model import GNN, build_gnn, decay_mask, set_llm_block_map, set_llm_gain
 from star_jax.graph.batch import HeteroBatch, Layout
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, node_seeds
@@ -85,10 +86,14 @@ def from_checkpoint_tree(tree: dict) -> tuple[TrainState, dict]:
 
 
 def fresh_state(gnn: GNN, optimizer: optax.GradientTransformation, batch: HeteroBatch, layout: Layout,
-                seed: int, mesh: Mesh | None = None) -> tuple[TrainState, dict]:
+                seed: int, mesh: Mesh | None = None,
+                llm_block_map: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[TrainState, dict]:
     """Step 0 and the best evaluation, on `first_device()` (fresh and restored runs alike, so the
-    train step sees one placement and compiles once), or replicated on `mesh` (data-parallel)."""
+    train step sees one placement and compiles once), or replicated on `mesh` (data-parallel).
+    `llm_block_map`: the LLM block's fixed map (`set_llm_block_map`) instead of its random init."""
     params = gnn.init(init_key(seed), batch, layout)
+    if llm_block_map is not None:
+        params = set_llm_block_map(params, *llm_block_map)
     if mesh is not None:  # the same init on every process
         best = replicate(initial_best(params), mesh)
         return init_state(replicate(params, mesh), optimizer, seed, mesh), best

@@ -34,7 +34,7 @@ from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.distributed import DataParallel, ShardedEvaluator
 from star_jax.gnn.evaluate import Evaluator, val_pairs
 from star_jax.gnn.features import StandardizedFeatures, feature_source
-from star_jax.gnn.model import GNN, LLM_TYPES, build_gnn, set_llm_block_map
+from star_jax.gnn.model import GNN, LLM_TYPES, build_gnn
 from star_jax.gnn.run import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -44,7 +44,6 @@ from star_jax.gnn.run import (
     checkpoint_tree,
     fresh_state,
     from_checkpoint_tree,
-    initial_best,
     make_gnn_optimizer,
     run_fingerprint,
     uses_best,
@@ -151,9 +150,6 @@ class GNNLoop(TrainLoop):
         self.dp = DataParallel(cfg.mesh, cfg.sampler.batch_size) if data_parallel(cfg) else None
         self.seeds = training_pairs(data_dir, graph, t, cfg.sampler)
         self.data_dir = data_dir
-        blocked = cfg.gnn.use_llm and cfg.gnn.llm_block and isinstance(features, StandardizedFeatures)
-        self.block_map = features.principal_map(
-            {t: np.asarray(graph.ids[t]) for t in LLM_TYPES}, cfg.gnn.llm_block) if blocked else None
         before = meta or {}
         if meta is None:
             self.schedule, self.history = FanoutSchedule.from_config(cfg.sampler), []
@@ -202,17 +198,21 @@ class GNNLoop(TrainLoop):
         stage, seed = self.stage, self.cfg.gnn_train.seed
         mesh = None if self.dp is None else self.dp.mesh
         first = stage.sampler.sample(self.seeds[stage.start], batch_rng(self.cfg.sampler.seed, stage.start))
-        state, self.best = (abstract_state if resume else fresh_state)(
-            self.gnn, self.optimizer, first, stage.sampler.layout, seed, mesh)
-        if not resume and self.block_map is not None:  # the LLM block keeps the towers' cosine
-            params = set_llm_block_map(state.params, *self.block_map)
-            def placed(new: jax.Array, old: jax.Array) -> jax.Array:  # where fresh_state put them
-                return jax.device_put(new, old.sharding)
-
-            params = jax.tree.map(placed, params, state.params)
-            self.best = jax.tree.map(placed, initial_best(params), self.best)
-            state = state._replace(params=params)
+        layout = stage.sampler.layout
+        if resume:
+            state, self.best = abstract_state(self.gnn, self.optimizer, first, layout, seed, mesh)
+        else:
+            state, self.best = fresh_state(self.gnn, self.optimizer, first, layout, seed, mesh,
+                                           self.llm_block_map())
         return state
+
+    def llm_block_map(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """With `gnn.llm_block`: the stored vectors' principal directions, so that the block keeps
+        the towers' cosine (a resumed run has them in its checkpoint)."""
+        g = self.cfg.gnn
+        if not (g.use_llm and g.llm_block and isinstance(self.features, StandardizedFeatures)):
+            return None
+        return self.features.principal_map({t: np.asarray(self.graph.ids[t]) for t in LLM_TYPES}, g.llm_block)
 
     def counts(self) -> dict[str, int]:
         """Train-step compilations and Layouts over every session so far."""

@@ -59,29 +59,13 @@ def init_lora_a(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.f
 _INITIALIZERS = {"lora_A": init_lora_a, "lora_B": nn.initializers.zeros}
 
 
-def lora_delta(
-    module: nn.Module,
-    x: jax.Array,
-    features: int,
-    axes: tuple[str, str],
-    cfg: LoraConfig,
-    deterministic: bool,
-) -> jax.Array:
-    """The adapter's contribution `(alpha/r) * dropout(x) @ A @ B`, in x's dtype.
-
-    Called from inside `module`'s compact `__call__`: declares `lora_A` `[in, r]` and `lora_B`
-    `[r, out]` (fp32) in `module`'s `lora` collection, with logical axes (in, `lora_rank`) and
-    (`lora_rank`, out).
-    """
-    a, b = lora_weights(module, x, features, axes, cfg)
-    if cfg.dropout > 0.0:
-        x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    # PEFT upcasts the adapter input to fp32; we stay in the compute dtype (same in fp32, cheaper in bf16).
-    return (jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * scaling(cfg)).astype(x.dtype)
-
-
 def lora_weights(module: nn.Module, x: jax.Array, features: int, axes: tuple[str, str], cfg: LoraConfig):
-    """`(lora_A [in, r], lora_B [r, out])` declared in `module`'s `lora` collection, as `lora_delta` does."""
+    """`(lora_A [in, r], lora_B [r, out])`, fp32, for the input `x` of `module`'s projection.
+
+    Called from inside `module`'s compact `__call__`: declares both in `module`'s `lora` collection,
+    with logical axes (in, `lora_rank`) and (`lora_rank`, out). PEFT upcasts the adapter input to
+    fp32; `lora_linear` stays in the compute dtype (the same in fp32, cheaper in bf16).
+    """
     shapes = {"lora_A": (x.shape[-1], cfg.rank), "lora_B": (cfg.rank, features)}
     names = {"lora_A": (axes[0], "lora_rank"), "lora_B": ("lora_rank", axes[1])}
 
