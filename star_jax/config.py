@@ -418,11 +418,16 @@ class GNNConfig(Checked):
     # own similarity reaches the scores.
     llm_skip: bool = True
     # With use_llm, D > 0: the member and job outputs are [graph part (out_dim - D) ; the stored LLM
-    # vector through a fixed map to D dims (orthonormal; it keeps inner products when D >= the LLM
-    # width), times a gain], each part L2-normalised, so a score is a weighted sum of the graph
-    # cosine and the towers' cosine. The gain is 0 while the graph part trains and is then picked
-    # on val (gnn_train.llm_block_gains; docs/architecture.md decision 17). 0: the LLM skip instead.
+    # vector through a fixed map to D dims, times a gain], each part L2-normalised, so a score is a
+    # weighted sum of the graph cosine and the block's cosine. The gain is 0 while the graph part
+    # trains and is then picked on val (gnn_train.llm_block_gains; docs/architecture.md decision
+    # 17). 0: the LLM skip instead.
     llm_block: int = 64
+    # The block's maps. principal: the stored vectors' top D principal directions, one map for
+    # members and jobs, so the block keeps the towers' cosine. labelled: a member map and a job map
+    # from a logistic regression on the bilinear form of the two stored vectors, fitted on the
+    # labelled train pairs (star_jax.gnn.block_fit; decision 26): the towers saw a tenth of them.
+    llm_block_fit: str = "labelled"
     # Also add to a member's or job's output a map of the mean input vector of its sampled skill,
     # title and company neighbours, one map per attribute type shared by both (star_jax.gnn.model).
     attribute_skip: bool = True
@@ -451,6 +456,7 @@ class GNNConfig(Checked):
             raise StarError(f"gnn.hidden_dim: {self.hidden_dim} is not divisible by gnn.heads={self.heads}")
         _one_of("gnn.dtype", self.dtype, ("float32", "bfloat16"))
         _one_of("gnn.cold_start_ids", self.cold_start_ids, ("drop", "keep"))
+        _one_of("gnn.llm_block_fit", self.llm_block_fit, ("principal", "labelled"))
         _at_least("gnn", self, 1, "hidden_dim", "out_dim", "heads", "layers", "id_buckets", "cat_dim",
                   "cat_buckets")
         _within("gnn", self, 0.0, 1.0, "dropout", open_high=True)
@@ -491,6 +497,9 @@ class GNNTrainConfig(Checked):
     # `llm_block_gain`). The apply-vs-random objective would weigh the towers' cosine for an easy
     # task, not for ranking the jobs a member was shown (docs/architecture.md decision 17).
     llm_block_gains: list[float] = field(default_factory=lambda: [0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0])
+    # With gnn.llm_block_fit labelled: the L2 penalties on the bilinear form (times the mean loss's
+    # scale; star_jax.gnn.block_fit) tried, the one with the best val AUC kept.
+    llm_block_l2: list[float] = field(default_factory=lambda: [3e-6, 1e-5, 3e-5, 1e-4])
     eval_pairs: int = 1024  # val pairs scored at each evaluation (a fixed random subset; 0: all)
     eval_batch_size: int = 256  # seeds per evaluation and gnn-embed batch (no negatives)
     checkpoint_every: int = 100
@@ -508,6 +517,8 @@ class GNNTrainConfig(Checked):
         _within("gnn_train", self, 0.0, 1.0, "cold_start_rate", "final_lr_ratio")
         if not self.llm_block_gains or any(g < 0 for g in self.llm_block_gains):
             raise StarError(f"gnn_train.llm_block_gains: expected gains >= 0, got {self.llm_block_gains}")
+        if not self.llm_block_l2 or any(v <= 0 for v in self.llm_block_l2):
+            raise StarError(f"gnn_train.llm_block_l2: expected penalties > 0, got {self.llm_block_l2}")
 
 
 # The paper's ablation rows: the two LLM towers, and the GNN with the inputs each variant turns on

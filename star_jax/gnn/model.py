@@ -204,12 +204,14 @@ class GNNEncoder(nn.Module):
             # outweighed the untrained graph part (docs/architecture.md decision 6).
             llm_out = nn.Dense(cfg.out_dim, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
         if block:
-            # A fixed affine map and a gain, none of them trained. train-gnn sets the map to the
-            # stored vectors' principal directions (set_llm_block_map), so the block carries the
-            # towers' own cosine; the gain is 0 while the graph part trains and is set on val
-            # afterwards (gnn_train.llm_block_gains).
-            llm_map = self.param("llm_block_map", nn.initializers.orthogonal(), (batch_llm_dim(batch), block))
-            llm_shift = self.param("llm_block_shift", nn.initializers.zeros, (block,))
+            # Fixed affine maps (one per LLM_TYPES entry) and a gain, none of them trained by the
+            # GNN's loss. train-gnn sets the maps (set_llm_block_map, gnn.llm_block_fit) to the
+            # stored vectors' principal directions or to a bilinear form fitted on the labelled
+            # train pairs; the gain is 0 while the graph part trains and is set on val afterwards
+            # (gnn_train.llm_block_gains).
+            shared = lambda key, shape: jnp.broadcast_to(nn.initializers.orthogonal()(key, shape[1:]), shape)  # noqa: E731
+            llm_map = self.param("llm_block_map", shared, (len(LLM_TYPES), batch_llm_dim(batch), block))
+            llm_shift = self.param("llm_block_shift", nn.initializers.zeros, (len(LLM_TYPES), block))
             llm_gain = jax.lax.stop_gradient(self.param("llm_gain", nn.initializers.zeros, ()))
         shared_columns = sorted(set.intersection(*(set(columns.get(t, {})) for t in LLM_TYPES)))
         if cfg.attribute_skip and cfg.shared_cat and shared_columns:
@@ -238,7 +240,8 @@ class GNNEncoder(nn.Module):
                 z = z + attribute_out[s](bag).astype(jnp.float32)
             if blocked:
                 x = jnp.asarray(batch.llm[t], jnp.float32)
-                llm = unit(jax.lax.stop_gradient(x @ llm_map + llm_shift))
+                side = LLM_TYPES.index(t)
+                llm = unit(jax.lax.stop_gradient(x @ llm_map[side] + llm_shift[side]))
                 z = jnp.concatenate([unit(z), llm_gain * llm], -1)
             if cfg.normalize:  # cosine geometry downstream; the loss cannot be lowered by inflating norms
                 z = unit(z)
@@ -390,7 +393,8 @@ def set_llm_gain(params: Params, gain: float) -> Params:
 
 
 def set_llm_block_map(params: Params, kernel: np.ndarray, shift: np.ndarray) -> Params:
-    """`params` with the LLM block's fixed map (`gnn.llm_block`) set to `x @ kernel + shift`."""
+    """`params` with the LLM block's fixed maps (`gnn.llm_block`) set: node type `LLM_TYPES[i]`'s
+    block is `x @ kernel[i] + shift[i]`, kernel f32[2, D, block], shift f32[2, block]."""
     enc = params["encoder"]
     want = (enc["llm_block_map"].shape, enc["llm_block_shift"].shape)
     if (kernel.shape, shift.shape) != want:

@@ -30,6 +30,7 @@ from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, SamplerConfig, to_yaml
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, atomic_write_text, finished_result
+from star_jax.gnn.block_fit import labelled_maps
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.distributed import DataParallel, ShardedEvaluator
 from star_jax.gnn.evaluate import Evaluator, val_pairs
@@ -207,12 +208,23 @@ class GNNLoop(TrainLoop):
         return state
 
     def llm_block_map(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """With `gnn.llm_block`: the stored vectors' principal directions, so that the block keeps
-        the towers' cosine (a resumed run has them in its checkpoint)."""
+        """With `gnn.llm_block`: the block's member and job maps (`gnn.llm_block_fit`); a resumed
+        run has them in its checkpoint."""
         g = self.cfg.gnn
         if not (g.use_llm and g.llm_block and isinstance(self.features, StandardizedFeatures)):
             return None
-        return self.features.principal_map({t: np.asarray(self.graph.ids[t]) for t in LLM_TYPES}, g.llm_block)
+        ids = {t: np.asarray(self.graph.ids[t]) for t in LLM_TYPES}
+        if g.llm_block_fit == "principal":
+            kernel, shift = self.features.principal_map(ids, g.llm_block)
+            return np.stack([kernel] * len(LLM_TYPES)), np.stack([shift] * len(LLM_TYPES))
+
+        def labelled(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            m, j, y = read_pairs(self.data_dir, self.graph, split, positives_only=False)
+            return ids["member"][m], ids["job"][j], y
+
+        t = self.cfg.gnn_train
+        return labelled_maps(self.features, ids, labelled("train"), labelled("val"), g.llm_block,
+                             t.llm_block_l2, seed=t.seed)
 
     def counts(self) -> dict[str, int]:
         """Train-step compilations and Layouts over every session so far."""
