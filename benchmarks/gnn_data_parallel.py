@@ -6,8 +6,11 @@ For each P, starts P processes on localhost (one CPU device each), which train t
 (`gnn_id_cat` inputs, config defaults otherwise) data-parallel on batches of `sampler.batch_size`
 pairs split P ways (star_jax.gnn.distributed). Each process samples its parts of a batch, then runs
 the train step, one after the other (no prefetch), for 2 warm-up steps (the compile) and `--steps`
-timed ones. Prints, per P, each process's steps/s, sampled edges/s, and its seconds per step spent
-sampling and in the step (the step includes waiting for the slowest process at the all-reduce).
+timed ones. Prints, per P, each process's steps/s, sampled edges/s, its seconds per step spent
+sampling and in the step (the step includes waiting for the slowest process at the all-reduce) and
+its peak RSS. `--cores-per-process C` pins process i to cores [iC, (i+1)C), so P processes do not
+share cores; `--batch-size` overrides `sampler.batch_size` (a 1-process run at
+B / P pairs is a P-way run's share of the work without the collectives).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -38,6 +42,8 @@ def worker(args: argparse.Namespace) -> None:
     from star_jax.train_loop import Static
 
     sets = ["gnn.use_llm=false", f"gnn_train.steps={WARMUP + args.steps}"]
+    if args.batch_size:
+        sets.append(f"sampler.batch_size={args.batch_size}")
     if args.processes > 1:
         sets += [f"mesh.coordinator_address=localhost:{args.port}", f"mesh.num_processes={args.processes}",
                  f"mesh.process_id={args.process_id}"]
@@ -70,7 +76,8 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"process": args.process_id, "processes": args.processes,
                       "steps_per_s": args.steps / total, "edges_per_s": edges / total,
                       "sample_s": sample_s / args.steps, "step_s": step_s / args.steps,
-                      "loss": float(metrics["loss"])}), flush=True)
+                      "loss": float(metrics["loss"]),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
 
 def free_port() -> int:
@@ -85,6 +92,8 @@ def main() -> None:
     p.add_argument("--graph", required=True)
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cores-per-process", type=int, default=0, help="pin each process to this many cores")
+    p.add_argument("--batch-size", type=int, default=0, help="sampler.batch_size (default: the config's)")
     p.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-processes", type=int, default=None, help=argparse.SUPPRESS)
@@ -100,13 +109,21 @@ def main() -> None:
         me = [sys.executable, "-m", "benchmarks.gnn_data_parallel", "--data", args.data,
               "--graph", args.graph,
               "--steps", str(args.steps), "--port", port, "--worker-processes", str(n)]
-        procs = [subprocess.Popen([*me, "--process-id", str(i)], env=env, stdout=subprocess.PIPE, text=True)
-                 for i in range(n)]
+        if args.batch_size:
+            me += ["--batch-size", str(args.batch_size)]
+        procs = []
+        for i in range(n):
+            c = args.cores_per_process
+            cores = range(i * c, (i + 1) * c)
+            pin = {"preexec_fn": lambda cores=cores: os.sched_setaffinity(0, cores)} if c else {}
+            procs.append(subprocess.Popen([*me, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                                          text=True, **pin))
         rows = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
         for r in rows:
             print(f"{n} process(es), process {r['process']}: {r['steps_per_s']:.2f} steps/s, "
                   f"{r['edges_per_s']:,.0f} sampled edges/s, {r['sample_s'] * 1e3:.0f} ms sampling + "
-                  f"{r['step_s'] * 1e3:.0f} ms train step per step, loss {r['loss']:.6f}")
+                  f"{r['step_s'] * 1e3:.0f} ms train step per step, loss {r['loss']:.6f}, "
+                  f"peak RSS {r['peak_rss_mb']:,.0f} MB")
 
 
 if __name__ == "__main__":
