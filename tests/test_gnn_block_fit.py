@@ -78,3 +78,26 @@ def test_the_block_maps_rank_held_out_pairs_by_the_planted_form():
     block_auc = roc_auc_score(y, np.sum(block[0] * block[1], axis=1))
     assert block_auc > roc_auc_score(y, towers) + 0.1
     assert block_auc > roc_auc_score(y, planted) - 0.05  # close to the form that drew the labels
+
+
+@pytest.mark.parametrize("fit", ["principal", "labelled"])
+def test_vectors_narrower_than_the_block_get_zero_columns(fit):
+    """A compact store version (D = 6) under a 10-wide block: the maps keep their [.., D, block]
+    shape, the extra columns are zero, and the block's scores are those of the D-wide maps."""
+    d, k = 6, 10
+    rows = {"member": anisotropic_rows(300, d, 7), "job": anisotropic_rows(200, d, 8)}
+    ids = {t: np.arange(len(r)) for t, r in rows.items()}
+    features = StandardizedFeatures.fit(Rows(rows), ids)
+    if fit == "principal":
+        wide, narrow = features.principal_map(ids, k), features.principal_map(ids, d)
+        assert wide[0].shape == (d, k) and wide[1].shape == (k,)
+        np.testing.assert_array_equal(wide[0][:, d:], 0)
+        np.testing.assert_allclose(wide[0][:, :d], narrow[0], atol=1e-6)
+        return
+    rng = np.random.default_rng(9)
+    pairs = tuple((rng.integers(0, 300, 800), rng.integers(0, 200, 800),
+                   rng.integers(0, 2, 800).astype(np.int8)) for _ in range(2))
+    kernel, shift = labelled_maps(features, ids, *pairs, k=k, l2_grid=[1e-3])
+    assert kernel.shape == (2, d, k) and shift.shape == (2, k)
+    np.testing.assert_array_equal(kernel[:, :, d:], 0)
+    np.testing.assert_array_equal(shift[:, d:], 0)

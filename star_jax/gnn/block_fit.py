@@ -89,10 +89,11 @@ def select_bilinear(train: PairVectors, val: PairVectors, l2_grid: list[float]) 
 
 def factor(weight: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(A, B), each f32[R, k]: W's top k singular pairs split evenly, A @ B.T = W's best rank-k
-    approximation, so that (p_m A) . (p_j B) is the rank-k bilinear score."""
+    approximation, so that (p_m A) . (p_j B) is the rank-k bilinear score (k > R: zero columns)."""
     u, s, vt = np.linalg.svd(np.asarray(weight, np.float64))
     root = np.sqrt(s[:k])
-    return (u[:, :k] * root).astype(np.float32), (vt[:k].T * root).astype(np.float32)
+    pad = ((0, 0), (0, k - root.shape[0]))  # W narrower than k (a compact version): zero columns
+    return (np.pad(u[:, :k] * root, pad).astype(np.float32), np.pad(vt[:k].T * root, pad).astype(np.float32))
 
 
 def pair_vectors(features: StandardizedFeatures, member_ids: np.ndarray, job_ids: np.ndarray,

@@ -61,7 +61,10 @@ class StandardizedFeatures(NamedTuple):
         x = self.sample_rows(self.store, ids)
         _, vectors = np.linalg.eigh(np.cov(x, rowvar=False))  # ascending eigenvalues
         top = vectors[:, ::-1][:, :k]
-        top = top * np.where(top[np.abs(top).argmax(0), np.arange(k)] < 0, -1.0, 1.0)  # a fixed sign
+        sign = np.where(top[np.abs(top).argmax(0), np.arange(top.shape[1])] < 0, -1.0, 1.0)
+        top = top * sign  # a fixed sign
+        # Vectors narrower than the block (a compact store version): zero columns, no cosine change.
+        top = np.pad(top, ((0, 0), (0, k - top.shape[1])))
         t = next(iter(self.mean))  # one mean and scale for members and jobs (fit)
         kernel = top / self.scale[t].astype(np.float64)[:, None]  # stored = standardised / scale + mean
         return kernel.astype(np.float32), (self.mean[t].astype(np.float64) @ top).astype(np.float32)
