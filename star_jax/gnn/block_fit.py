@@ -43,33 +43,36 @@ class Bilinear(NamedTuple):
     val_auc: float
 
 
+def _objective(params: tuple[jax.Array, jax.Array], *, m: jax.Array, j: jax.Array, y: jax.Array,
+               l2: jax.Array) -> jax.Array:
+    w, b = params
+    logits = jnp.einsum("pi,ij,pj->p", m, w, j) + b
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y)) + l2 * jnp.sum(w * w)
+
+
+_SOLVER = optax.lbfgs()
+
+
+@jax.jit
+def _lbfgs_step(params, state, data: dict[str, jax.Array]):
+    # The penalty is an argument, not a constant, so every penalty of the grid runs one compile.
+    value, grad = optax.value_and_grad_from_state(_objective)(params, state=state, **data)
+    updates, state = _SOLVER.update(grad, state, params, value=value, grad=grad, value_fn=_objective, **data)
+    return optax.apply_updates(params, updates), state, optax.tree.norm(grad)
+
+
 def fit_bilinear(train: PairVectors, l2: float, iterations: int = 300) -> tuple[np.ndarray, float]:
     """(W f32[R, R], b): argmin of mean BCE(member @ W @ job + b, label) + l2 * |W|^2, by L-BFGS.
 
     The same objective as scikit-learn's `LogisticRegression(C)` on the flattened outer products,
     with l2 = 1 / (2 C P); the outer products are never materialised (R^2 features per pair)."""
-    m, j = jnp.asarray(train.member, jnp.float32), jnp.asarray(train.job, jnp.float32)
-    y = jnp.asarray(train.labels, jnp.float32)
-
-    def objective(params):
-        w, b = params
-        logits = jnp.einsum("pi,ij,pj->p", m, w, j) + b
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y)) + l2 * jnp.sum(w * w)
-
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
-
-    @jax.jit
-    def step(params, state):
-        value, grad = value_and_grad(params, state=state)
-        updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=objective)
-        return optax.apply_updates(params, updates), state, optax.tree.norm(grad)
-
-    r = m.shape[1]
+    data = {"m": jnp.asarray(train.member, jnp.float32), "j": jnp.asarray(train.job, jnp.float32),
+            "y": jnp.asarray(train.labels, jnp.float32), "l2": jnp.asarray(l2, jnp.float32)}
+    r = data["m"].shape[1]
     params = (jnp.zeros((r, r), jnp.float32), jnp.zeros((), jnp.float32))
-    state = solver.init(params)
+    state = _SOLVER.init(params)
     for _ in range(iterations):
-        params, state, grad_norm = step(params, state)
+        params, state, grad_norm = _lbfgs_step(params, state, data)
         if float(grad_norm) < 1e-6:
             break
     return np.asarray(params[0]), float(params[1])
