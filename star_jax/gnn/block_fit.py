@@ -37,8 +37,7 @@ class PairVectors(NamedTuple):
 
 
 class Bilinear(NamedTuple):
-    weight: np.ndarray  # f32[R, R] score = member @ weight @ job + bias
-    bias: float
+    weight: np.ndarray  # f32[R, R] score = member @ weight @ job (+ a bias, which ranks nothing)
     l2: float  # the penalty it was fitted with
     val_auc: float
 
@@ -82,11 +81,11 @@ def select_bilinear(train: PairVectors, val: PairVectors, l2_grid: list[float]) 
     """The fit of `l2_grid` whose scores give the val pairs the best AUC."""
     best = None
     for l2 in sorted(l2_grid):
-        w, b = fit_bilinear(train, l2)
+        w, _ = fit_bilinear(train, l2)
         val_auc = auc(val.labels, np.einsum("pi,ij,pj->p", val.member, w, val.job))
         log.info(f"train-gnn: LLM block fit, l2 {l2:g}: val AUC {val_auc:.4f}")
         if best is None or val_auc > best.val_auc:
-            best = Bilinear(w, b, l2, val_auc)
+            best = Bilinear(w, l2, val_auc)
     return best
 
 

@@ -18,6 +18,7 @@ from star_jax.gnn.model import GNN, set_llm_gain
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FeatureSource, NeighborSampler, PairSeeds, eval_seeds, make_dataset
 from star_jax.metrics import activity_bucket, auc, auc_by_group
+from star_jax.store.compact import renormalize
 
 
 def val_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainConfig,
@@ -66,13 +67,8 @@ class Evaluator:
         ranks pairs as graph cosine + gain^2 x LLM cosine, whatever the gain it was embedded with.
         """
         member, job = self.embed_pairs(set_llm_gain(params, 1.0), hop_fanouts)
-
-        def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-            return np.einsum("bd,bd->b", a, b) / np.maximum(norms, 1e-12)
-
-        graph = cosine(member[:, :-block], job[:, :-block])
-        llm = cosine(member[:, -block:], job[:, -block:])
+        graph, llm = (np.einsum("bd,bd->b", renormalize(member[:, part]), renormalize(job[:, part]))
+                      for part in (slice(None, -block), slice(-block, None)))
         return {g: auc(self.pairs.labels, graph + g * g * llm) for g in gains}
 
     def __call__(self, params: Any, hop_fanouts: tuple[int, ...]) -> dict[str, float]:

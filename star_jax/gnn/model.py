@@ -45,6 +45,12 @@ def hash_ids(ids: jax.Array, buckets: int) -> jax.Array:
     return (x % jnp.uint32(buckets)).astype(jnp.int32)
 
 
+def shared_orthogonal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """An initializer of f32[n, D, k]: one orthonormal D x k map, the same for all n (the LLM block's
+    member and job maps before train-gnn sets them)."""
+    return jnp.broadcast_to(nn.initializers.orthogonal()(key, shape[1:]), shape)
+
+
 def unit(x: jax.Array) -> jax.Array:
     """Each row of `x` L2-normalised (a zero row stays zero)."""
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
@@ -209,8 +215,8 @@ class GNNEncoder(nn.Module):
             # stored vectors' principal directions or to a bilinear form fitted on the labelled
             # train pairs; the gain is 0 while the graph part trains and is set on val afterwards
             # (gnn_train.llm_block_gains).
-            shared = lambda key, shape: jnp.broadcast_to(nn.initializers.orthogonal()(key, shape[1:]), shape)  # noqa: E731
-            llm_map = self.param("llm_block_map", shared, (len(LLM_TYPES), batch_llm_dim(batch), block))
+            llm_map = self.param("llm_block_map", shared_orthogonal,
+                                 (len(LLM_TYPES), batch_llm_dim(batch), block))
             llm_shift = self.param("llm_block_shift", nn.initializers.zeros, (len(LLM_TYPES), block))
             llm_gain = jax.lax.stop_gradient(self.param("llm_gain", nn.initializers.zeros, ()))
         shared_columns = sorted(set.intersection(*(set(columns.get(t, {})) for t in LLM_TYPES)))
