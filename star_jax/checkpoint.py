@@ -238,12 +238,15 @@ class Checkpointer:
         return self._read_meta(step)
 
     def restore(
-        self, abstract_state: Any, *, data_iter: Any = None, step: int | None = None
+        self, abstract_state: Any, *, data_iter: Any = None, step: int | None = None,
+        shared_data: bool = False,
     ) -> tuple[Any, dict]:
         """Restore `state` (shaped and sharded like `abstract_state`) and, if given, `data_iter` in place.
 
         By default from `resume_step()`. A checkpoint written before DIGESTS existed that fails to
-        restore is set aside like a damaged one, and the previous one is tried.
+        restore is set aside like a damaged one, and the previous one is tried. `shared_data`: the
+        iterator's state is the same on every process (say, a global batch index), so a checkpoint
+        saved by another process count restores it too (`_shared_data_state`).
         """
         import grain
 
@@ -259,8 +262,11 @@ class Checkpointer:
                     "use a new output directory or restore the original config"
                 )
             items = {"state": ocp.args.StandardRestore(abstract_state)}
+            data_state = None
             if data_iter is not None:
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+                data_state = self._shared_data_state(at) if shared_data else None
+                if data_state is None:
+                    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
             try:
                 out = self._mngr.restore(at, args=ocp.args.Composite(**items))
             except Exception as e:
@@ -274,4 +280,27 @@ class Checkpointer:
                 self._set_aside(at, _first_line(e), max(older))
                 self._resume = None
                 continue
+            if data_state is not None:
+                data_iter.set_state(data_state)
+                if hasattr(data_iter, "start_prefetch"):  # as grain's own restore does
+                    data_iter.start_prefetch()
             return out["state"], meta
+
+    def _shared_data_state(self, step: int) -> dict | None:
+        """The data-iterator state of a step saved by another process count (None: this count's own
+        file is there, for grain's handler). Every process's file must hold the same state."""
+        import jax
+
+        where = Path(self.directory) / str(step) / "data"
+        count = jax.process_count()
+        if (where / f"process_{jax.process_index()}-of-{count}.json").is_file():
+            return None
+        files = sorted(where.glob("process_*-of-*.json"))
+        states = {f.read_text() for f in files}
+        if len(states) != 1:
+            why = "no iterator state" if not files else f"{len(states)} different iterator states"
+            raise StarError(f"{where}: {why} in the step-{step} checkpoint for {count} process(es); "
+                            "resume with the process count that wrote it")
+        saved = files[0].name.split("-of-")[1].removesuffix(".json")
+        log.info(f"{self.directory}: step {step} was saved by {saved} process(es); resuming on {count}")
+        return json.loads(states.pop())

@@ -132,3 +132,27 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree.map(put, batch)
+
+
+def broadcast_from_lead(arrays: Sequence[np.ndarray] | None, dtypes: Sequence[Any]) -> list[np.ndarray]:
+    """Process 0's 1-d `arrays` (of any lengths), on every process; the others pass None.
+
+    `dtypes` (one per array) must be the same on every process; with one process, `arrays` as given.
+    """
+    if jax.process_count() == 1:
+        return [np.asarray(a, d) for a, d in zip(arrays, dtypes)]
+    from jax.experimental import multihost_utils
+
+    lead = jax.process_index() == 0
+    sizes = np.array([len(a) for a in arrays] if lead else [0] * len(dtypes), np.int32)
+    sizes = np.asarray(multihost_utils.broadcast_one_to_all(sizes))
+    out = []
+    for i, (n, d) in enumerate(zip(sizes.tolist(), dtypes)):
+        if n == 0:
+            out.append(np.zeros(0, d))
+            continue
+        # int64 does not survive the collective without x64: int32 rows, as store row counts allow
+        wire = np.int32 if np.dtype(d) == np.int64 else d
+        mine = np.asarray(arrays[i], wire) if lead else np.zeros(n, wire)
+        out.append(np.asarray(multihost_utils.broadcast_one_to_all(mine)).astype(d))
+    return out

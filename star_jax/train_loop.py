@@ -367,6 +367,9 @@ class TrainLoop:
 
     eval_at_start = True  # a fresh run logs `evaluate(state)` at step 0
     eval_at_end = False  # evaluate after the last step too (else the stage evaluates its result itself)
+    # Whether every process's data iterator has the same state (a global batch index): then a run
+    # resumes on another process count too (Checkpointer.restore).
+    shared_data_state = False
 
     def __init__(
         self,
@@ -450,7 +453,8 @@ class TrainLoop:
         start, seconds_before = 0, 0.0
         resumed = self.ckpt.latest_step() is not None
         if resumed:
-            tree, meta = self.ckpt.restore(abstract_like(self.pack(state)), data_iter=self.batches)
+            tree, meta = self.ckpt.restore(abstract_like(self.pack(state)), data_iter=self.batches,
+                                           shared_data=self.shared_data_state)
             state = self.unpack(tree)
             start, seconds_before = int(meta["step"]), float(meta.get("train_seconds", 0.0))
             self.watchdog.beat(start)

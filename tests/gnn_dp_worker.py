@@ -1,11 +1,12 @@
-"""`train_gnn` as one process of a data-parallel job, for tests/test_gnn_distributed.py.
+"""`train_gnn` (or `gnn_embed`) as one process of a data-parallel job, for tests/test_gnn_distributed.py.
 
     python tests/gnn_dp_worker.py SETS.json DATA GRAPH OUT VARIANT [--store ROOT]
-        [--process-id I --num-processes N --port PORT]
+        [--process-id I --num-processes N --port PORT] [--embed-into ROOT --embed-version V]
 
 SETS.json holds the config's `--set` overrides. `--num-processes N` joins N processes through
-`jax.distributed.initialize` with the coordinator on localhost:PORT. Every process writes
+`jax.distributed.initialize` with the coordinator on localhost:PORT. Training, every process writes
 OUT/inputs-<I>.json: the training seeds and feature rows it sampled, and its batches' count.
+`--embed-into`: export the trained run in OUT as version V of that store instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main() -> None:
     p.add_argument("--process-id", type=int, default=0)
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument("--embed-into", default=None)
+    p.add_argument("--embed-version", default=None)
     args = p.parse_args()
 
     from star_jax.tracking import log_to_stderr
@@ -39,6 +42,12 @@ def main() -> None:
         overrides += [f"mesh.coordinator_address=localhost:{args.port}",
                       f"mesh.num_processes={args.num_processes}", f"mesh.process_id={args.process_id}"]
     cfg = load_config(None, overrides)
+    if args.embed_into:
+        from star_jax.gnn.export import gnn_embed
+
+        gnn_embed(cfg, args.graph, args.out, args.embed_into, args.embed_version, store_root=args.store,
+                  store_version="v1" if args.store else None)
+        return
 
     inputs = {"seeds": 0, "feature_rows": 0, "batches": 0}
     put = distributed.DataParallel.put

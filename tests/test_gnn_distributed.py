@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,13 +24,17 @@ import loop_fixtures as lf
 import numpy as np
 import pytest
 
+from star_jax.checkpoint import DIGESTS, file_digests
 from star_jax.config import StoreConfig, load_config
+from star_jax.errors import StarError
 from star_jax.gnn.cold_start import ColdStartSampler
+from star_jax.gnn.export import gnn_embed
 from star_jax.gnn.features import open_features
 from star_jax.gnn.model import build_gnn
 from star_jax.gnn.run import load_run
 from star_jax.gnn.train import train_gnn, training_pairs
 from star_jax.graph.sampler import NeighborSampler, batch_rng
+from star_jax.store import EmbeddingStore
 from star_jax.tracking import read_metrics
 
 WORKER = Path(__file__).with_name("gnn_dp_worker.py")
@@ -133,6 +138,39 @@ def test_data_parallel_over_this_process_devices_trains_like_one_device(env, one
     assert_same_run(env, one_device, "dp8")
 
 
+def killed_after(env: Env, src: str, out: str, step: int, states: list[str] | None = None) -> Path:
+    """A copy of run `src` as a run killed just after its step-`step` checkpoint; `states`: that
+    checkpoint's grain iterator files replaced by one per process of a `len(states)`-process run."""
+    run_dir = env.root / out
+    shutil.copytree(env.root / src, run_dir)
+    (run_dir / "result.json").unlink()
+    for d in (run_dir / "checkpoints").iterdir():
+        if d.name.isdigit() and int(d.name) > step:
+            shutil.rmtree(d)
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ckpt = run_dir / "checkpoints" / str(step)
+    if states is not None:
+        for f in (ckpt / "data").glob("process_*.json"):
+            f.unlink()
+        for i, state in enumerate(states):
+            (ckpt / "data" / f"process_{i}-of-{len(states)}.json").write_text(state)
+        (ckpt / DIGESTS).write_text(json.dumps(file_digests(ckpt)))  # sealed as that run would have
+    return run_dir
+
+
+def test_a_run_saved_by_two_processes_resumes_in_one(env, one_device):
+    state = (env.root / one_device / "checkpoints" / "2" / "data" / "process_0-of-1.json").read_text()
+    killed_after(env, one_device, "recount", 2, [state, state])
+    run(env, "recount", SETS)
+    assert_same_run(env, one_device, "recount")
+    # Iterator states that differ between processes cannot be mapped onto another count.
+    other = json.dumps({"next_index": 3})
+    killed_after(env, one_device, "recount_bad", 2, [state, other])
+    with pytest.raises(StarError, match=r"checkpoints/2/data: 2 different iterator states.*process count"):
+        run(env, "recount_bad", SETS)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -147,17 +185,19 @@ def child_env() -> dict:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def run_processes(env: Env, out: str, sets: list[str], n: int) -> list[dict]:
-    """`n` workers joined by jax.distributed; each one's inputs-<i>.json."""
-    (env.root / f"{out}.json").write_text(json.dumps(sets))
+def run_processes(env: Env, out: str, sets: list[str], n: int, *, embed: list[str] = ()) -> list[dict]:
+    """`n` workers joined by jax.distributed; each one's inputs-<i>.json (none with `embed`, the
+    worker's `--embed-into ROOT --embed-version V`: they export run `out` instead)."""
+    name = f"{out}-embed" if embed else out
+    (env.root / f"{name}.json").write_text(json.dumps(sets))
     port, procs, logs = str(free_port()), [], []
     for i in range(n):
-        logs.append(env.root / f"{out}-{i}.log")
+        logs.append(env.root / f"{name}-{i}.log")
         with open(logs[-1], "w") as f:
             procs.append(subprocess.Popen(
-                [sys.executable, str(WORKER), str(env.root / f"{out}.json"), env.data, env.graph_dir,
+                [sys.executable, str(WORKER), str(env.root / f"{name}.json"), env.data, env.graph_dir,
                  str(env.root / out), VARIANT, "--store", env.features, "--process-id", str(i),
-                 "--num-processes", str(n), "--port", port],
+                 "--num-processes", str(n), "--port", port, *embed],
                 env=child_env(), stdout=f, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + TIMEOUT
     try:
@@ -168,6 +208,8 @@ def run_processes(env: Env, out: str, sets: list[str], n: int) -> list[dict]:
                 p.kill()
                 p.wait()
     assert codes == [0] * n, "\n".join(log.read_text()[-3000:] for log in logs)
+    if embed:
+        return []
     return [json.loads((env.root / out / f"inputs-{i}.json").read_text()) for i in range(n)]
 
 
@@ -185,6 +227,12 @@ def test_two_processes_train_like_one_device(env, one_device):
     inputs = run_processes(env, "two", SETS, 2)
     assert_even_inputs(inputs, 8, 4)
     assert_same_run(env, one_device, "two")
+    # Killed after its step-2 checkpoint, the 2-process run resumes in this one process.
+    killed_after(env, "two", "two_then_one", 2)
+    assert sorted(p.name for p in (env.root / "two_then_one/checkpoints/2/data").glob("process_*")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+    run(env, "two_then_one", SETS)
+    assert_same_run(env, one_device, "two_then_one")
 
 
 @pytest.mark.slow
@@ -195,3 +243,18 @@ def test_four_processes_with_adaptive_fanouts_train_like_one_device(env):
     assert_same_run(env, "one_adaptive", "four")
     history = json.loads((env.root / "four" / "result.json").read_text())["val_history"]
     assert [h["fanouts"] for h in history] == [[1, 1], [1, 1], [2, 2]]  # grown at the second evaluation
+
+
+@pytest.mark.slow  # two JAX processes compiling on two cores
+def test_two_processes_export_what_one_does(env, one_device):
+    """`gnn-embed` over 2 processes: each embeds every other batch, process 0 writes one version,
+    equal to the one-process export row for row."""
+    cfg, store = load_config(None, SETS), env.root / "gnn_store"
+    gnn_embed(cfg, env.graph_dir, env.root / one_device, store, "one", store_root=env.features,
+              store_version="v1")
+    run_processes(env, one_device, SETS, 2, embed=["--embed-into", str(store), "--embed-version", "two"])
+    one, two = (EmbeddingStore.open(store, v) for v in ("one", "two"))
+    for t in ("member", "job"):
+        ids = np.asarray(env.graph.ids[t])
+        assert len(ids) > 2 * cfg.gnn_train.eval_batch_size  # batches for both processes
+        np.testing.assert_allclose(two.lookup(t, ids), one.lookup(t, ids), rtol=1e-6, atol=1e-7)

@@ -6,8 +6,9 @@
 Only the encoder's embeddings are exported (STAR, arXiv 2507.09797; LiGNN, arXiv 2402.11139, §3):
 each member and job is a seed of the sampler's all-nodes mode at the fan-outs the run last trained
 with, written through the store's writer API as version NAME, so exporting the same checkpoint over
-the same graph again finds nothing to do and a killed export resumes shard by shard. `score_pairs`
-/ `split_scores` score every GNN variant downstream: the dot product of the stored embeddings.
+the same graph again finds nothing to do and a killed export resumes shard by shard. Several
+processes (`mesh.num_processes`) split the batches; process 0 writes. `score_pairs` /
+`split_scores` score every GNN variant downstream: the dot product of the stored embeddings.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from star_jax.config import Config
 from star_jax.errors import StarError
@@ -25,6 +28,7 @@ from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.features import open_features
 from star_jax.gnn.model import LLM_TYPES
 from star_jax.gnn.run import RUN_FILE, load_run
+from star_jax.parallel import broadcast_from_lead, initialize_distributed
 
 if TYPE_CHECKING:
     from star_jax.store import EmbeddingStore, RefreshReport
@@ -71,13 +75,14 @@ def gnn_embed(
     """
     from star_jax.graph.sampler import NeighborSampler, make_dataset, node_seeds
     from star_jax.graph.tstore import open_graph
-    from star_jax.store import EmbeddingSpec, EmbeddingWriter
+    from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, RefreshReport
     from star_jax.store.manifest import check_name
     from star_jax.tracking import progress
 
     check_name("--version", version)  # names, not paths: refused before anything is read
     if store_version is not None:
         check_name("--store-version", store_version)
+    initialize_distributed(cfg.mesh)  # several processes: each embeds every count-th batch
     graph = open_graph(graph_dir, cfg.graph)
     # Node features come from the store the run trained on, unless --store/--store-version name
     # another one of the same dimension (new texts, same embedding model).
@@ -113,29 +118,48 @@ def gnn_embed(
                                                                                       "adapter", "dim")}},
     )
     inputs = {t: (graph.ids[t], node_hashes(graph, t)) for t in LLM_TYPES}
-    writer = EmbeddingWriter.open(out_store, version, spec, inputs, cfg.store)
+    lead, count, index = jax.process_index() == 0, jax.process_count(), jax.process_index()
+    writer = EmbeddingWriter.open(out_store, version, spec, inputs, cfg.store) if lead else None
     embed = make_embed_fn(run.gnn)
     layout, bs = sampler.layout, sampler.cfg.batch_size
-    for t in writer.node_types:
-        pending = writer.pending(t)
-        if len(pending.rows) == 0:
+    for t in LLM_TYPES:
+        # Process 0's writer knows what is left; every process embeds every count-th batch of it.
+        pending = writer.pending(t) if lead else None
+        positions, rows = broadcast_from_lead(None if pending is None else (pending.positions, pending.rows),
+                                              (np.int64, np.int64))
+        if len(rows) == 0:
             continue
         store_row = np.full(graph.num_nodes(t), -1, np.int64)
-        store_row[pending.positions] = pending.rows  # positions are graph rows: inputs were in graph order
-        todo = np.unique(pending.positions // bs)
+        store_row[positions] = rows  # positions are graph rows: inputs were in graph order
+        todo = np.unique(positions // bs)
         # Fixed-shape batches of `eval_batch_size` seeds (the encoder compiles once); a node's
-        # embedding depends only on its batch, a fixed function of its row and the sampler seed.
-        seeds = _Batches(node_seeds(graph, t, sampler.cfg), todo)
-        batches = make_dataset(sampler, seeds, seed=sampler.cfg.seed)
-        with progress(total=len(pending.rows), desc=f"gnn-embed {t}", unit="node") as bar:
-            for b, batch in zip(todo, batches):
-                member, job = embed(run.params, batch, layout)
-                vectors = np.asarray(member if t == "member" else job)
-                rows = store_row[b * bs : (b + 1) * bs]  # the batch's seeds are rows b*bs, b*bs + 1, ...
-                keep = rows >= 0
-                writer.write(t, rows[keep], vectors[: len(rows)][keep])
-                bar.update(int(keep.sum()))
-    report = writer.publish()
+        # embedding depends only on its batch, a fixed function of its row and the sampler seed,
+        # so it does not matter which process embeds it.
+        mine = iter(make_dataset(sampler, _Batches(node_seeds(graph, t, sampler.cfg), todo[index::count]),
+                                 seed=sampler.cfg.seed))
+        with progress(total=len(rows), desc=f"gnn-embed {t}", unit="node") as bar:
+            for first in range(0, len(todo), count):  # one batch per process per round
+                vectors = np.zeros((bs, spec.dim), np.float32)
+                if first + index < len(todo):
+                    member, job = embed(run.params, next(mine), layout)
+                    vectors = np.asarray(member if t == "member" else job, np.float32)
+                if count > 1:
+                    vectors = np.asarray(multihost_utils.process_allgather(vectors))  # [count, bs, dim]
+                for b, v in zip(todo[first : first + count], vectors.reshape(-1, bs, spec.dim)):
+                    batch_rows = store_row[b * bs : (b + 1) * bs]  # its seeds: rows b*bs, b*bs + 1, ...
+                    keep = batch_rows >= 0
+                    if lead:
+                        writer.write(t, batch_rows[keep], v[: len(batch_rows)][keep])
+                    bar.update(int(keep.sum()))
+    report = writer.publish() if lead else None
+    # Also the other processes' wait for the publish: they then read the manifest it wrote.
+    embedded, copied = broadcast_from_lead(
+        None if report is None else [[report.embedded.get(t, 0) for t in LLM_TYPES],
+                                     [report.copied.get(t, 0) for t in LLM_TYPES]], (np.int64, np.int64))
+    if report is None:
+        manifest = EmbeddingStore.open(out_store, version, kvstore=cfg.store.kvstore).manifest
+        report = RefreshReport(version, manifest["generation"], dict(zip(LLM_TYPES, embedded.tolist())),
+                               dict(zip(LLM_TYPES, copied.tolist())), manifest)
     done = ", ".join(f"{t} {report.embedded.get(t, 0):,} embedded / {report.copied.get(t, 0):,} kept"
                      for t in LLM_TYPES)
     log.info(f"gnn-embed: {run.variant} (step {run.step}) -> store {os.fspath(out_store)} "

@@ -140,6 +140,7 @@ class GNNLoop(TrainLoop):
 
     eval_at_start = False
     eval_at_end = True
+    shared_data_state = True  # every process iterates over the global seed batches (SeedsFrom)
 
     def __init__(self, cfg: Config, variant: str, data_dir: str, graph: HeteroGraph,
                  features: FeatureSource | None, ckpt: Checkpointer, logger: MetricsLogger,

@@ -40,7 +40,7 @@ from star_jax.llm.biencoder import EXPORT_DIR, JOB, MEMBER, BiEncoder, Params, b
 from star_jax.llm.hf_io import CONFIG, INDEX, check_vocab, load_mistral, read_config, runtime_arch
 from star_jax.llm.peft_io import ADAPTER_CONFIG
 from star_jax.llm.towers import TextTowers
-from star_jax.parallel import Rules, initialize_distributed, logical_rules, make_mesh
+from star_jax.parallel import Rules, broadcast_from_lead, initialize_distributed, logical_rules, make_mesh
 from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, text_hash
 from star_jax.store.compact import REDUCTIONS, train_pairs, write_compact
 from star_jax.tracking import MetricsLogger, progress
@@ -208,21 +208,10 @@ def _share(plans: dict[str, Plan] | None, types: Sequence[str]) -> dict[str, Pla
     """Process 0's plans, on every process (multi-host runs compute every batch together)."""
     if jax.process_count() == 1:
         return plans
-    from jax.experimental import multihost_utils
-
     lead = jax.process_index() == 0
-    sizes = np.array([len(plans[t].rows) if lead else 0 for t in types], np.int32)
-    sizes = np.asarray(multihost_utils.broadcast_one_to_all(sizes))
-    out = {}
-    for t, n in zip(types, sizes.tolist()):
-        if n == 0:
-            out[t] = Plan(np.zeros(0, np.int64), np.zeros(0, bool))
-            continue
-        rows = plans[t].rows.astype(np.int32) if lead else np.zeros(n, np.int32)
-        write = plans[t].write if lead else np.zeros(n, bool)
-        rows, write = multihost_utils.broadcast_one_to_all((rows, write))
-        out[t] = Plan(np.asarray(rows).astype(np.int64), np.asarray(write).astype(bool))
-    return out
+    flat = [a for t in types for a in (plans[t].rows, plans[t].write)] if lead else None
+    flat = broadcast_from_lead(flat, [np.int64, bool] * len(types))
+    return {t: Plan(flat[2 * i], flat[2 * i + 1]) for i, t in enumerate(types)}
 
 
 # -- embedding -----------------------------------------------------------------------------------

@@ -249,6 +249,7 @@ class Pipeline:
         return self.run(f"gnn-embed-{name}", fn, inputs=inputs,
                         config=(_section(cfg.store, "root"), cfg.gnn_train.eval_batch_size),
                         exists=lambda r: _version_exists(r, cfg.store.kvstore), code=("star_jax.gnn.export",),
+                        collective=True,  # every process embeds its share of the batches; process 0 writes
                         after=("build-graph", f"train-gnn-{name}", *_features_stage(features)))
 
     def compact(self, finetuned: dict) -> dict:
