@@ -2,17 +2,24 @@
 
     python tests/gnn_dp_worker.py SETS.json DATA GRAPH OUT VARIANT [--store ROOT]
         [--process-id I --num-processes N --port PORT] [--embed-into ROOT --embed-version V]
+        [--kill-at STEP]
 
 SETS.json holds the config's `--set` overrides. `--num-processes N` joins N processes through
 `jax.distributed.initialize` with the coordinator on localhost:PORT. Training, every process writes
 OUT/inputs-<I>.json: the training seeds and feature rows it sampled, and its batches' count.
-`--embed-into`: export the trained run in OUT as version V of that store instead.
+`--embed-into`: export the trained run in OUT as version V of that store instead. `--kill-at K`:
+before its K-th batch, once the step K - 1 checkpoint is committed, this process SIGKILLs itself
+(exit status 4: that checkpoint was not committed within 120 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 
 
@@ -26,6 +33,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--embed-into", default=None)
     p.add_argument("--embed-version", default=None)
+    p.add_argument("--kill-at", type=int, default=None)
     args = p.parse_args()
 
     from star_jax.tracking import log_to_stderr
@@ -58,6 +66,14 @@ def main() -> None:
             parts = np.asarray(batch.node_ids[t])
             inputs["feature_rows"] += sum(np.unique(ids[ids >= 0]).size for ids in parts)
         inputs["batches"] += 1
+        if inputs["batches"] == args.kill_at:
+            committed = Path(args.out, "checkpoints", str(args.kill_at - 1))  # orbax renames it last
+            deadline = time.monotonic() + 120
+            while not committed.is_dir():
+                if time.monotonic() > deadline:
+                    sys.exit(4)
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGKILL)
         return put(self, batch)
 
     distributed.DataParallel.put = counting_put

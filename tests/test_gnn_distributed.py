@@ -24,6 +24,7 @@ import loop_fixtures as lf
 import numpy as np
 import pytest
 
+from star_jax import watchdog
 from star_jax.checkpoint import DIGESTS, file_digests
 from star_jax.config import StoreConfig, load_config
 from star_jax.errors import StarError
@@ -185,10 +186,12 @@ def child_env() -> dict:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def run_processes(env: Env, out: str, sets: list[str], n: int, *, embed: list[str] = ()) -> list[dict]:
+def run_processes(env: Env, out: str, sets: list[str], n: int, *, embed: list[str] = (),
+                  kill_at: int | None = None) -> list[dict]:
     """`n` workers joined by jax.distributed; each one's inputs-<i>.json (none with `embed`, the
-    worker's `--embed-into ROOT --embed-version V`: they export run `out` instead)."""
-    name = f"{out}-embed" if embed else out
+    worker's `--embed-into ROOT --embed-version V`: they export run `out` instead). `kill_at`: the
+    last process SIGKILLs itself before that step; returns [{"code": exit status, "log": text}]."""
+    name = f"{out}-embed" if embed else f"{out}-killed" if kill_at else out
     (env.root / f"{name}.json").write_text(json.dumps(sets))
     port, procs, logs = str(free_port()), [], []
     for i in range(n):
@@ -197,7 +200,8 @@ def run_processes(env: Env, out: str, sets: list[str], n: int, *, embed: list[st
             procs.append(subprocess.Popen(
                 [sys.executable, str(WORKER), str(env.root / f"{name}.json"), env.data, env.graph_dir,
                  str(env.root / out), VARIANT, "--store", env.features, "--process-id", str(i),
-                 "--num-processes", str(n), "--port", port, *embed],
+                 "--num-processes", str(n), "--port", port, *embed,
+                 *(["--kill-at", str(kill_at)] if kill_at and i == n - 1 else [])],
                 env=child_env(), stdout=f, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + TIMEOUT
     try:
@@ -207,6 +211,8 @@ def run_processes(env: Env, out: str, sets: list[str], n: int, *, embed: list[st
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    if kill_at:
+        return [{"code": c, "log": log.read_text()} for c, log in zip(codes, logs)]
     assert codes == [0] * n, "\n".join(log.read_text()[-3000:] for log in logs)
     if embed:
         return []
@@ -258,3 +264,16 @@ def test_two_processes_export_what_one_does(env, one_device):
         ids = np.asarray(env.graph.ids[t])
         assert len(ids) > 2 * cfg.gnn_train.eval_batch_size  # batches for both processes
         np.testing.assert_allclose(two.lookup(t, ids), one.lookup(t, ids), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow  # two JAX processes, twice
+def test_a_killed_process_stops_the_other_in_one_line_and_a_rerun_resumes(env, one_device):
+    sets = [*SETS, "mesh.watchdog_s=10"]  # not part of the run's fingerprint
+    survivor, killed = run_processes(env, "killed", sets, 2, kill_at=3)
+    assert killed["code"] == -9 and survivor["code"] == watchdog.STALLED, survivor["log"][-3000:]
+    lines = [line for line in survivor["log"].splitlines() if "made no progress" in line]
+    assert len(lines) == 1 and "process 0 of 2" in lines[0] and "last at step 2" in lines[0], lines
+    assert "mesh.watchdog_s=10" in lines[0] and "rerun the same command to resume" in lines[0]
+    assert not (env.root / "killed" / "result.json").exists()
+    run_processes(env, "killed", sets, 2)  # the same command again: resumes from step 2
+    assert_same_run(env, one_device, "killed")

@@ -116,3 +116,29 @@ def test_auc_gap_interval_is_paired_and_its_se_matches_the_spread_of_the_data():
     by_member = values.reshape(400, 5).mean(1)
     assert boot["se"] == pytest.approx(by_member.std(ddof=1) / np.sqrt(400), rel=0.1)
     assert boot["point"] == pytest.approx(values.mean())
+
+
+def test_the_bootstrap_intervals_equal_resampling_the_rows_themselves():
+    """The gaps' resamples weight each row by its repeats (one sort per score vector); the interval
+    must be the one of recomputing every AUC on the repeated rows, ties included."""
+    rng = np.random.default_rng(3)
+    members = rng.integers(0, 150, 1200)
+    labels = rng.integers(0, 2, members.size)
+    a = np.round(0.4 * labels + rng.normal(size=members.size), 1)  # rounded: many ties
+    b = np.round(0.2 * labels + rng.normal(size=members.size), 1)
+    subset = members < 50
+
+    def gap(idx, rows=slice(None)):
+        y, s = labels[idx][rows], idx[rows]
+        return metrics.auc(y, a[s]) - metrics.auc(y, b[s])
+
+    want = metrics.cluster_bootstrap(gap, members, resamples=100, seed=4)
+    got = metrics.auc_gap_interval(labels, a, b, members, resamples=100, seed=4)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    want = metrics.cluster_bootstrap(lambda idx: gap(idx, subset[idx]) - gap(idx), members,
+                                     resamples=100, seed=4)
+    got = metrics.subset_gap_interval(labels, a, b, subset, members, resamples=100, seed=4)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    w = rng.integers(0, 4, members.size)  # against scikit-learn's weighted AUC too
+    tied = metrics.TiedScores(labels, a)
+    assert tied.auc(w.astype(float)) == pytest.approx(roc_auc_score(labels, a, sample_weight=w), abs=1e-12)

@@ -18,6 +18,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 BASELINES = ("tags", "text", "both", "oracle")
 HASH_DIM = 1 << 18
 MAX_TRAIN_PAIRS = 200_000  # a seeded subsample above this; logistic regression needs no more here
+TEST_CHUNK = 250_000  # test pairs featurised at a time
 C_GRID = (0.003, 0.01, 0.03, 0.1)  # stronger regularisation wins on these many sparse crosses
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "data_format.md"
 
@@ -283,30 +285,37 @@ def oracle_features(d: Data, idx: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix
 
 
 def _fit_score(
-    name: str, feats: tuple[np.ndarray, sp.csr_matrix], d: Data, idx: dict[str, np.ndarray]
+    name: str, featurize: Callable[[np.ndarray], tuple[np.ndarray, sp.csr_matrix]], d: Data,
+    idx: dict[str, np.ndarray],
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Fit on the train rows of `feats` (rows: train, val, test pairs in that order), pick C on val.
+    """Fit on the train pairs `idx["train"]` (features: `featurize(pair indices)` -> (dense, sparse)),
+    pick C on `idx["val"]`, score `idx["test"]` in chunks of TEST_CHUNK pairs.
 
     Returns the AUCs and the test pairs' scores (the decision function), in `idx["test"]` order.
     """
-    dense, sparse = feats
-    ends = np.cumsum([len(idx[s]) for s in SPLITS])
-    part = dict(zip(SPLITS, (slice(0, ends[0]), slice(ends[0], ends[1]), slice(ends[1], ends[2]))))
-    scaler = StandardScaler().fit(dense[part["train"]])
+    n_train = len(idx["train"])
+    dense, sparse = featurize(np.concatenate([idx["train"], idx["val"]]))
+    scaler = StandardScaler().fit(dense[:n_train])
     x = sp.hstack([sp.csr_matrix(scaler.transform(dense)), sparse]).tocsr()
-    x = x[:, np.unique(x[part["train"]].indices)]  # hash buckets unseen in training only slow the solver
-    y = d.pairs.label[np.concatenate([idx[s] for s in SPLITS])]
+    keep = np.unique(x[:n_train].indices)  # hash buckets unseen in training only slow the solver
+    x = x[:, keep]
+    y = {s: d.pairs.label[i] for s, i in idx.items()}
     fits = []
     for c in C_GRID:
         # SAGA on standardised features reaches liblinear's AUC to 1e-3 several times faster here.
         model = LogisticRegression(C=c, solver="saga", tol=1e-3, max_iter=200, random_state=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(x[part["train"]], y[part["train"]])
-        fits.append((roc_auc_score(y[part["val"]], model.decision_function(x[part["val"]])), c, model))
+            model.fit(x[:n_train], y["train"])
+        fits.append((roc_auc_score(y["val"], model.decision_function(x[n_train:])), c, model))
     val_auc, c, model = max(fits, key=lambda f: f[0])
-    score = model.decision_function(x[part["test"]])
-    yt, cold = y[part["test"]], d.pairs.cold[idx["test"]]
+    del x, dense, sparse
+    score = np.empty(len(idx["test"]), np.float64)
+    for lo in range(0, len(idx["test"]), TEST_CHUNK):  # memory stays flat at any number of test pairs
+        dense, sparse = featurize(idx["test"][lo : lo + TEST_CHUNK])
+        x = sp.hstack([sp.csr_matrix(scaler.transform(dense)), sparse]).tocsr()[:, keep]
+        score[lo : lo + TEST_CHUNK] = model.decision_function(x)
+    yt, cold = y["test"], d.pairs.cold[idx["test"]]
     both_labels = 0 < yt[cold].sum() < cold.sum()
     return {
         "baseline": name,
@@ -328,27 +337,23 @@ def run_baselines(
     d = Data(data_dir)
     rng = np.random.default_rng(seed)
     idx = {s: np.flatnonzero(d.pairs.split == s) for s in SPLITS}
-    if len(idx["train"]) > MAX_TRAIN_PAIRS:
-        idx["train"] = np.sort(rng.choice(idx["train"], MAX_TRAIN_PAIRS, replace=False))
+    for s in ("train", "val"):  # C is picked on val: a subsample picks it as well
+        if len(idx[s]) > MAX_TRAIN_PAIRS:
+            idx[s] = np.sort(rng.choice(idx[s], MAX_TRAIN_PAIRS, replace=False))
     for s, i in idx.items():
         if len(i) == 0 or d.pairs.label[i].min() == d.pairs.label[i].max():
             raise StarError(f"{d.dir}/labels/pairs.parquet: split {s!r} needs positive and negative pairs")
-    order = np.concatenate([idx[s] for s in SPLITS])
-    feats: dict[str, tuple[np.ndarray, sp.csr_matrix]] = {}
-    if {"tags", "both"} & set(names):
-        feats["tags"] = tag_features(d, order)
-    if {"text", "both"} & set(names):
-        feats["text"] = text_features(d, TextIndex(d), order)
-    if "both" in names:
-        feats["both"] = (
-            np.hstack([feats["tags"][0], feats["text"][0]]),
-            sp.hstack([feats["tags"][1], feats["text"][1]]),
-        )
-    if "oracle" in names:
-        feats["oracle"] = oracle_features(d, order)
+    text = TextIndex(d) if {"text", "both"} & set(names) else None
+
+    def both(i: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+        (td, ts), (xd, xs) = tag_features(d, i), text_features(d, text, i)
+        return np.hstack([td, xd]), sp.hstack([ts, xs])
+
+    featurize = {"tags": lambda i: tag_features(d, i), "text": lambda i: text_features(d, text, i),
+                 "both": both, "oracle": lambda i: oracle_features(d, i)}
     results = []
     for name in progress(names, desc="baselines", unit="model"):
-        r, score = _fit_score(name, feats[name], d, idx)
+        r, score = _fit_score(name, featurize[name], d, idx)
         r.update(
             pairs_train=len(idx["train"]),
             pairs_test=len(idx["test"]),
