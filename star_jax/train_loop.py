@@ -32,7 +32,7 @@ from star_jax.config import MeshConfig
 from star_jax.errors import Preempted, StarError
 from star_jax.parallel import batch_sharding, replicated
 from star_jax.tracking import MetricsLogger, progress
-from star_jax.watchdog import Watchdog
+from star_jax.watchdog import Watchdog, peer_failure, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +447,10 @@ class TrainLoop:
                 # Checkpointer.close, unwatched.
                 self.watchdog.error = f"{type(e).__name__}: {str(e).strip()[:300]}".splitlines()[0]
                 self.ckpt.wait()
+                if peer_failure(e, process[1]):
+                    # Raised, it would end in JAX's shutdown barrier, which aborts the process with
+                    # a C++ stack once the dead peer misses its heartbeats: one line instead.
+                    stop_process(self.watchdog.failed_line(self.watchdog.error))
                 raise
 
     def _run(self, state: TrainState) -> tuple[TrainState, float]:

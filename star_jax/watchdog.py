@@ -64,6 +64,19 @@ def stop_process(line: str) -> None:
         os._exit(STALLED)
 
 
+# What a collective raises when its peer is gone: gloo's closed connection on CPU, NCCL's or the
+# coordination service's errors elsewhere.
+PEER_FAILURES = ("Connection closed", "Connection reset", "Gloo", "NCCL", "heartbeat", "UNAVAILABLE")
+
+
+def peer_failure(e: BaseException, processes: int) -> bool:
+    """Whether `e` is a collective that failed because a peer of a multi-process run died."""
+    import jax
+
+    return processes > 1 and isinstance(e, jax.errors.JaxRuntimeError) and any(
+        marker in str(e) for marker in PEER_FAILURES)
+
+
 def _reaches_stderr(record: logging.LogRecord) -> bool:
     """Whether handling `record` on this module's logger wrote it to stderr (as logging.Logger
     .callHandlers walks the handlers; with none anywhere, logging's last-resort handler did)."""
@@ -114,6 +127,13 @@ class Watchdog:
         return (f"{self.name}: process {i} of {n} made no progress for {idle:.0f} s ({last}; "
                 f"mesh.watchdog_s={self.timeout_s:g}): its input pipeline stalled or a peer process "
                 f"died{after}; stopping with exit status {STALLED}, rerun the same command to resume")
+
+    def failed_line(self, error: str) -> str:
+        """The one line for a collective that failed outright (a peer's connection closed)."""
+        i, n = self.process
+        at = "before its first step" if self.step is None else f"after step {self.step}"
+        return (f"{self.name}: process {i} of {n} stopped {at}: a collective failed ({error}): a peer "
+                f"process died; stopping with exit status {STALLED}, rerun the same command to resume")
 
     def _watch(self) -> None:
         while True:

@@ -268,12 +268,14 @@ def test_two_processes_export_what_one_does(env, one_device):
 
 @pytest.mark.slow  # two JAX processes, twice
 def test_a_killed_process_stops_the_other_in_one_line_and_a_rerun_resumes(env, one_device):
-    sets = [*SETS, "mesh.watchdog_s=10"]  # not part of the run's fingerprint
+    sets = [*SETS, "mesh.watchdog_s=45"]  # above the first step's compile; not in the run's fingerprint
     survivor, killed = run_processes(env, "killed", sets, 2, kill_at=3)
     assert killed["code"] == -9 and survivor["code"] == watchdog.STALLED, survivor["log"][-3000:]
-    lines = [line for line in survivor["log"].splitlines() if "made no progress" in line]
-    assert len(lines) == 1 and "process 0 of 2" in lines[0] and "last at step 2" in lines[0], lines
-    assert "mesh.watchdog_s=10" in lines[0] and "rerun the same command to resume" in lines[0]
+    # Its next all-gather fails (gloo: connection closed), or, had it blocked, the watchdog fires.
+    lines = [line for line in survivor["log"].splitlines() if "process 0 of 2" in line]
+    assert len(lines) == 1 and "rerun the same command to resume" in lines[0], survivor["log"][-3000:]
+    assert "stopped after step 2: a collective failed" in lines[0] or "last at step 2" in lines[0]
+    assert "Traceback" not in survivor["log"] and "Check failure" not in survivor["log"]
     assert not (env.root / "killed" / "result.json").exists()
     run_processes(env, "killed", sets, 2)  # the same command again: resumes from step 2
     assert_same_run(env, one_device, "killed")
