@@ -51,7 +51,7 @@ lint: $(VENV)/.installed-test
 test: lint
 	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "test order: --randomly-seed=$$seed (replay: make test SEED=$$seed)"; \
-	$(BIN)/pytest -q -n 2 -p randomly --randomly-seed=$$seed
+	$(BIN)/pytest -q -n 2 --dist worksteal -p randomly --randomly-seed=$$seed
 
 test-slow: $(VENV)/.installed-test
 	$(BIN)/pytest -q -m slow

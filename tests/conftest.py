@@ -1,4 +1,5 @@
-"""Test-wide settings: 8 simulated CPU devices, offline Hugging Face, parsed absl flags.
+"""Test-wide settings: 8 simulated CPU devices, offline Hugging Face, parsed absl flags, and one
+JAX compilation cache for the session.
 
 XLA_FLAGS must be set before JAX initialises its backend, so it is set here, at collection time.
 Single-device tests use `jax.devices()[0]` explicitly or run unsharded.
@@ -11,13 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain 0.2.18 worker processes read an absl flag (google/grain#1355)
 
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
