@@ -450,7 +450,7 @@ class TrainLoop:
                 if peer_failure(e, process[1]):
                     # Raised, it would end in JAX's shutdown barrier, which aborts the process with
                     # a C++ stack once the dead peer misses its heartbeats: one line instead.
-                    stop_process(self.watchdog.failed_line(self.watchdog.error))
+                    stop_process(self.watchdog.failed_line())
                 raise
 
     def _run(self, state: TrainState) -> tuple[TrainState, float]:

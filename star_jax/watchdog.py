@@ -128,11 +128,11 @@ class Watchdog:
                 f"mesh.watchdog_s={self.timeout_s:g}): its input pipeline stalled or a peer process "
                 f"died{after}; stopping with exit status {STALLED}, rerun the same command to resume")
 
-    def failed_line(self, error: str) -> str:
-        """The one line for a collective that failed outright (a peer's connection closed)."""
+    def failed_line(self) -> str:
+        """The one line for a collective that failed outright (`error`: a peer's connection closed)."""
         i, n = self.process
         at = "before its first step" if self.step is None else f"after step {self.step}"
-        return (f"{self.name}: process {i} of {n} stopped {at}: a collective failed ({error}): a peer "
+        return (f"{self.name}: process {i} of {n} stopped {at}: a collective failed ({self.error}): a peer "
                 f"process died; stopping with exit status {STALLED}, rerun the same command to resume")
 
     def _watch(self) -> None:

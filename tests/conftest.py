@@ -12,26 +12,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import loop_fixtures  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain 0.2.18 worker processes read an absl flag (google/grain#1355)
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def persistent_compilation_cache(tmp_path_factory):
     """One JAX compilation cache for the session: the many tests that build the same tiny models and
     train steps compile each program once. Programs that compile in under a second are not kept."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    old = {k: getattr(jax.config, k) for k in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_session_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    cc.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
+    with loop_fixtures.compilation_cache_at(tmp_path_factory.mktemp("xla_session_cache"), 1.0):
+        yield

@@ -38,15 +38,16 @@ def toy_problem(steps: int = STEPS) -> Toy:
 
 
 @contextlib.contextmanager
-def compilation_cache_at(path: str | os.PathLike) -> Iterator[None]:
-    """JAX's persistent compilation cache in `path` for every program (no size or time floor), and
-    the previous settings back afterwards; child processes given the same settings share it."""
+def compilation_cache_at(path: str | os.PathLike, min_compile_secs: float = 0) -> Iterator[None]:
+    """JAX's persistent compilation cache in `path` for every program that compiles in at least
+    `min_compile_secs` (no size floor), and the previous settings back afterwards; child processes
+    given the same settings share it."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
             "jax_persistent_cache_min_entry_size_bytes")
     old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in zip(keys, (str(path), 0, 0)):
+    for k, v in zip(keys, (str(path), min_compile_secs, 0)):
         jax.config.update(k, v)
     cc.reset_cache()
     try:

@@ -18,9 +18,9 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -284,52 +284,65 @@ def oracle_features(d: Data, idx: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix
     return dense, sp.hstack([_one_hot(gap, 9), _one_hot(where, 4)]).tocsr()
 
 
-def _fit_score(
-    name: str, featurize: Callable[[np.ndarray], tuple[np.ndarray, sp.csr_matrix]], d: Data,
-    idx: dict[str, np.ndarray],
-) -> tuple[dict[str, float], np.ndarray]:
-    """Fit on the train pairs `idx["train"]` (features: `featurize(pair indices)` -> (dense, sparse)),
-    pick C on `idx["val"]`, score `idx["test"]` in chunks of TEST_CHUNK pairs.
+Features = tuple[np.ndarray, sp.csr_matrix]  # (dense f64[n, a], sparse f32[n, b]) of n pairs
 
-    Returns the AUCs and the test pairs' scores (the decision function), in `idx["test"]` order.
-    """
-    n_train = len(idx["train"])
-    dense, sparse = featurize(np.concatenate([idx["train"], idx["val"]]))
-    scaler = StandardScaler().fit(dense[:n_train])
-    x = sp.hstack([sp.csr_matrix(scaler.transform(dense)), sparse]).tocsr()
+
+def _features(d: Data, text: TextIndex | None, names: tuple[str, ...],
+              idx: np.ndarray) -> dict[str, Features]:
+    """Each baseline's features of pairs `idx`; tags + text reuses the two it joins."""
+    out: dict[str, Features] = {}
+    if {"tags", "both"} & set(names):
+        out["tags"] = tag_features(d, idx)
+    if {"text", "both"} & set(names):
+        out["text"] = text_features(d, text, idx)
+    if "both" in names:
+        (td, ts), (xd, xs) = out["tags"], out["text"]
+        out["both"] = (np.hstack([td, xd]), sp.hstack([ts, xs]))
+    if "oracle" in names:
+        out["oracle"] = oracle_features(d, idx)
+    return out
+
+
+class _Fit(NamedTuple):
+    scaler: StandardScaler
+    keep: np.ndarray  # int64 [k]: the feature columns some train pair uses
+    model: LogisticRegression
+    C: float
+    val_auc: float
+
+    def decision(self, feats: Features) -> np.ndarray:
+        return self.model.decision_function(_design(self.scaler, feats)[:, self.keep])
+
+
+def _design(scaler: StandardScaler, feats: Features) -> sp.csr_matrix:
+    dense, sparse = feats
+    return sp.hstack([sp.csr_matrix(scaler.transform(dense)), sparse]).tocsr()
+
+
+def _fit(feats: Features, y_train: np.ndarray, y_val: np.ndarray) -> _Fit:
+    """Fit on the first len(y_train) rows of `feats` (then the val rows), C picked on val."""
+    n_train = len(y_train)
+    scaler = StandardScaler().fit(feats[0][:n_train])
+    x = _design(scaler, feats)
     keep = np.unique(x[:n_train].indices)  # hash buckets unseen in training only slow the solver
     x = x[:, keep]
-    y = {s: d.pairs.label[i] for s, i in idx.items()}
     fits = []
     for c in C_GRID:
         # SAGA on standardised features reaches liblinear's AUC to 1e-3 several times faster here.
         model = LogisticRegression(C=c, solver="saga", tol=1e-3, max_iter=200, random_state=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(x[:n_train], y["train"])
-        fits.append((roc_auc_score(y["val"], model.decision_function(x[n_train:])), c, model))
+            model.fit(x[:n_train], y_train)
+        fits.append((roc_auc_score(y_val, model.decision_function(x[n_train:])), c, model))
     val_auc, c, model = max(fits, key=lambda f: f[0])
-    del x, dense, sparse
-    score = np.empty(len(idx["test"]), np.float64)
-    for lo in range(0, len(idx["test"]), TEST_CHUNK):  # memory stays flat at any number of test pairs
-        dense, sparse = featurize(idx["test"][lo : lo + TEST_CHUNK])
-        x = sp.hstack([sp.csr_matrix(scaler.transform(dense)), sparse]).tocsr()[:, keep]
-        score[lo : lo + TEST_CHUNK] = model.decision_function(x)
-    yt, cold = y["test"], d.pairs.cold[idx["test"]]
-    both_labels = 0 < yt[cold].sum() < cold.sum()
-    return {
-        "baseline": name,
-        "C": c,
-        "val_auc": val_auc,
-        "test_auc": roc_auc_score(yt, score),
-        "cold_start_auc": roc_auc_score(yt[cold], score[cold]) if both_labels else float("nan"),
-    }, score
+    return _Fit(scaler, keep, model, c, val_auc)
 
 
 def run_baselines(
     data_dir: str | os.PathLike, *, seed: int = 0, names: tuple[str, ...] = BASELINES, scores: bool = False
 ) -> list[dict]:
-    """Train each baseline on `data_dir`'s train pairs; return their val/test/cold-start AUCs.
+    """Train each baseline on `data_dir`'s train pairs (C picked on val); return their val/test/
+    cold-start AUCs. The test pairs are featurised TEST_CHUNK at a time, so memory stays flat.
 
     `scores`: each result also holds `test_scores`, a DataFrame (member_id, job_id, score) of every
     test pair in the labels table's order (a pair's score depends on its member and job only).
@@ -344,26 +357,27 @@ def run_baselines(
         if len(i) == 0 or d.pairs.label[i].min() == d.pairs.label[i].max():
             raise StarError(f"{d.dir}/labels/pairs.parquet: split {s!r} needs positive and negative pairs")
     text = TextIndex(d) if {"text", "both"} & set(names) else None
-
-    def both(i: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
-        (td, ts), (xd, xs) = tag_features(d, i), text_features(d, text, i)
-        return np.hstack([td, xd]), sp.hstack([ts, xs])
-
-    featurize = {"tags": lambda i: tag_features(d, i), "text": lambda i: text_features(d, text, i),
-                 "both": both, "oracle": lambda i: oracle_features(d, i)}
+    y = {s: d.pairs.label[i] for s, i in idx.items()}
+    feats = _features(d, text, names, np.concatenate([idx["train"], idx["val"]]))
+    fitted = {name: _fit(feats.pop(name), y["train"], y["val"])
+              for name in progress(names, desc="baselines", unit="model")}
+    test = idx["test"]
+    score = {name: np.empty(len(test), np.float64) for name in names}
+    for lo in progress(range(0, len(test), TEST_CHUNK), desc="baselines: test pairs", unit="chunk"):
+        chunk = _features(d, text, names, test[lo : lo + TEST_CHUNK])
+        for name in names:
+            score[name][lo : lo + TEST_CHUNK] = fitted[name].decision(chunk[name])
+    cold = d.pairs.cold[test]
+    both_labels = 0 < y["test"][cold].sum() < cold.sum()
     results = []
-    for name in progress(names, desc="baselines", unit="model"):
-        r, score = _fit_score(name, featurize[name], d, idx)
-        r.update(
-            pairs_train=len(idx["train"]),
-            pairs_test=len(idx["test"]),
-            cold_test=int(d.pairs.cold[idx["test"]].sum()),
-        )
+    for name in names:
+        cold_auc = roc_auc_score(y["test"][cold], score[name][cold]) if both_labels else float("nan")
+        r = {"baseline": name, "C": fitted[name].C, "val_auc": fitted[name].val_auc,
+             "test_auc": roc_auc_score(y["test"], score[name]), "cold_start_auc": cold_auc,
+             "pairs_train": len(idx["train"]), "pairs_test": len(test), "cold_test": int(cold.sum())}
         if scores:
-            test = idx["test"]
-            r["test_scores"] = pd.DataFrame(
-                {"member_id": d.pairs.member[test], "job_id": d.pairs.job[test], "score": score}
-            )
+            r["test_scores"] = pd.DataFrame({"member_id": d.pairs.member[test], "job_id": d.pairs.job[test],
+                                             "score": score[name]})
         results.append(r)
     return results
 
