@@ -431,6 +431,13 @@ class GNNConfig(Checked):
     # Also add to a member's or job's output a map of the mean input vector of its sampled skill,
     # title and company neighbours, one map per attribute type shared by both (star_jax.gnn.model).
     attribute_skip: bool = True
+    # K > 0: the member and job outputs also carry a K-d block of fixed tables summed over the node's
+    # attributes (skill, title and company neighbours, shared categorical codes with use_cat, a
+    # constant), fitted as a bilinear form on the labelled train pairs before the graph part trains
+    # (star_jax.gnn.attribute_fit; docs/architecture.md decision 27). Its gain is 0 while the graph
+    # part trains and is then picked on val with the LLM block's (gnn_train.attribute_block_gains).
+    attribute_block: int = 64
+    attribute_block_buckets: int = 4096  # hashed rows per attribute node type of the block's tables
     use_id: bool = True  # hashed learned ID embeddings
     # drop: a member or job with no training-period apply (cold start, real or simulated by
     # gnn_train.cold_start_rate) gets no ID embedding, as DropoutNet withholds preference input;
@@ -460,9 +467,11 @@ class GNNConfig(Checked):
         _at_least("gnn", self, 1, "hidden_dim", "out_dim", "heads", "layers", "id_buckets", "cat_dim",
                   "cat_buckets")
         _within("gnn", self, 0.0, 1.0, "dropout", open_high=True)
-        _at_least("gnn", self, 0, "llm_block")
-        if self.llm_block >= self.out_dim:
-            raise StarError(f"gnn.llm_block: {self.llm_block} leaves no room in gnn.out_dim={self.out_dim}")
+        _at_least("gnn", self, 0, "llm_block", "attribute_block")
+        _at_least("gnn", self, 1, "attribute_block_buckets")
+        if self.llm_block + self.attribute_block >= self.out_dim:
+            raise StarError(f"gnn.llm_block + gnn.attribute_block: {self.llm_block} + {self.attribute_block} "
+                            f"leave no room in gnn.out_dim={self.out_dim}")
 
 
 @dataclass
@@ -500,6 +509,10 @@ class GNNTrainConfig(Checked):
     # With gnn.llm_block_fit labelled: the L2 penalties on the bilinear form (times the mean loss's
     # scale; star_jax.gnn.block_fit) tried, the one with the best val AUC kept.
     llm_block_l2: list[float] = field(default_factory=lambda: [3e-6, 1e-5, 3e-5, 1e-4])
+    # With gnn.attribute_block: its gains tried with each LLM block gain (result.json
+    # `attribute_block_gain`), and the L2 penalties of its fit (star_jax.gnn.attribute_fit).
+    attribute_block_gains: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.7, 1.0, 1.4, 2.0])
+    attribute_block_l2: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3, 1e-2])
     eval_pairs: int = 1024  # val pairs scored at each evaluation (a fixed random subset; 0: all)
     eval_batch_size: int = 256  # seeds per evaluation and gnn-embed batch (no negatives)
     checkpoint_every: int = 100
@@ -519,6 +532,12 @@ class GNNTrainConfig(Checked):
             raise StarError(f"gnn_train.llm_block_gains: expected gains >= 0, got {self.llm_block_gains}")
         if not self.llm_block_l2 or any(v <= 0 for v in self.llm_block_l2):
             raise StarError(f"gnn_train.llm_block_l2: expected penalties > 0, got {self.llm_block_l2}")
+        if not self.attribute_block_gains or any(g < 0 for g in self.attribute_block_gains):
+            raise StarError(f"gnn_train.attribute_block_gains: expected gains >= 0, got "
+                            f"{self.attribute_block_gains}")
+        if not self.attribute_block_l2 or any(v <= 0 for v in self.attribute_block_l2):
+            raise StarError(f"gnn_train.attribute_block_l2: expected penalties > 0, got "
+                            f"{self.attribute_block_l2}")
 
 
 # The paper's ablation rows: the two LLM towers, and the GNN with the inputs each variant turns on

@@ -55,7 +55,8 @@ def test_finetuning_beats_the_frozen_towers_on_a_planted_pairing(tmp_path, saved
 
 
 GNN_SETS = [
-    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.heads=2", "gnn.layers=1",
+    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.attribute_block=2",
+    "gnn.heads=2", "gnn.layers=1",
     "gnn.id_buckets=256",
     "gnn.cat_dim=4", "gnn.cat_buckets=16", "sampler.batch_size=16", "sampler.num_random_negatives=8",
     # One hop that takes whole neighbourhoods (`sampler.distinct`; no node has more than 4 neighbours

@@ -28,6 +28,7 @@ MICRO = {  # a pipeline of every stage the compact block needs, each a few steps
     "llm_train.eval_every": 0, "llm_train.eval_batch_size": 16, "llm_train.checkpoint_every": 4,
     "embed.batch_size": 16, "store.shard_rows": 16,
     "gnn.layers": 1, "gnn.hidden_dim": 16, "gnn.heads": 2, "gnn.out_dim": 8, "gnn.llm_block": 4,
+    "gnn.attribute_block": 2,
     "gnn.id_buckets": 64, "gnn.cat_dim": 4, "gnn.cat_buckets": 16,
     "sampler.batch_size": 8, "sampler.num_random_negatives": 8,
     "gnn_train.steps": 4, "gnn_train.warmup_steps": 1, "gnn_train.eval_every": 0, "gnn_train.eval_pairs": 64,

@@ -43,7 +43,8 @@ TIMEOUT = 900  # seconds the children of one test may take (compiling is most of
 VARIANT = "gnn_id_cat_llm"
 LLM_DIM = 8
 SETS = [
-    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.heads=2", "gnn.layers=1",
+    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.attribute_block=2",
+    "gnn.heads=2", "gnn.layers=1",
     "gnn.id_buckets=64", "gnn.cat_dim=4", "gnn.cat_buckets=16",
     "sampler.batch_size=8", "sampler.num_random_negatives=3", "sampler.fanouts=[2,2]",
     "gnn_train.steps=4", "gnn_train.eval_every=2", "gnn_train.checkpoint_every=2", "gnn_train.log_every=1",

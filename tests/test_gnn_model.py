@@ -10,13 +10,23 @@ from gnn_fixtures import Piece, full_batch, make_batch, make_layout, merge
 
 from star_jax.config import GNNConfig
 from star_jax.errors import StarError
-from star_jax.gnn.model import build_gnn, decay_mask, link_logits, link_loss, link_targets, set_llm_gain
+from star_jax.gnn.model import (
+    build_gnn,
+    decay_mask,
+    hash_ids,
+    link_logits,
+    link_loss,
+    link_targets,
+    set_attribute_tables,
+    set_block_gains,
+)
 from star_jax.gnn.train import gnn_loss
 from star_jax.graph.batch import Layout
 from star_jax.train_loop import Static, init_state, make_optimizer, make_train_step
 
 CFG = GNNConfig(
-    hidden_dim=16, out_dim=8, llm_block=4, heads=2, layers=2, dropout=0.1, id_buckets=64, cat_dim=4,
+    hidden_dim=16, out_dim=8, llm_block=4, attribute_block=0, heads=2, layers=2, dropout=0.1, id_buckets=64,
+    cat_dim=4,
     cat_buckets=8,
 )
 LAYOUT = make_layout(num_pairs=4, num_negatives=3)
@@ -286,12 +296,12 @@ def test_attribute_bags_are_the_mean_of_each_nodes_attribute_neighbours(batches)
 def test_llm_block_scores_are_the_weighted_sum_of_the_two_cosines(batches, gain):
     """With gnn.llm_block = D >= the LLM width, a member-job score is (graph cosine + g^2 x the
     cosine of the two stored LLM vectors) / (1 + g^2): the fixed map keeps inner products, and the
-    gain picked on val after training (set_llm_gain) sets g; at 0, while training, it is off."""
+    gain picked on val after training (set_block_gains) sets g; at 0, while training, it is off."""
     batch = batches[0]
     width = batch.llm["member"].shape[-1]
     cfg = dataclasses.replace(CFG, out_dim=width + 6, llm_block=width)
     gnn = build_gnn(cfg)
-    params = set_llm_gain(gnn.init(jax.random.key(1), batch, LAYOUT), gain)
+    params = set_block_gains(gnn.init(jax.random.key(1), batch, LAYOUT), {"llm": gain})
     member, jobs = (np.asarray(x, np.float64) for x in gnn.seed_embeddings(params, batch, LAYOUT))
     graph_part = [x[:, :6] / np.linalg.norm(x[:, :6], axis=1, keepdims=True) for x in (member, jobs)]
     columns = np.concatenate([batch.job_seeds, batch.neg_jobs])
@@ -307,3 +317,46 @@ def test_llm_block_scores_are_the_weighted_sum_of_the_two_cosines(batches, gain)
 def test_llm_block_wider_than_the_output_is_a_star_error():
     with pytest.raises(StarError, match="gnn.llm_block"):
         dataclasses.replace(CFG, llm_block=CFG.out_dim).check()
+
+
+def test_the_attribute_block_sums_its_tables_over_each_nodes_attribute_neighbours(batches):
+    """gnn.attribute_block = K: a member's or job's output ends in the unit-length sum of fixed table
+    rows over its attribute neighbours (here skills and, for jobs, companies) plus a constant,
+    recomputed here edge by edge from the batch; at gain 0 (while training) the block is off."""
+    batch, k, buckets = batches[0], 3, 16
+    cfg = dataclasses.replace(CFG, llm_block=0, attribute_block=k, attribute_block_buckets=buckets)
+    gnn = build_gnn(cfg)
+    params = gnn.init(jax.random.key(2), batch, LAYOUT)
+    rng = np.random.default_rng(0)
+    tables = {name: rng.normal(size=(2, 1 if name == "bias" else buckets, k)).astype(np.float32)
+              for name in ("bias", "company", "skill")}
+    params = set_attribute_tables(params, tables)
+    with pytest.raises(StarError, match="gnn.attribute_block: table skill"):
+        set_attribute_tables(params, {"skill": tables["skill"][:, :4]})
+
+    def expected(t: str, slots: np.ndarray) -> np.ndarray:
+        side = ("member", "job").index(t)
+        out = np.repeat(tables["bias"][side], len(slots), axis=0).astype(np.float64)
+        for name, src, dst in LAYOUT.relations:
+            if dst != t or src not in ("skill", "company"):
+                continue
+            es = LAYOUT.edge_slice(name)
+            senders = np.asarray(batch.graph.senders[es]) - LAYOUT.node_slice(src).start
+            receivers = np.asarray(batch.graph.receivers[es]) - LAYOUT.node_slice(t).start
+            for s, r, valid in zip(senders, receivers, np.asarray(batch.graph.edges["mask"][es])):
+                node = int(batch.node_ids[src][s])
+                if valid and node >= 0 and r in slots:
+                    bucket = int(hash_ids(jnp.asarray([node]), buckets)[0])
+                    out[np.flatnonzero(slots == r)] += tables[src][side][bucket]
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    columns = np.concatenate([batch.job_seeds, batch.neg_jobs]) - LAYOUT.node_slice("job").start
+    seeds = {"member": batch.member_seeds - LAYOUT.node_slice("member").start, "job": columns}
+    on = set_block_gains(params, {"attribute": 1.0})
+    for t, x in zip(("member", "job"), gnn.seed_embeddings(on, batch, LAYOUT)):
+        x = np.asarray(x, np.float64)  # [unit(graph part) ; unit(block)] / sqrt(2)
+        np.testing.assert_allclose(x[:, -k:] * np.sqrt(2), expected(t, np.asarray(seeds[t])), atol=1e-5)
+    for x in gnn.seed_embeddings(params, batch, LAYOUT):  # gain 0 at init
+        np.testing.assert_array_equal(np.asarray(x)[:, -k:], 0.0)
+    mask = decay_mask(params)["encoder"]
+    assert not any(mask[f"attribute_block_{name}"] for name in tables)

@@ -33,7 +33,7 @@ from star_jax.gnn import train as train_module
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.evaluate import val_pairs
-from star_jax.gnn.export import gnn_embed, split_scores
+from star_jax.gnn.export import gnn_embed, params_digest, split_scores
 from star_jax.gnn.features import open_features
 from star_jax.gnn.run import load_run, make_gnn_optimizer
 from star_jax.gnn.train import train_gnn
@@ -48,7 +48,8 @@ GNN_WORKER = Path(__file__).with_name("gnn_worker.py")
 VARIANT = "gnn_id_cat_llm"
 LLM_DIM = 8
 SETS = [
-    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.heads=2", "gnn.layers=1",
+    "gnn.hidden_dim=16", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.attribute_block=2",
+    "gnn.heads=2", "gnn.layers=1",
     "gnn.id_buckets=64",
     "gnn.cat_dim=4", "gnn.cat_buckets=16",
     "sampler.batch_size=4", "sampler.num_random_negatives=3", "sampler.fanouts=[2,2]",
@@ -149,10 +150,13 @@ def test_train_step_compiles_once(env, uninterrupted):
     val = [r for r in records if r["split"] == "val"]
     best = max(val, key=lambda r: r["auc"])  # keep_best: the evaluation whose parameters are exported
     assert result["exported_step"] == best["step"]
-    # Then the LLM block's gain is picked on the same val pairs (gnn_train.llm_block_gains).
-    gains = result["llm_block_gain_val_auc"]
-    assert set(gains) == {f"{g:g}" for g in CFG.gnn_train.llm_block_gains}
-    assert result["val_auc"] == gains[f"{result['llm_block_gain']:g}"] == max(gains.values())
+    # Then the LLM and attribute blocks' gains are picked together on every val pair
+    # (gnn_train.llm_block_gains, attribute_block_gains).
+    gains = result["block_gain_val_auc"]
+    t = CFG.gnn_train
+    assert set(gains) == {f"{g:g} {a:g}" for g in t.llm_block_gains for a in t.attribute_block_gains}
+    kept = f"{result['llm_block_gain']:g} {result['attribute_block_gain']:g}"
+    assert result["val_auc"] == gains[kept] == max(gains.values())
     # The exported (best) params' val AUC, recomputed here: the val pairs sampled as the evaluator
     # samples them, scored with numpy and ranked by scikit-learn instead of star_jax.metrics.
     trained = load_run(out, env.graph, features)
@@ -328,11 +332,16 @@ def test_gnn_embed_writes_every_node_equal_to_a_direct_encode(env, uninterrupted
     store = EmbeddingStore.open(out_store, "gnn")
     exported = json.load(open(os.path.join(ckpt, "result.json")))["exported_step"]
     assert store.manifest["model"] == f"star-gnn/{VARIANT}"
-    assert store.manifest["adapter"].endswith(f"@{exported}")
+    assert store.manifest["adapter"].split("#")[0].endswith(f"@{exported}")
     assert store.manifest["extra"]["variant"] == VARIANT and store.dim == CFG.gnn.out_dim
 
     features, _ = open_features(env.graph, env.features, "v1", CFG.store)
     trained = load_run(ckpt, env.graph, features)
+    # The adapter names the exported parameters: other parameters under the same config re-embed all.
+    assert store.manifest["adapter"].endswith(f"#{params_digest(trained.params)}")
+    changed = jax.tree.map(lambda x: x, trained.params)
+    changed["decoder"] = {**changed["decoder"], "bias": changed["decoder"]["bias"] + 1.0}
+    assert params_digest(changed) != params_digest(trained.params)
     sampler_cfg = dataclasses.replace(CFG.sampler, batch_size=8, num_random_negatives=0)
     sampler = NeighborSampler(env.graph, sampler_cfg, features=features, hop_fanouts=trained.fanouts)
     encode = jax.jit(trained.gnn.encode, static_argnames="layout")

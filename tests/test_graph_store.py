@@ -266,7 +266,8 @@ def test_train_gnn_reads_the_store_in_place_to_the_same_model(built, tmp_path):
     """`graph.source: tensorstore` through `train-gnn`: the same val AUC history and parameters as
     the run on the memory-mapped directory (the sampler sees the same arrays either way)."""
     data, graph_dir, url = built
-    sets = ["gnn.hidden_dim=8", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.heads=2", "gnn.layers=1",
+    sets = ["gnn.hidden_dim=8", "gnn.out_dim=8", "gnn.llm_block=4", "gnn.attribute_block=2",
+    "gnn.heads=2", "gnn.layers=1",
             "gnn.id_buckets=32", "gnn.cat_dim=4", "gnn.cat_buckets=16", "sampler.batch_size=4",
             "sampler.num_random_negatives=3", "sampler.fanouts=[2,2]", "gnn_train.steps=4",
             "gnn_train.eval_every=2", "gnn_train.warmup_steps=1", "gnn_train.eval_batch_size=8",

@@ -9,8 +9,10 @@ as the fitted form does, up to the two maps' norms (docs/architecture.md decisio
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,12 +54,23 @@ def _objective(params: tuple[jax.Array, jax.Array], *, m: jax.Array, j: jax.Arra
 _SOLVER = optax.lbfgs()
 
 
-@jax.jit
-def _lbfgs_step(params, state, data: dict[str, jax.Array]):
-    # The penalty is an argument, not a constant, so every penalty of the grid runs one compile.
-    value, grad = optax.value_and_grad_from_state(_objective)(params, state=state, **data)
-    updates, state = _SOLVER.update(grad, state, params, value=value, grad=grad, value_fn=_objective, **data)
+@functools.partial(jax.jit, static_argnames="objective")
+def _lbfgs_step(objective: Callable, params, state, data: dict[str, jax.Array]):
+    # Data (the penalty included) are arguments, not constants, so every penalty runs one compile.
+    value, grad = optax.value_and_grad_from_state(objective)(params, state=state, **data)
+    updates, state = _SOLVER.update(grad, state, params, value=value, grad=grad, value_fn=objective, **data)
     return optax.apply_updates(params, updates), state, optax.tree.norm(grad)
+
+
+def lbfgs(objective: Callable, params: Any, data: dict[str, jax.Array], iterations: int = 300) -> Any:
+    """`params` after L-BFGS on `objective(params, **data)`: `iterations` steps at most, fewer once
+    the gradient's norm falls under 1e-6."""
+    state = _SOLVER.init(params)
+    for _ in range(iterations):
+        params, state, grad_norm = _lbfgs_step(objective, params, state, data)
+        if float(grad_norm) < 1e-6:
+            break
+    return params
 
 
 def fit_bilinear(train: PairVectors, l2: float, iterations: int = 300) -> tuple[np.ndarray, float]:
@@ -68,12 +81,7 @@ def fit_bilinear(train: PairVectors, l2: float, iterations: int = 300) -> tuple[
     data = {"m": jnp.asarray(train.member, jnp.float32), "j": jnp.asarray(train.job, jnp.float32),
             "y": jnp.asarray(train.labels, jnp.float32), "l2": jnp.asarray(l2, jnp.float32)}
     r = data["m"].shape[1]
-    params = (jnp.zeros((r, r), jnp.float32), jnp.zeros((), jnp.float32))
-    state = _SOLVER.init(params)
-    for _ in range(iterations):
-        params, state, grad_norm = _lbfgs_step(params, state, data)
-        if float(grad_norm) < 1e-6:
-            break
+    params = lbfgs(_objective, (jnp.zeros((r, r), jnp.float32), jnp.zeros((), jnp.float32)), data, iterations)
     return np.asarray(params[0]), float(params[1])
 
 

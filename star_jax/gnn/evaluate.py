@@ -6,6 +6,7 @@ two embeddings, exactly as exported embeddings are scored.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 from star_jax.config import GNNTrainConfig, SamplerConfig
 from star_jax.data.splits import train_applies
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
-from star_jax.gnn.model import GNN, set_llm_gain
+from star_jax.gnn.model import GNN
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FeatureSource, NeighborSampler, PairSeeds, eval_seeds, make_dataset
 from star_jax.metrics import activity_bucket, auc, auc_by_group
@@ -59,17 +60,21 @@ class Evaluator:
             jobs.append(np.asarray(job)[batch.pair_mask])
         return np.concatenate(members), np.concatenate(jobs)
 
-    def block_gains(self, params: Any, hop_fanouts: tuple[int, ...], block: int,
-                    gains: list[float]) -> dict[float, float]:
-        """Val AUC of each LLM block gain (`gnn.llm_block`), from one pass at gain 1.
+    def block_gains(self, params: Any, hop_fanouts: tuple[int, ...], widths: list[int],
+                    grids: list[list[float]]) -> dict[tuple[float, ...], float]:
+        """Val AUC of each combination of the output blocks' gains (`gnn.llm_block`, then
+        `gnn.attribute_block`), from one pass of `params` with every gain at 1.
 
-        An output is [graph part ; gain x LLM part], each part unit-length, so its dot product
-        ranks pairs as graph cosine + gain^2 x LLM cosine, whatever the gain it was embedded with.
+        An output is [graph part ; gain_1 x block_1 ; ...], each part unit-length, so its dot product
+        ranks pairs as graph cosine + sum of gain_i^2 x block_i cosine, whatever the gains it was
+        embedded with.
         """
-        member, job = self.embed_pairs(set_llm_gain(params, 1.0), hop_fanouts)
-        graph, llm = (np.einsum("bd,bd->b", renormalize(member[:, part]), renormalize(job[:, part]))
-                      for part in (slice(None, -block), slice(-block, None)))
-        return {g: auc(self.pairs.labels, graph + g * g * llm) for g in gains}
+        member, job = self.embed_pairs(params, hop_fanouts)
+        ends = np.cumsum([member.shape[1] - sum(widths), *widths])
+        cosines = [np.einsum("bd,bd->b", renormalize(member[:, lo:hi]), renormalize(job[:, lo:hi]))
+                   for lo, hi in zip([0, *ends[:-1]], ends)]
+        return {gains: auc(self.pairs.labels, cosines[0] + sum(g * g * c for g, c in zip(gains, cosines[1:])))
+                for gains in itertools.product(*grids)}
 
     def __call__(self, params: Any, hop_fanouts: tuple[int, ...]) -> dict[str, float]:
         member, job = self.embed_pairs(params, hop_fanouts)

@@ -14,6 +14,7 @@ processes (`mesh.num_processes`) split the batches; process 0 writes. `score_pai
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -56,6 +57,15 @@ def node_hashes(graph: Any, node_type: str) -> np.ndarray:
     from star_jax.store import text_hash
 
     return text_hash(f"{graph.digest}:{int(i)}" for i in np.asarray(graph.ids[node_type]))
+
+
+def params_digest(params: Any) -> str:
+    """16 hex digits of the parameters' names and bytes."""
+    h = hashlib.blake2b(digest_size=8)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
 
 
 def gnn_embed(
@@ -105,10 +115,12 @@ def gnn_embed(
 
     sampler = NeighborSampler(graph, export_sampler_config(run.cfg.sampler, cfg.gnn_train.eval_batch_size),
                               features=features, hop_fanouts=run.fanouts)
-    # The spec names the GNN: the variant as its model, the run's fingerprint and step as its adapter.
+    # The spec names the GNN: the variant as its model, the run's fingerprint and step and the
+    # parameters' digest as its adapter, so a model retrained by other code under the same config
+    # re-embeds every row instead of keeping the old vectors.
     spec = EmbeddingSpec(
         model=f"star-gnn/{run.variant}",
-        adapter=f"{run.fingerprint}@{run.step}",
+        adapter=f"{run.fingerprint}@{run.step}#{params_digest(run.params)}",
         tokenizer=feat_info["version"] if feat_info else "none",
         max_len=0,
         pooling=POOLING,

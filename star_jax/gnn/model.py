@@ -66,6 +66,19 @@ def cat_rows(codes: jax.Array, buckets: int) -> jax.Array:
     return jnp.where(codes > 0, 1 + (codes - 1) % (buckets - 1), 0).astype(jnp.int32)
 
 
+def attribute_columns(types: list[str], cats: list[str]) -> tuple[str, ...]:
+    """The attribute block's table names (`gnn.attribute_block`): one per attribute node type a
+    member or job links to, one per categorical column both have (`cat_<name>`), and a constant."""
+    return (*sorted(types), *(f"cat_{c}" for c in sorted(cats)), "bias")
+
+
+def attribute_table_rows(name: str, values: jax.Array, buckets: int, cat_buckets: int) -> jax.Array:
+    """The rows of table `name` that node ids (or, for `cat_*`, categorical codes) `values` read."""
+    if name.startswith("cat_"):
+        return cat_rows(values, cat_buckets)
+    return hash_ids(values, buckets)
+
+
 def check_batch(batch: HeteroBatch, layout: Layout, cfg: GNNConfig) -> None:
     """Shape checks at trace time: a batch that does not match its `Layout` fails in one line."""
 
@@ -201,14 +214,8 @@ class GNNEncoder(nn.Module):
 
         out = {}
         block = cfg.llm_block if cfg.use_llm else 0
-        width = cfg.out_dim - block  # of the graph part of a member's or job's output
-        llm_out = None
-        if cfg.use_llm and cfg.llm_skip and not block:
-            # LLM skip: ONE Dense shared by members and jobs keeps (up to scale) the member-job inner
-            # product the bi-encoder trained to predict applies, so the score can use the towers'
-            # similarity directly. Zero at the start (ReZero-style): as a random projection it
-            # outweighed the untrained graph part (docs/architecture.md decision 6).
-            llm_out = nn.Dense(cfg.out_dim, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
+        attribute = {}
+        llm_skip = cfg.use_llm and cfg.llm_skip and not block
         if block:
             # Fixed affine maps (one per LLM_TYPES entry) and a gain, none of them trained by the
             # GNN's loss. train-gnn sets the maps (set_llm_block_map, gnn.llm_block_fit) to the
@@ -220,6 +227,21 @@ class GNNEncoder(nn.Module):
             llm_shift = self.param("llm_block_shift", nn.initializers.zeros, (len(LLM_TYPES), block))
             llm_gain = jax.lax.stop_gradient(self.param("llm_gain", nn.initializers.zeros, ()))
         shared_columns = sorted(set.intersection(*(set(columns.get(t, {})) for t in LLM_TYPES)))
+        if cfg.attribute_block:
+            # Fixed tables summed over each member's and job's attributes, set by train-gnn to a
+            # bilinear form fitted on the labelled train pairs (gnn.attribute_block); its gain, like
+            # the LLM block's, is 0 while the graph part trains and is set on val afterwards.
+            attribute = self.attribute_block(batch, layout, shared_columns)
+            attribute_gain = jax.lax.stop_gradient(self.param("attribute_gain", nn.initializers.zeros, ()))
+        # The graph part of a member's or job's output: what the blocks leave of out_dim.
+        width = cfg.out_dim - block - (cfg.attribute_block if attribute else 0)
+        llm_out = None
+        if llm_skip:
+            # LLM skip: ONE Dense shared by members and jobs keeps (up to scale) the member-job inner
+            # product the bi-encoder trained to predict applies, so the score can use the towers'
+            # similarity directly. Zero at the start (ReZero-style): as a random projection it
+            # outweighed the untrained graph part (docs/architecture.md decision 6).
+            llm_out = nn.Dense(width, dtype=dtype, kernel_init=nn.initializers.zeros, name="llm_out")
         if cfg.attribute_skip and cfg.shared_cat and shared_columns:
             # The member's and job's embeddings of the columns both have (seniority, location,
             # industry), through one map: the score sees "same city", "one level up" directly.
@@ -234,7 +256,8 @@ class GNNEncoder(nn.Module):
         }
         for t in layout.node_types:
             blocked = block and t in batch.llm
-            z = nn.Dense(width if blocked else cfg.out_dim, dtype=dtype, name=f"proj_{t}")(h[t])
+            z = nn.Dense(width if blocked or t in attribute else cfg.out_dim, dtype=dtype,
+                         name=f"proj_{t}")(h[t])
             z = z.astype(jnp.float32)
             if llm_out is not None and t in batch.llm:
                 z = z + llm_out(jnp.asarray(batch.llm[t], jnp.float32)).astype(jnp.float32)
@@ -244,14 +267,57 @@ class GNNEncoder(nn.Module):
                 # One map per attribute type, shared by members and jobs: <W a, W b> tracks <a, b>, so
                 # the score sees the overlap of the two nodes' skills, titles and companies directly.
                 z = z + attribute_out[s](bag).astype(jnp.float32)
-            if blocked:
-                x = jnp.asarray(batch.llm[t], jnp.float32)
-                side = LLM_TYPES.index(t)
-                llm = unit(jax.lax.stop_gradient(x @ llm_map[side] + llm_shift[side]))
-                z = jnp.concatenate([unit(z), llm_gain * llm], -1)
+            if blocked or t in attribute:
+                parts = [unit(z)]
+                if blocked:
+                    x = jnp.asarray(batch.llm[t], jnp.float32)
+                    side = LLM_TYPES.index(t)
+                    parts.append(llm_gain * unit(jax.lax.stop_gradient(x @ llm_map[side] + llm_shift[side])))
+                if t in attribute:
+                    parts.append(attribute_gain * unit(attribute[t]))
+                z = jnp.concatenate(parts, -1)
             if cfg.normalize:  # cosine geometry downstream; the loss cannot be lowered by inflating norms
                 z = unit(z)
             out[t] = z
+        return out
+
+    def attribute_block(self, batch: HeteroBatch, layout: Layout,
+                        shared_columns: list[str]) -> dict[str, jax.Array]:
+        """{member/job type: f32[cap, attribute_block]}: the sum of fixed table rows over each node's
+        sampled attribute neighbours and its codes of the shared columns, plus a constant; the
+        tables are set by train-gnn (set_attribute_tables) and get no gradient."""
+        cfg, g = self.config, batch.graph
+        types = sorted({src for _, src, dst in layout.relations if dst in LLM_TYPES and src not in LLM_TYPES})
+        tables = {name: jax.lax.stop_gradient(self.param(
+            f"attribute_block_{name}", nn.initializers.zeros,
+            (len(LLM_TYPES), 1 if name == "bias" else cfg.cat_buckets if name.startswith("cat_") else
+             cfg.attribute_block_buckets, cfg.attribute_block)))
+            for name in attribute_columns(types, shared_columns)}
+
+        def rows(name: str, values: jax.Array) -> jax.Array:
+            return attribute_table_rows(name, values, cfg.attribute_block_buckets, cfg.cat_buckets)
+
+        out = {}
+        for t in LLM_TYPES:
+            if t not in layout.node_types:
+                continue
+            side, block = LLM_TYPES.index(t), layout.node_slice(t)
+            size = block.stop - block.start
+            total = jnp.broadcast_to(tables["bias"][side, 0], (size, cfg.attribute_block))
+            for name, src, dst in layout.relations:
+                if dst != t or src not in types:
+                    continue
+                es = layout.edge_slice(name)
+                ids = jnp.asarray(batch.node_ids[src])[g.senders[es] - layout.node_slice(src).start]
+                mask = g.edges["mask"][es] & (ids >= 0)
+                vec = jnp.where(mask[:, None], tables[src][side][rows(src, ids)], 0.0)
+                total = total + jax.ops.segment_sum(vec, g.receivers[es] - block.start, size)
+            names = column_names(layout, t, batch.cat[t].shape[-1]) if t in batch.cat else ()
+            for c in shared_columns:
+                codes = batch.cat[t][:, names.index(c)]
+                vec = tables[f"cat_{c}"][side][rows(f"cat_{c}", codes)]
+                total = total + jnp.where(codes[:, None] > 0, vec, 0.0)
+            out[t] = total
         return out
 
 
@@ -393,9 +459,28 @@ def build_gnn(cfg: GNNConfig) -> GNN:
     return GNN(cfg, init, encode, seed_embeddings, loss_fn)
 
 
-def set_llm_gain(params: Params, gain: float) -> Params:
-    """`params` with the LLM block's gain (`gnn.llm_block`) set to `gain`."""
-    return {**params, "encoder": {**params["encoder"], "llm_gain": jnp.asarray(gain, jnp.float32)}}
+GAIN_PARAMS = {"llm": "llm_gain", "attribute": "attribute_gain"}  # output block -> its gain's parameter
+
+
+def set_block_gains(params: Params, gains: dict[str, float]) -> Params:
+    """`params` with the gains of the output blocks named in `gains` (`GAIN_PARAMS`: `gnn.llm_block`,
+    `gnn.attribute_block`) set."""
+    enc = dict(params["encoder"])
+    for name, gain in gains.items():
+        enc[GAIN_PARAMS[name]] = jnp.asarray(gain, jnp.float32)
+    return {**params, "encoder": enc}
+
+
+def set_attribute_tables(params: Params, tables: dict[str, np.ndarray]) -> Params:
+    """`params` with the attribute block's fixed tables (`gnn.attribute_block`) set, by name."""
+    enc = dict(params["encoder"])
+    for name, table in tables.items():
+        key = f"attribute_block_{name}"
+        if key not in enc or enc[key].shape != table.shape:
+            want = enc[key].shape if key in enc else "no such table"
+            raise StarError(f"gnn.attribute_block: table {name} of shape {table.shape} for {want}")
+        enc[key] = jnp.asarray(table, jnp.float32)
+    return {**params, "encoder": enc}
 
 
 def set_llm_block_map(params: Params, kernel: np.ndarray, shift: np.ndarray) -> Params:
@@ -416,9 +501,12 @@ def set_llm_block_map(params: Params, kernel: np.ndarray, shift: np.ndarray) -> 
 def decay_mask(params: Params) -> Any:
     """Weight decay on matrices (Dense kernels, relation matrices) only: not on biases, norms,
     priors, gates, the decoder's scale/bias, embedding tables (hashed rows that a batch does not
-    touch would otherwise shrink every step) or the LLM block's fixed map (it gets no gradient)."""
+    touch would otherwise shrink every step) or the LLM and attribute blocks' fixed maps (they get no
+    gradient)."""
 
     def wants_decay(path: tuple, leaf: jax.Array) -> bool:
-        return leaf.ndim >= 2 and getattr(path[-1], "key", None) not in ("embedding", "llm_block_map")
+        key = str(getattr(path[-1], "key", ""))
+        fixed = key == "llm_block_map" or key.startswith("attribute_block_")
+        return leaf.ndim >= 2 and key != "embedding" and not fixed
 
     return jax.tree_util.tree_map_with_path(wants_decay, params)

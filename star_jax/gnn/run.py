@@ -19,7 +19,14 @@ from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, fingerprint, load_config
 from star_jax.errors import StarError
 from star_jax.fileio import content_digest, read_json
-from star_jax.gnn.model import GNN, build_gnn, decay_mask, set_llm_block_map, set_llm_gain
+from star_jax.gnn.model import (
+    GNN,
+    build_gnn,
+    decay_mask,
+    set_attribute_tables,
+    set_block_gains,
+    set_llm_block_map,
+)
 from star_jax.graph.batch import HeteroBatch, Layout
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, node_seeds
@@ -87,13 +94,17 @@ def from_checkpoint_tree(tree: dict) -> tuple[TrainState, dict]:
 
 def fresh_state(gnn: GNN, optimizer: optax.GradientTransformation, batch: HeteroBatch, layout: Layout,
                 seed: int, mesh: Mesh | None = None,
-                llm_block_map: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[TrainState, dict]:
+                llm_block_map: tuple[np.ndarray, np.ndarray] | None = None,
+                attribute_tables: dict[str, np.ndarray] | None = None) -> tuple[TrainState, dict]:
     """Step 0 and the best evaluation, on `first_device()` (fresh and restored runs alike, so the
     train step sees one placement and compiles once), or replicated on `mesh` (data-parallel).
-    `llm_block_map`: the LLM block's fixed map (`set_llm_block_map`) instead of its random init."""
+    `llm_block_map`, `attribute_tables`: the LLM and attribute blocks' fixed maps
+    (`set_llm_block_map`, `set_attribute_tables`) instead of their init."""
     params = gnn.init(init_key(seed), batch, layout)
     if llm_block_map is not None:
         params = set_llm_block_map(params, *llm_block_map)
+    if attribute_tables is not None:
+        params = set_attribute_tables(params, attribute_tables)
     if mesh is not None:  # the same init on every process
         best = replicate(initial_best(params), mesh)
         return init_state(replicate(params, mesh), optimizer, seed, mesh), best
@@ -164,8 +175,10 @@ def load_run(out_dir: str | os.PathLike, graph: HeteroGraph, features: FeatureSo
     params, step = ((best["params"], int(best["step"])) if uses_best(cfg.gnn_train, best)
                     else (train.params, int(meta["step"])))
     finished = (out / RESULT).is_file()
-    gain = read_json(out / RESULT).get("llm_block_gain") if finished else None
-    if gain is not None:  # the LLM block's gain, picked on val after training (gnn_train.llm_block_gains)
-        params = set_llm_gain(params, gain)
+    result = read_json(out / RESULT) if finished else {}
+    # The output blocks' gains, picked on val after training (gnn_train.*_block_gains).
+    gains = {name: result[f"{name}_block_gain"] for name in ("llm", "attribute")
+             if result.get(f"{name}_block_gain") is not None}
+    params = set_block_gains(params, gains)
     return TrainedRun(cfg, run["variant"], run["fingerprint"], run.get("features"), fanouts,
                       step, finished, gnn, params)

@@ -30,12 +30,13 @@ from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, SamplerConfig, to_yaml
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, atomic_write_text, finished_result
+from star_jax.gnn.attribute_fit import fitted_tables
 from star_jax.gnn.block_fit import labelled_maps
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.distributed import DataParallel, ShardedEvaluator
 from star_jax.gnn.evaluate import Evaluator, val_pairs
 from star_jax.gnn.features import StandardizedFeatures, feature_source
-from star_jax.gnn.model import GNN, LLM_TYPES, build_gnn
+from star_jax.gnn.model import GNN, LLM_TYPES, build_gnn, set_block_gains
 from star_jax.gnn.run import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -205,7 +206,7 @@ class GNNLoop(TrainLoop):
             state, self.best = abstract_state(self.gnn, self.optimizer, first, layout, seed, mesh)
         else:
             state, self.best = fresh_state(self.gnn, self.optimizer, first, layout, seed, mesh,
-                                           self.llm_block_map())
+                                           self.llm_block_map(), self.attribute_tables())
         return state
 
     def llm_block_map(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -226,6 +227,18 @@ class GNNLoop(TrainLoop):
         t = self.cfg.gnn_train
         return labelled_maps(self.features, ids, labelled("train"), labelled("val"), g.llm_block,
                              t.llm_block_l2, seed=t.seed)
+
+    def attribute_tables(self) -> dict[str, np.ndarray] | None:
+        """With `gnn.attribute_block`: its tables fitted on the labelled pairs; a resumed run has
+        them in its checkpoint."""
+        g = self.cfg.gnn
+        if not g.attribute_block:
+            return None
+        t = self.cfg.gnn_train
+        train, val = (read_pairs(self.data_dir, self.graph, split, positives_only=False)
+                      for split in ("train", "val"))
+        return fitted_tables(self.graph, train, val, g.attribute_block, g.attribute_block_buckets,
+                             g.cat_buckets, g.use_cat, t.attribute_block_l2, seed=t.seed)
 
     def counts(self) -> dict[str, int]:
         """Train-step compilations and Layouts over every session so far."""
@@ -286,11 +299,22 @@ class GNNLoop(TrainLoop):
         self.schedule = grown
         return changed
 
-    def pick_llm_gain(self, state: TrainState) -> tuple[float | None, dict[str, float]]:
-        """With `gnn.llm_block`: the gain of `gnn_train.llm_block_gains` whose LLM block gives the
-        exported parameters the best val AUC, and each gain's val AUC; (None, {}) without a block."""
-        if not (self.cfg.gnn.use_llm and self.cfg.gnn.llm_block):
-            return None, {}
+    def blocks(self) -> list[tuple[str, int, list[float]]]:
+        """The output blocks (name, width, gains to try), in output order."""
+        g, t = self.cfg.gnn, self.cfg.gnn_train
+        out = []
+        if g.use_llm and g.llm_block:
+            out.append(("llm", g.llm_block, sorted(set(t.llm_block_gains))))
+        if g.attribute_block:
+            out.append(("attribute", g.attribute_block, sorted(set(t.attribute_block_gains))))
+        return out
+
+    def pick_block_gains(self, state: TrainState) -> tuple[dict[str, float], dict[str, float]]:
+        """The gains of the output blocks (`gnn.llm_block`, `gnn.attribute_block`) that give the
+        exported parameters the best val AUC, and each combination's val AUC; ({}, {}) without blocks."""
+        blocks = self.blocks()
+        if not blocks:
+            return {}, {}
         t = self.cfg.gnn_train
         params = self.best["params"] if uses_best(t, self.best) else state.params
         if self.dp is not None:  # every process scores every pair with its copy
@@ -300,13 +324,16 @@ class GNNLoop(TrainLoop):
         every = Evaluator(self.gnn, self.graph, self.cfg.sampler, t.eval_batch_size, self.features, pairs,
                           self.data_dir)
         e0 = time.perf_counter()
-        scores = every.block_gains(params, self.schedule.fanouts, self.cfg.gnn.llm_block,
-                                   sorted(set(t.llm_block_gains)))
+        at_one = set_block_gains(params, {name: 1.0 for name, _, _ in blocks})
+        scores = every.block_gains(at_one, self.schedule.fanouts, [w for _, w, _ in blocks],
+                                   [g for _, _, g in blocks])
         self.eval_seconds += time.perf_counter() - e0
-        gain = max(scores, key=scores.get)
-        tried = ", ".join(f"{g:g}: {a:.4f}" for g, a in scores.items())
-        log.info(f"train-gnn: LLM block gain on val: {tried}; kept {gain:g}")
-        return gain, {f"{g:g}": a for g, a in scores.items()}
+        best = max(scores, key=scores.get)
+        gains = {name: g for (name, _, _), g in zip(blocks, best)}
+        key = lambda combo: " ".join(f"{g:g}" for g in combo)  # noqa: E731
+        log.info(f"train-gnn: block gains ({', '.join(gains)}) on val: kept {key(best)} (val AUC "
+                 f"{scores[best]:.4f})")
+        return gains, {key(combo): a for combo, a in scores.items()}
 
     def run(self, state: TrainState) -> tuple[TrainState, float]:
         state, seconds = super().run(state)
@@ -366,7 +393,7 @@ def train_gnn(
         with MetricsLogger(out) as logger:
             loop = GNNLoop(cfg, variant, data_dir, graph, features, ckpt, logger, meta)
             state, seconds = loop.run(loop.initial_state(resume=meta is not None))
-            gain, gain_aucs = loop.pick_llm_gain(state)
+            gains, gain_aucs = loop.pick_block_gains(state)
     finally:
         ckpt.close()
     history, counts = loop.history, loop.counts()
@@ -379,11 +406,12 @@ def train_gnn(
         "steps": cfg.gnn_train.steps,
         "train_seconds": seconds,
         "eval_seconds": loop.eval_seconds,
-        "val_auc": gain_aucs[f"{gain:g}"] if gain is not None else last.get("auc"),
+        "val_auc": max(gain_aucs.values()) if gain_aucs else last.get("auc"),
         "val_auc_cold_start": last.get("auc_cold_start"),
         "val_history": history,
-        "llm_block_gain": gain,
-        "llm_block_gain_val_auc": gain_aucs,
+        "llm_block_gain": gains.get("llm"),
+        "attribute_block_gain": gains.get("attribute"),
+        "block_gain_val_auc": gain_aucs,  # "llm attribute" gains (those present) -> val AUC
         "exported_step": last.get("step", cfg.gnn_train.steps),
         "train_step_compiles": counts["compiles"],
         "layouts": counts["layouts"],

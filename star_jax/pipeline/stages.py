@@ -236,9 +236,11 @@ class Pipeline:
 
         cfg, p = self.cfg, self.paths
         name = name or variant
-        version = f"{name}-{trained['fingerprint'][:8]}"
-        inputs = {"graph": self.run.digest(p.graph),
-                  "run": self.run.digest(Path(trained["dir"]) / "result.json")}
+        # Named by the finished run, not its config: a model retrained under the same config (by other
+        # code) is a new version, whose adapter (gnn.export) the store would refuse under the old name.
+        run = self.run.digest(Path(trained["dir"]) / "result.json")
+        version = f"{name}-{run[:8]}"
+        inputs = {"graph": self.run.digest(p.graph), "run": run}
 
         def fn() -> dict:
             gnn_embed(cfg, p.graph, trained["dir"], p.store, version,
