@@ -74,7 +74,7 @@ def test_the_fit_is_scikit_learns_logistic_regression_on_the_outer_products(c):
     outer = np.einsum("pi,pj->pij", xm[m], xj[j]).reshape(len(m), -1)
     want = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(outer, y)
     # scikit-learn minimises |w|^2 / 2 + C * (the sum of the losses)
-    w, b = fit(member, job, (m, j, y), width=8, l2=1 / (2 * c * len(m)))
+    [(w, b)] = fit(crosses(member, job, m, j), y, width=8, l2_grid=[1 / (2 * c * len(m))])
     l2 = 1 / (2 * c * len(m))
 
     def objective(weight: np.ndarray, bias: float) -> float:  # in float64, whatever fit computes in

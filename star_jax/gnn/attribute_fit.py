@@ -139,17 +139,19 @@ def _objective(params: tuple[jax.Array, jax.Array], *, c: Crosses, y: jax.Array,
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y)) + l2 * jnp.sum(w * w)
 
 
-def fit(member: Bags, job: Bags, pairs: tuple, width: int, l2: float,
-        iterations: int = 300) -> tuple[np.ndarray, float]:
-    """(W f32[width, width], b): argmin of mean BCE(x_m^T W x_j + b, label) + l2 * |W|^2 over
-    `pairs` (member rows, job rows, labels), by L-BFGS: scikit-learn's `LogisticRegression(C)` on
-    the flattened outer products of the bags, with l2 = 1 / (2 C P)."""
-    m, j, y = pairs
-    objective = functools.partial(_objective, c=crosses(member, job, m, j))
-    data = {"y": jnp.asarray(y, jnp.float32), "l2": jnp.asarray(l2, jnp.float32)}
-    params = (jnp.zeros((width, width), jnp.float32), jnp.zeros((), jnp.float32))
-    params = lbfgs(objective, params, data, iterations)
-    return np.asarray(params[0]), float(params[1])
+def fit(c: Crosses, labels: np.ndarray, width: int, l2_grid: list[float],
+        iterations: int = 300) -> list[tuple[np.ndarray, float]]:
+    """(W f32[width, width], b) for each penalty l2 of `l2_grid`: argmin of mean BCE(x_m^T W x_j + b,
+    label) + l2 * |W|^2 over the pairs of `c` (`crosses`), by L-BFGS: scikit-learn's
+    `LogisticRegression(C)` on the flattened outer products of the bags, with l2 = 1 / (2 C P)."""
+    objective = functools.partial(_objective, c=c)  # one function, so the penalties share one compile
+    out = []
+    for l2 in l2_grid:
+        data = {"y": jnp.asarray(labels, jnp.float32), "l2": jnp.asarray(l2, jnp.float32)}
+        params = (jnp.zeros((width, width), jnp.float32), jnp.zeros((), jnp.float32))
+        w, b = lbfgs(objective, params, data, iterations)
+        out.append((np.asarray(w), float(b)))
+    return out
 
 
 def _compact(member: Bags, job: Bags) -> tuple[np.ndarray, Bags, Bags]:
@@ -181,10 +183,9 @@ def fitted_tables(graph: HeteroGraph, train: tuple, val: tuple, k: int, buckets:
     if len(train[0]) > MAX_FIT_PAIRS:
         keep = np.sort(np.random.default_rng(seed).choice(len(train[0]), MAX_FIT_PAIRS, replace=False))
         train = tuple(np.asarray(x)[keep] for x in train)
-    val_crosses = crosses(member, job, *val[:2])
+    train_crosses, val_crosses = crosses(member, job, *train[:2]), crosses(member, job, *val[:2])
     best = None
-    for l2 in sorted(l2_grid):
-        w, _ = fit(member, job, train, used.size, l2)
+    for l2, (w, _) in zip(sorted(l2_grid), fit(train_crosses, train[2], used.size, sorted(l2_grid))):
         val_auc = auc(np.asarray(val[2]), np.asarray(form_scores(jnp.asarray(w), val_crosses)))
         log.info(f"train-gnn: attribute block fit, l2 {l2:g}: val AUC {val_auc:.4f}")
         if best is None or val_auc > best[0]:
