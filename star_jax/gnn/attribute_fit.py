@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from star_jax.gnn.block_fit import factor, lbfgs
-from star_jax.gnn.model import LLM_TYPES, attribute_columns, attribute_table_rows
+from star_jax.gnn.model import LLM_TYPES, attribute_columns, attribute_table_rows, attribute_table_size
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.metrics import auc
 
@@ -55,8 +55,7 @@ class AttributeSpace(NamedTuple):
 
 def attribute_space(graph: HeteroGraph, buckets: int, cat_buckets: int, use_cat: bool) -> AttributeSpace:
     names = attribute_columns(*_sources(graph, use_cat))
-    return AttributeSpace(names, tuple(1 if n == "bias" else cat_buckets if n.startswith("cat_") else buckets
-                                       for n in names))
+    return AttributeSpace(names, tuple(attribute_table_size(n, buckets, cat_buckets) for n in names))
 
 
 def _sources(graph: HeteroGraph, use_cat: bool) -> tuple[list[str], list[str]]:

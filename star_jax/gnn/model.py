@@ -3,10 +3,10 @@
 STAR (arXiv 2507.09797) feeds the stored LLM embeddings of members and jobs, learned ID embeddings
 and categorical features into a multi-head attention GNN over the member/job/company/skill/title
 graph and exports 200-d embeddings; the paper gives no layer-level detail, so the choices here are
-docs/architecture.md decisions 5, 6, 14 and 17. Encoder: per node type the sum of the enabled input
+docs/architecture.md decisions 5, 6, 14, 17 and 27. Encoder: per node type the sum of the enabled input
 parts (`GNNConfig.use_llm/use_id/use_cat`), `layers` x [`HGTConv` -> LayerNorm per type], a
 per-type projection plus the attribute skips, and for members and jobs the LLM block (or the summed
-LLM skip) beside it, to `out_dim`. Decoder (LinkSAGE's, arXiv
+LLM skip) and the attribute block beside it, to `out_dim`. Decoder (LinkSAGE's, arXiv
 2402.13430, plus K shared random negatives): sigmoid BCE on `scale * <member_i, job_j> + bias`.
 """
 
@@ -70,6 +70,11 @@ def attribute_columns(types: list[str], cats: list[str]) -> tuple[str, ...]:
     """The attribute block's table names (`gnn.attribute_block`): one per attribute node type a
     member or job links to, one per categorical column both have (`cat_<name>`), and a constant."""
     return (*sorted(types), *(f"cat_{c}" for c in sorted(cats)), "bias")
+
+
+def attribute_table_size(name: str, buckets: int, cat_buckets: int) -> int:
+    """The rows of the attribute block's table `name` (`attribute_columns`)."""
+    return 1 if name == "bias" else cat_buckets if name.startswith("cat_") else buckets
 
 
 def attribute_table_rows(name: str, values: jax.Array, buckets: int, cat_buckets: int) -> jax.Array:
@@ -290,8 +295,8 @@ class GNNEncoder(nn.Module):
         types = sorted({src for _, src, dst in layout.relations if dst in LLM_TYPES and src not in LLM_TYPES})
         tables = {name: jax.lax.stop_gradient(self.param(
             f"attribute_block_{name}", nn.initializers.zeros,
-            (len(LLM_TYPES), 1 if name == "bias" else cfg.cat_buckets if name.startswith("cat_") else
-             cfg.attribute_block_buckets, cfg.attribute_block)))
+            (len(LLM_TYPES), attribute_table_size(name, cfg.attribute_block_buckets, cfg.cat_buckets),
+             cfg.attribute_block)))
             for name in attribute_columns(types, shared_columns)}
 
         def rows(name: str, values: jax.Array) -> jax.Array:
