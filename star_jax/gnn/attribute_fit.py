@@ -91,11 +91,6 @@ def bags(graph: HeteroGraph, side: str, space: AttributeSpace, buckets: int, cat
     return Bags(np.concatenate(nodes).astype(np.int32), np.concatenate(columns).astype(np.int32), n)
 
 
-def embed_bags(table: jax.Array, b: Bags) -> jax.Array:
-    """f32[num_nodes, k]: each node's bag through `table` (the sum of its columns' rows)."""
-    return jax.ops.segment_sum(table[b.column], b.node, b.num_nodes)
-
-
 class Crosses(NamedTuple):
     """The (member column, job column) entries of labelled pairs' outer products."""
 
@@ -144,9 +139,10 @@ def fit(c: Crosses, labels: np.ndarray, width: int, l2_grid: list[float],
     label) + l2 * |W|^2 over the pairs of `c` (`crosses`), by L-BFGS: scikit-learn's
     `LogisticRegression(C)` on the flattened outer products of the bags, with l2 = 1 / (2 C P)."""
     objective = functools.partial(_objective, c=c)  # one function, so the penalties share one compile
+    y = jnp.asarray(labels, jnp.float32)
     out = []
     for l2 in l2_grid:
-        data = {"y": jnp.asarray(labels, jnp.float32), "l2": jnp.asarray(l2, jnp.float32)}
+        data = {"y": y, "l2": jnp.asarray(l2, jnp.float32)}
         params = (jnp.zeros((width, width), jnp.float32), jnp.zeros((), jnp.float32))
         w, b = lbfgs(objective, params, data, iterations)
         out.append((np.asarray(w), float(b)))
@@ -184,7 +180,8 @@ def fitted_tables(graph: HeteroGraph, train: tuple, val: tuple, k: int, buckets:
         train = tuple(np.asarray(x)[keep] for x in train)
     train_crosses, val_crosses = crosses(member, job, *train[:2]), crosses(member, job, *val[:2])
     best = None
-    for l2, (w, _) in zip(sorted(l2_grid), fit(train_crosses, train[2], used.size, sorted(l2_grid))):
+    l2_grid = sorted(l2_grid)
+    for l2, (w, _) in zip(l2_grid, fit(train_crosses, train[2], used.size, l2_grid)):
         val_auc = auc(np.asarray(val[2]), np.asarray(form_scores(jnp.asarray(w), val_crosses)))
         log.info(f"train-gnn: attribute block fit, l2 {l2:g}: val AUC {val_auc:.4f}")
         if best is None or val_auc > best[0]:

@@ -20,6 +20,7 @@ from star_jax.config import Config, GNNTrainConfig, fingerprint, load_config
 from star_jax.errors import StarError
 from star_jax.fileio import content_digest, read_json
 from star_jax.gnn.model import (
+    GAIN_PARAMS,
     GNN,
     build_gnn,
     decay_mask,
@@ -177,7 +178,7 @@ def load_run(out_dir: str | os.PathLike, graph: HeteroGraph, features: FeatureSo
     finished = (out / RESULT).is_file()
     result = read_json(out / RESULT) if finished else {}
     # The output blocks' gains, picked on val after training (gnn_train.*_block_gains).
-    gains = {name: result[f"{name}_block_gain"] for name in ("llm", "attribute")
+    gains = {name: result[f"{name}_block_gain"] for name in GAIN_PARAMS
              if result.get(f"{name}_block_gain") is not None}
     params = set_block_gains(params, gains)
     return TrainedRun(cfg, run["variant"], run["fingerprint"], run.get("features"), fanouts,

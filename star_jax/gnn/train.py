@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -220,12 +221,12 @@ class GNNLoop(TrainLoop):
             kernel, shift = self.features.principal_map(ids, g.llm_block)
             return np.stack([kernel] * len(LLM_TYPES)), np.stack([shift] * len(LLM_TYPES))
 
-        def labelled(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            m, j, y = read_pairs(self.data_dir, self.graph, split, positives_only=False)
+        def as_ids(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            m, j, y = self.labelled[split]
             return ids["member"][m], ids["job"][j], y
 
         t = self.cfg.gnn_train
-        return labelled_maps(self.features, ids, labelled("train"), labelled("val"), g.llm_block,
+        return labelled_maps(self.features, ids, as_ids("train"), as_ids("val"), g.llm_block,
                              t.llm_block_l2, seed=t.seed)
 
     def attribute_tables(self) -> dict[str, np.ndarray] | None:
@@ -235,10 +236,16 @@ class GNNLoop(TrainLoop):
         if not g.attribute_block:
             return None
         t = self.cfg.gnn_train
-        train, val = (read_pairs(self.data_dir, self.graph, split, positives_only=False)
-                      for split in ("train", "val"))
-        return fitted_tables(self.graph, train, val, g.attribute_block, g.attribute_block_buckets,
-                             g.cat_buckets, g.use_cat, t.attribute_block_l2, seed=t.seed)
+        return fitted_tables(self.graph, self.labelled["train"], self.labelled["val"], g.attribute_block,
+                             g.attribute_block_buckets, g.cat_buckets, g.use_cat, t.attribute_block_l2,
+                             seed=t.seed)
+
+    @functools.cached_property
+    def labelled(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The labelled train and val pairs as graph rows (member, job, label), read once for the
+        LLM and attribute block fits."""
+        return {split: read_pairs(self.data_dir, self.graph, split, positives_only=False)
+                for split in ("train", "val")}
 
     def counts(self) -> dict[str, int]:
         """Train-step compilations and Layouts over every session so far."""
