@@ -30,7 +30,8 @@ from benchmarks.common import PeakRSS, machine_info, machine_line, ratio, write_
 from benchmarks.graph_data import GraphData, marketplace_graph
 from star_jax.config import GNNConfig, GNNTrainConfig, SamplerConfig
 from star_jax.graph.batch import HeteroBatch, Layout
-from star_jax.graph.sampler import NeighborSampler, PairSeeds, batch_rng
+from star_jax.graph.sampler import NeighborSampler, batch_rng
+from star_jax.graph.seeds import PairSeeds
 
 SECTION = "gnn"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "jraph", "torch", "torch-geometric", "torch-scatter")

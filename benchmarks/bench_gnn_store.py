@@ -63,7 +63,8 @@ def run(scale: str = "small", steps: int = 8, dim: int = 256, seed: int = 0) -> 
     from star_jax.gnn.model import LLM_TYPES, build_gnn
     from star_jax.gnn.run import make_gnn_optimizer
     from star_jax.gnn.train import gnn_loss
-    from star_jax.graph.sampler import NeighborSampler, PairSeeds, batch_rng
+    from star_jax.graph.sampler import NeighborSampler, batch_rng
+    from star_jax.graph.seeds import PairSeeds
     from star_jax.store import EmbeddingStore
     from star_jax.train_loop import Static, init_state, make_train_step
 

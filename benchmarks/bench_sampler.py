@@ -27,7 +27,8 @@ import numpy as np
 from benchmarks.common import machine_info, machine_line, ratio, write_section
 from benchmarks.graph_data import GraphData, marketplace_graph
 from star_jax.config import SamplerConfig
-from star_jax.graph.sampler import NeighborSampler, PairSeeds, batch_rng, relation_fanouts
+from star_jax.graph.sampler import NeighborSampler, batch_rng, relation_fanouts
+from star_jax.graph.seeds import PairSeeds
 
 SECTION = "sampler"
 PACKAGES = ("numpy", "torch", "torch-geometric", "torch-sparse")

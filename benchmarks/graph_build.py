@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"build-graph: {time.perf_counter() - t:.1f}s wall, peak RSS {peak:.2f} GiB")
 
     from star_jax.graph.hetero import HeteroGraph
-    from star_jax.graph.sampler import NeighborSampler, batch_rng, train_seeds
+    from star_jax.graph.sampler import NeighborSampler, batch_rng
+    from star_jax.graph.seeds import train_seeds
 
     graph = HeteroGraph.load(out)
     for weighting in ("uniform", "degree", "weight"):

@@ -22,7 +22,8 @@ import numpy as np
 from star_jax.config import SamplerConfig
 from star_jax.fileio import read_json
 from star_jax.graph.hetero import GRAPH_FILE, HeteroGraph, array_keys
-from star_jax.graph.sampler import NeighborSampler, batch_rng, train_seeds
+from star_jax.graph.sampler import NeighborSampler, batch_rng
+from star_jax.graph.seeds import train_seeds
 from star_jax.graph.tstore import fetch_graph, open_graph_store, write_graph_store
 
 

@@ -18,7 +18,7 @@ from star_jax.gnn.evaluate import Evaluator
 from star_jax.gnn.run import load_run
 from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import HeteroGraph, build_graph
-from star_jax.graph.sampler import PairSeeds, eval_seeds
+from star_jax.graph.seeds import PairSeeds, eval_seeds
 
 SEED = 2
 # The demo's model at a quarter of its widths. 600 steps of 32 applies (about 26 passes over the

@@ -38,7 +38,8 @@ from star_jax.gnn.features import open_features
 from star_jax.gnn.run import load_run, make_gnn_optimizer
 from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import build_graph
-from star_jax.graph.sampler import NeighborSampler, batch_rng, eval_seeds, make_dataset, node_seeds
+from star_jax.graph.sampler import NeighborSampler, batch_rng, make_dataset
+from star_jax.graph.seeds import eval_seeds, node_seeds
 from star_jax.metrics import auc
 from star_jax.store import EmbeddingStore
 from star_jax.tracking import read_metrics

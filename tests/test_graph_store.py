@@ -26,7 +26,8 @@ from star_jax.fileio import read_json
 from star_jax.gnn.run import load_run
 from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import GRAPH_FILE, HeteroGraph, array_keys
-from star_jax.graph.sampler import NeighborSampler, batch_rng, eval_seeds, make_dataset, train_seeds
+from star_jax.graph.sampler import NeighborSampler, batch_rng, make_dataset
+from star_jax.graph.seeds import eval_seeds, train_seeds
 from star_jax.graph.tstore import MANIFEST, fetch_graph, open_graph, open_graph_store, write_graph_store
 
 # Bytes per stored object and per read chunk: every array of the fixture spans several objects of

@@ -22,14 +22,12 @@ from star_jax.graph.sampler import (
     FanoutSchedule,
     NeighborSampler,
     batch_rng,
-    eval_seeds,
     make_dataset,
     make_layout,
-    node_seeds,
     relation_fanouts,
     sample_neighbors,
-    train_seeds,
 )
+from star_jax.graph.seeds import eval_seeds, node_seeds, train_seeds
 
 CFG = SamplerConfig(batch_size=4, num_random_negatives=3, fanouts=[3, 2], relation_fanouts={})
 

@@ -26,7 +26,6 @@ from star_jax.metrics import auc
 
 log = logging.getLogger(__name__)
 
-MAX_FIT_PAIRS = 200_000  # a seeded subsample above this, as the signal baselines take
 MAX_FIT_COLUMNS = 4096  # W has at most this squared weights: the most frequent attributes above it
 
 
@@ -169,15 +168,12 @@ def _compact(member: Bags, job: Bags) -> tuple[np.ndarray, Bags, Bags]:
 
 
 def fitted_tables(graph: HeteroGraph, train: tuple, val: tuple, k: int, buckets: int, cat_buckets: int,
-                  use_cat: bool, l2_grid: list[float], seed: int = 0) -> dict[str, np.ndarray]:
+                  use_cat: bool, l2_grid: list[float]) -> dict[str, np.ndarray]:
     """{table name: f32[2, rows, k]} (member's then job's): the block's tables, W's top k singular
     pairs split evenly (`block_fit.factor`), for the form fitted on `train` and picked on `val`,
     each (member rows, job rows, labels) of labelled pairs."""
     space = attribute_space(graph, buckets, cat_buckets, use_cat)
     used, member, job = _compact(*(bags(graph, t, space, buckets, cat_buckets, use_cat) for t in LLM_TYPES))
-    if len(train[0]) > MAX_FIT_PAIRS:
-        keep = np.sort(np.random.default_rng(seed).choice(len(train[0]), MAX_FIT_PAIRS, replace=False))
-        train = tuple(np.asarray(x)[keep] for x in train)
     train_crosses, val_crosses = crosses(member, job, *train[:2]), crosses(member, job, *val[:2])
     best = None
     l2_grid = sorted(l2_grid)

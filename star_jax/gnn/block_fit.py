@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 # The principal coordinates the form is fitted in: W has FIT_DIMS^2 weights, not D^2 (D = 4096 at 7B).
 FIT_DIMS = 128
-MAX_FIT_PAIRS = 200_000  # a seeded subsample above this, as the signal baselines take
+# Labelled pairs a block fit reads per split: a seeded subsample above this, as the signal baselines
+# take (the medium scale has 11.7M train and millions of val pairs).
+MAX_FIT_PAIRS = 200_000
 
 
 class PairVectors(NamedTuple):
@@ -117,17 +119,24 @@ def pair_vectors(features: StandardizedFeatures, member_ids: np.ndarray, job_ids
     return PairVectors(*sides, np.asarray(labels))
 
 
+def subsample(arrays: tuple[np.ndarray, ...], limit: int, seed: Any) -> tuple[np.ndarray, ...]:
+    """Equal-length `arrays` at `limit` seeded random rows (`np.random.default_rng(seed)`), in their
+    order; unchanged when they have no more rows than that."""
+    n = len(arrays[0])
+    if n <= limit:
+        return arrays
+    keep = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    return tuple(np.asarray(a)[keep] for a in arrays)
+
+
 def labelled_maps(features: StandardizedFeatures, ids: dict[str, np.ndarray], train: tuple, val: tuple,
-                  k: int, l2_grid: list[float], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  k: int, l2_grid: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """(kernel f32[2, D, k], shift f32[2, k]): the member's and the job's block map (LLM_TYPES
     order) of the standardised rows, from the bilinear form fitted on `train` and picked on `val`,
     each (member ids, job ids, labels) of labelled pairs; `ids`: every member and job id, for the
     principal directions."""
     dim = features.mean[LLM_TYPES[0]].shape[0]
     kernel, shift = features.principal_map(ids, min(dim, max(k, FIT_DIMS)))
-    if len(train[0]) > MAX_FIT_PAIRS:
-        keep = np.sort(np.random.default_rng(seed).choice(len(train[0]), MAX_FIT_PAIRS, replace=False))
-        train = tuple(np.asarray(a)[keep] for a in train)
     fit = select_bilinear(pair_vectors(features, *train, kernel, shift),
                           pair_vectors(features, *val, kernel, shift), l2_grid)
     log.info(f"train-gnn: LLM block fitted on {len(train[0]):,} labelled train pairs: l2 {fit.l2:g}, "

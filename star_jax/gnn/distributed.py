@@ -27,7 +27,8 @@ from star_jax.errors import StarError
 from star_jax.gnn.evaluate import Evaluator
 from star_jax.gnn.model import GNN, link_logits, link_loss, link_targets
 from star_jax.graph.batch import HeteroBatch, Layout
-from star_jax.graph.sampler import NeighborSampler, PairSeeds
+from star_jax.graph.sampler import NeighborSampler
+from star_jax.graph.seeds import BatchSubset
 from star_jax.parallel import batch_sharding, make_mesh, replicate
 from star_jax.train_loop import LossFn, StepFn, TrainState, make_train_step, process_shard
 
@@ -146,19 +147,6 @@ def data_parallel_loss(gnn: GNN, mesh: Mesh) -> LossFn:
 # -- validation ----------------------------------------------------------------------------------
 
 
-class _Batches:
-    """Batches [lo, hi) of `seeds`, their indices (hence their random draws) unchanged."""
-
-    def __init__(self, seeds: PairSeeds, lo: int, hi: int):
-        self.seeds, self.lo, self.hi = seeds, lo, hi
-
-    def __len__(self) -> int:
-        return self.hi - self.lo
-
-    def __getitem__(self, i: int):
-        return self.seeds[self.lo + int(i)]
-
-
 class ShardedEvaluator:
     """`Evaluator`'s val AUC with the val batches split over the processes: each embeds a contiguous
     block of them with its copy of the params, and every process gets all scores (so one AUC)."""
@@ -176,7 +164,7 @@ class ShardedEvaluator:
         count = np.zeros(1, np.int32)
         if hi > lo:
             mine = copy.copy(self.ev)  # its samplers and compiled embedding shared
-            mine.pairs = _Batches(pairs, lo, hi)
+            mine.pairs = BatchSubset(pairs, np.arange(lo, hi))
             member, job = mine.embed_pairs(self.dp.local(params), hop_fanouts)
             count[0] = member.shape[0]
             scores[: count[0]] = np.einsum("bd,bd->b", member, job)

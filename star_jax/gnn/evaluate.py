@@ -17,20 +17,21 @@ from star_jax.data.splits import train_applies
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.model import GNN
 from star_jax.graph.hetero import HeteroGraph
-from star_jax.graph.sampler import FeatureSource, NeighborSampler, PairSeeds, eval_seeds, make_dataset
+from star_jax.graph.sampler import FeatureSource, NeighborSampler, make_dataset
+from star_jax.graph.seeds import PairSeeds, eval_seeds
 from star_jax.metrics import activity_bucket, auc, auc_by_group
 from star_jax.store.compact import renormalize
 
 
 def val_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainConfig,
-              sampler: SamplerConfig, every: bool = False) -> PairSeeds:
-    """The val pairs scored at each evaluation: `eval_pairs` of them (a fixed random subset), or
-    with `every` all of them."""
+              sampler: SamplerConfig, limit: int | None = None) -> PairSeeds:
+    """The val pairs scored at each evaluation: `gnn_train.eval_pairs` of them, or `limit` (0: all),
+    a fixed random subset when there are more."""
     pairs = eval_seeds(data_dir, graph, sampler, "val")
     n = pairs.member_rows.shape[0]
-    keep = np.arange(n)
-    if t.eval_pairs and n > t.eval_pairs and not every:
-        keep = np.sort(np.random.default_rng([t.seed, 2]).choice(n, t.eval_pairs, replace=False))
+    keep, size = np.arange(n), t.eval_pairs if limit is None else limit
+    if size and n > size:
+        keep = np.sort(np.random.default_rng([t.seed, 2]).choice(n, size, replace=False))
     return PairSeeds(pairs.member_rows[keep], pairs.job_rows[keep], pairs.labels[keep], t.eval_batch_size,
                      shuffle=False)
 

@@ -39,19 +39,6 @@ log = logging.getLogger(__name__)
 POOLING = "gnn"
 
 
-class _Batches:
-    """The seed batches `indices` of `seeds` (their own indices, hence sampler streams, kept)."""
-
-    def __init__(self, seeds: Any, indices: np.ndarray):
-        self.seeds, self.indices = seeds, np.asarray(indices, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.seeds[int(self.indices[int(i)])]
-
-
 def node_hashes(graph: Any, node_type: str) -> np.ndarray:
     """uint64 per node: a hash of (graph digest, id), the writer's change key for GNN vectors."""
     from star_jax.store import text_hash
@@ -83,7 +70,8 @@ def gnn_embed(
     `cfg` supplies the store settings (`store.*`) and the batch size (`gnn_train.eval_batch_size`);
     the model, sampler and variant come from the run itself.
     """
-    from star_jax.graph.sampler import NeighborSampler, make_dataset, node_seeds
+    from star_jax.graph.sampler import NeighborSampler, make_dataset
+    from star_jax.graph.seeds import BatchSubset, node_seeds
     from star_jax.graph.tstore import open_graph
     from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, RefreshReport
     from star_jax.store.manifest import check_name
@@ -147,7 +135,7 @@ def gnn_embed(
         # Fixed-shape batches of `eval_batch_size` seeds (the encoder compiles once); a node's
         # embedding depends only on its batch, a fixed function of its row and the sampler seed,
         # so it does not matter which process embeds it.
-        mine = iter(make_dataset(sampler, _Batches(node_seeds(graph, t, sampler.cfg), todo[index::count]),
+        mine = iter(make_dataset(sampler, BatchSubset(node_seeds(graph, t, sampler.cfg), todo[index::count]),
                                  seed=sampler.cfg.seed))
         with progress(total=len(rows), desc=f"gnn-embed {t}", unit="node") as bar:
             for first in range(0, len(todo), count):  # one batch per process per round

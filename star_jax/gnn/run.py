@@ -30,7 +30,8 @@ from star_jax.gnn.model import (
 )
 from star_jax.graph.batch import HeteroBatch, Layout
 from star_jax.graph.hetero import HeteroGraph
-from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, node_seeds
+from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng
+from star_jax.graph.seeds import node_seeds
 from star_jax.parallel import replicate, replicated
 from star_jax.train_loop import TrainState, first_device, init_state, optimizer_from_config
 

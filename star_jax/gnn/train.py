@@ -32,7 +32,7 @@ from star_jax.config import Config, GNNTrainConfig, SamplerConfig, to_yaml
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, atomic_write_text, finished_result
 from star_jax.gnn.attribute_fit import fitted_tables
-from star_jax.gnn.block_fit import labelled_maps
+from star_jax.gnn.block_fit import MAX_FIT_PAIRS, labelled_maps, subsample
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.distributed import DataParallel, ShardedEvaluator
 from star_jax.gnn.evaluate import Evaluator, val_pairs
@@ -53,22 +53,18 @@ from star_jax.gnn.run import (
 )
 from star_jax.gnn.variants import VARIANTS, variant_config
 from star_jax.graph.hetero import HeteroGraph
-from star_jax.graph.sampler import (
-    FanoutSchedule,
-    FeatureSource,
-    NeighborSampler,
-    PairSeeds,
-    batch_rng,
-    make_dataset,
-    read_pairs,
-    train_seeds,
-)
+from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, make_dataset
+from star_jax.graph.seeds import BatchSubset, PairSeeds, read_pairs, train_seeds
 from star_jax.graph.tstore import open_graph
 from star_jax.parallel import initialize_distributed
 from star_jax.tracking import MetricsLogger
 from star_jax.train_loop import LossFn, Static, TrainLoop, TrainState, make_train_step
 
 log = logging.getLogger(__name__)
+
+# Val pairs the blocks' gains are picked on: every one up to this many, a seeded subset above it
+# (embedding the medium scale's millions of val pairs would take longer than the training).
+MAX_GAIN_PAIRS = 100_000
 
 
 def gnn_loss(gnn: GNN) -> LossFn:
@@ -102,22 +98,6 @@ def training_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainC
                      num_batches=t.steps, shown=(indptr.astype(np.int64), j[shown][order].astype(np.int64)))
 
 
-class SeedsFrom:
-    """Seed batches `start, start + 1, ...` of `seeds`: a fan-out stage's data from its first step.
-
-    Batch indices stay global, so batch i is the same whatever stage draws it.
-    """
-
-    def __init__(self, seeds: PairSeeds, start: int):
-        self.seeds, self.start = seeds, start
-
-    def __len__(self) -> int:
-        return len(self.seeds) - self.start
-
-    def __getitem__(self, i: int):
-        return self.seeds[self.start + int(i)]
-
-
 class Stage(NamedTuple):
     """One fan-out stage: its sampler (hence Layout) and the grain iterator of its batches."""
 
@@ -142,7 +122,7 @@ class GNNLoop(TrainLoop):
 
     eval_at_start = False
     eval_at_end = True
-    shared_data_state = True  # every process iterates over the global seed batches (SeedsFrom)
+    shared_data_state = True  # every process iterates over the global seed batches (BatchSubset)
 
     def __init__(self, cfg: Config, variant: str, data_dir: str, graph: HeteroGraph,
                  features: FeatureSource | None, ckpt: Checkpointer, logger: MetricsLogger,
@@ -191,11 +171,12 @@ class GNNLoop(TrainLoop):
         def draw(s: NeighborSampler) -> NeighborSampler | ColdStartSampler:
             return ColdStartSampler(s, rate) if rate > 0 else s
 
+        # Batches start, start + 1, ...: indices stay global, so batch i is the same whatever stage draws it.
+        seeds = BatchSubset(self.seeds, np.arange(start, len(self.seeds)))
         if self.dp is None:
-            return Stage(sampler, iter(make_dataset(draw(sampler), SeedsFrom(self.seeds, start))), start)
+            return Stage(sampler, iter(make_dataset(draw(sampler), seeds)), start)
         parts = self.dp.samplers(sampler)  # this process's parts of each batch
-        return Stage(parts[0], iter(make_dataset([draw(s) for s in parts], SeedsFrom(self.seeds, start))),
-                     start)
+        return Stage(parts[0], iter(make_dataset([draw(s) for s in parts], seeds)), start)
 
     def initial_state(self, resume: bool) -> TrainState:
         """Step 0, or with `resume` only its shapes (the checkpoint fills them)."""
@@ -226,8 +207,7 @@ class GNNLoop(TrainLoop):
             return ids["member"][m], ids["job"][j], y
 
         t = self.cfg.gnn_train
-        return labelled_maps(self.features, ids, as_ids("train"), as_ids("val"), g.llm_block,
-                             t.llm_block_l2, seed=t.seed)
+        return labelled_maps(self.features, ids, as_ids("train"), as_ids("val"), g.llm_block, t.llm_block_l2)
 
     def attribute_tables(self) -> dict[str, np.ndarray] | None:
         """With `gnn.attribute_block`: its tables fitted on the labelled pairs; a resumed run has
@@ -237,14 +217,15 @@ class GNNLoop(TrainLoop):
             return None
         t = self.cfg.gnn_train
         return fitted_tables(self.graph, self.labelled["train"], self.labelled["val"], g.attribute_block,
-                             g.attribute_block_buckets, g.cat_buckets, g.use_cat, t.attribute_block_l2,
-                             seed=t.seed)
+                             g.attribute_block_buckets, g.cat_buckets, g.use_cat, t.attribute_block_l2)
 
     @functools.cached_property
     def labelled(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The labelled train and val pairs as graph rows (member, job, label), read once for the
-        LLM and attribute block fits."""
-        return {split: read_pairs(self.data_dir, self.graph, split, positives_only=False)
+        LLM and attribute block fits: at most MAX_FIT_PAIRS of each split, a seeded subsample."""
+        seed = self.cfg.gnn_train.seed
+        return {split: subsample(read_pairs(self.data_dir, self.graph, split, positives_only=False),
+                                 MAX_FIT_PAIRS, seed if split == "train" else [seed, 1])
                 for split in ("train", "val")}
 
     def counts(self) -> dict[str, int]:
@@ -326,8 +307,9 @@ class GNNLoop(TrainLoop):
         params = self.best["params"] if uses_best(t, self.best) else state.params
         if self.dp is not None:  # every process scores every pair with its copy
             params = self.dp.local(params)
-        # On every val pair, not the evaluations' subset: the gains' AUCs differ by little.
-        pairs = val_pairs(self.data_dir, self.graph, t, self.cfg.sampler, every=True)
+        # On every val pair up to MAX_GAIN_PAIRS, not the evaluations' subset: the gains' AUCs differ
+        # by little.
+        pairs = val_pairs(self.data_dir, self.graph, t, self.cfg.sampler, limit=MAX_GAIN_PAIRS)
         every = Evaluator(self.gnn, self.graph, self.cfg.sampler, t.eval_batch_size, self.features, pairs,
                           self.data_dir)
         e0 = time.perf_counter()

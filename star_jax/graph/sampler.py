@@ -7,7 +7,7 @@ its trees. Neighbours are drawn uniformly, by degree or by edge weight, and `Fan
 the fan-outs when validation AUC plateaus (LiGNN); docs/pipeline.md, "The sampler", has the details.
 A batch is a pure function of (graph, config, sampler seed, batch index). With `parts` a sampler
 draws one contiguous part of each batch's seeds, exactly as the whole batch draws them (data-parallel
-training: star_jax.gnn.distributed).
+training: star_jax.gnn.distributed). The seed batches are star_jax.graph.seeds'.
 
     batches = make_dataset(NeighborSampler(graph, cfg.sampler), train_seeds(data_dir, graph, cfg.sampler, n))
 """
@@ -15,8 +15,6 @@ training: star_jax.gnn.distributed).
 from __future__ import annotations
 
 import copy
-import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -29,6 +27,7 @@ from star_jax.data.schema import Schema
 from star_jax.errors import StarError
 from star_jax.graph.batch import HeteroBatch, Layout
 from star_jax.graph.hetero import CSR, HeteroGraph, relation_types, reverse_name
+from star_jax.graph.seeds import BatchSubset, NodeSeeds, PairSeeds, SeedBatch
 
 if TYPE_CHECKING:
     import grain
@@ -290,161 +289,6 @@ def edge_mass_cumsum(graph: HeteroGraph, relation: str, weighting: str) -> np.nd
     return out
 
 
-# -- seeds -------------------------------------------------------------------------------------
-
-
-class SeedBatch(NamedTuple):
-    """What one batch starts from; rows are node-table rows, -1 for empty slots."""
-
-    index: int  # batch index: with the sampler seed it fixes the batch's random draws
-    member_rows: np.ndarray  # int64 [B]
-    job_rows: np.ndarray  # int64 [B]
-    labels: np.ndarray  # float32 [B]
-    pair_mask: np.ndarray  # bool [B]: a real pair (node mode: a real seed of the exported type)
-    exclude_targets: bool  # keep (m_i, j_i) and its reverse out of pair i's neighbourhoods
-    negatives: bool  # draw the K shared random negative jobs
-    # int64 [B]: a job each pair's member was shown and did not apply to (-1: none), placed first
-    # among the K shared negatives; None: the K negatives are all random
-    hard_jobs: np.ndarray | None = None
-
-
-def _check_index(b: int, n: int) -> None:
-    if not 0 <= b < n:
-        raise IndexError(f"seed batch {b} out of range [0, {n})")
-
-
-class PairSeeds:
-    """Random-access batches of labelled (member, job) pairs.
-
-    shuffle=True (training): batch b takes positions [bB, (b+1)B) of an endless stream of
-    per-epoch permutations, so every batch is full; `num_batches` sets the length.
-    shuffle=False (evaluation): pairs in order, the last batch padded.
-    """
-
-    def __init__(self, member_rows: np.ndarray, job_rows: np.ndarray, labels: np.ndarray, batch_size: int, *,
-                 shuffle: bool, seed: int = 0, num_batches: int | None = None, exclude_targets: bool = True,
-                 shown: tuple[np.ndarray, np.ndarray] | None = None):
-        # shown: (indptr int64[members + 1], job rows int64[n]) of each member's shown-not-applied
-        # jobs; each batch then carries one of them per pair (`SeedBatch.hard_jobs`).
-        self.shown = shown
-        self.member_rows = np.asarray(member_rows, np.int64)
-        self.job_rows = np.asarray(job_rows, np.int64)
-        self.labels = np.asarray(labels, np.float32)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.exclude_targets = exclude_targets
-        n = self.member_rows.shape[0]
-        if n == 0:
-            raise StarError("no labelled pairs to sample from")
-        self.num_batches = num_batches if shuffle else math.ceil(n / batch_size)
-        if self.num_batches is None:
-            raise ValueError("num_batches is required with shuffle=True")
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
-            rng = np.random.default_rng([self.seed, 0, epoch])
-            self._perm = (epoch, rng.permutation(self.member_rows.shape[0]))
-        return self._perm[1]
-
-    def __getitem__(self, b: int) -> SeedBatch:
-        _check_index(b, len(self))
-        n, B = self.member_rows.shape[0], self.batch_size
-        p = int(b) * B + np.arange(B)
-        if self.shuffle:
-            mask = np.ones(B, bool)
-            idx = np.empty(B, np.int64)
-            epoch = p // n
-            for e in np.unique(epoch):
-                sel = epoch == e
-                idx[sel] = self._epoch_order(int(e))[p[sel] % n]
-        else:
-            mask = p < n
-            idx = np.where(mask, p, 0)
-        return SeedBatch(
-            int(b),
-            np.where(mask, self.member_rows[idx], -1),
-            np.where(mask, self.job_rows[idx], -1),
-            np.where(mask, self.labels[idx], 0).astype(np.float32),
-            mask,
-            self.exclude_targets,
-            True,
-            None if self.shown is None else self._hard_jobs(b, np.where(mask, self.member_rows[idx], -1)),
-        )
-
-    def _hard_jobs(self, b: int, members: np.ndarray) -> np.ndarray:
-        indptr, jobs = self.shown
-        if jobs.shape[0] == 0:
-            return np.full(members.shape, -1, np.int64)
-        safe = np.maximum(members, 0)
-        count = np.where(members >= 0, indptr[safe + 1] - indptr[safe], 0)
-        pick = np.random.default_rng([self.seed, 3, b]).integers(0, np.maximum(count, 1))
-        return np.where(count > 0, jobs[np.minimum(indptr[safe] + pick, jobs.shape[0] - 1)], -1)
-
-
-class NodeSeeds:
-    """Every node of `node_type` (member or job) once, in row order, for exporting embeddings.
-
-    The seeds fill that type's pair slots; the other side's slots and the negatives stay empty,
-    and nothing is excluded.
-    """
-
-    def __init__(self, node_type: str, num_rows: int, batch_size: int):
-        if node_type not in ("member", "job"):
-            raise StarError(f"node seeds: expected member or job, got {node_type!r}")
-        self.node_type, self.num_rows, self.batch_size = node_type, num_rows, batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_rows / self.batch_size)
-
-    def __getitem__(self, b: int) -> SeedBatch:
-        _check_index(b, len(self))
-        p = int(b) * self.batch_size + np.arange(self.batch_size)
-        mask = p < self.num_rows
-        rows, empty = np.where(mask, p, -1).astype(np.int64), np.full(self.batch_size, -1, np.int64)
-        m, j = (rows, empty) if self.node_type == "member" else (empty, rows)
-        return SeedBatch(int(b), m, j, np.zeros(self.batch_size, np.float32), mask, False, False)
-
-
-def read_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, split: str, *,
-               positives_only: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(member rows, job rows, labels) of the labelled pairs of `split`, in file order."""
-    from star_jax.data.tables import read_labels
-
-    df = read_labels(data_dir, split, columns=["member_id", "job_id", "label"])
-    if positives_only:
-        df = df[df["label"] == 1]
-    table = graph.schema.labels
-    m = graph.rows("member", df["member_id"].to_numpy(np.int64), what=f"{table}: column 'member_id'")
-    j = graph.rows("job", df["job_id"].to_numpy(np.int64), what=f"{table}: column 'job_id'")
-    return m, j, df["label"].to_numpy(np.float32)
-
-
-def train_seeds(
-    data_dir: str | os.PathLike, graph: HeteroGraph, cfg: SamplerConfig, num_batches: int
-) -> PairSeeds:
-    """Training pairs: the train period's applies (labels `split == 'train'`, `label == 1`)."""
-    m, j, y = read_pairs(data_dir, graph, "train", positives_only=True)
-    if m.shape[0] == 0:
-        raise StarError(f"{graph.schema.labels}: no pairs with split == 'train' and label == 1")
-    return PairSeeds(m, j, y, cfg.batch_size, shuffle=True, seed=cfg.seed, num_batches=num_batches)
-
-
-def eval_seeds(data_dir: str | os.PathLike, graph: HeteroGraph, cfg: SamplerConfig, split: str) -> PairSeeds:
-    """Evaluation pairs: every labelled pair (1 and 0) of `split`, in file order. Each pair's own
-    edge is excluded as in training, should the graph hold it."""
-    m, j, y = read_pairs(data_dir, graph, split, positives_only=False)
-    if m.shape[0] == 0:
-        raise StarError(f"{graph.schema.labels}: no pairs with split == {split!r}")
-    return PairSeeds(m, j, y, cfg.batch_size, shuffle=False)
-
-
-def node_seeds(graph: HeteroGraph, node_type: str, cfg: SamplerConfig) -> NodeSeeds:
-    return NodeSeeds(node_type, graph.num_nodes(node_type), cfg.batch_size)
-
-
 # -- the sampler -------------------------------------------------------------------------------
 
 
@@ -696,9 +540,9 @@ class _SampleParts:
         return jax.tree.map(lambda *xs: np.stack(xs), *parts)
 
 
-def make_dataset(sampler: NeighborSampler | Sequence[NeighborSampler], seeds: PairSeeds | NodeSeeds, *,
-                 workers: int | None = None, prefetch: int | None = None,
-                 seed: int | None = None) -> grain.IterDataset:
+def make_dataset(sampler: NeighborSampler | Sequence[NeighborSampler],
+                 seeds: PairSeeds | NodeSeeds | BatchSubset, *, workers: int | None = None,
+                 prefetch: int | None = None, seed: int | None = None) -> grain.IterDataset:
     """grain `MapDataset(seeds).map(sample)` as an `IterDataset`, prefetched in a thread or `workers`
     processes. `iter()` of it has `get_state`/`set_state` (orbax: `Checkpointer(data_iter=...)`).
     Defaults come from the sampler's config. A sequence of samplers (parts of one sampler: this
