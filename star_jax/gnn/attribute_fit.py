@@ -10,7 +10,6 @@ singular pairs become the block's fixed member and job tables (docs/architecture
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import NamedTuple
 
@@ -126,9 +125,10 @@ def form_scores(weight: jax.Array, c: Crosses) -> jax.Array:
     return jax.ops.segment_sum(weight[c.member, c.job], c.pair, c.num_pairs)
 
 
-def _objective(params: tuple[jax.Array, jax.Array], *, c: Crosses, y: jax.Array, l2: jax.Array) -> jax.Array:
+def _objective(params: tuple[jax.Array, jax.Array], *, pair: jax.Array, member: jax.Array, job: jax.Array,
+               y: jax.Array, l2: jax.Array) -> jax.Array:
     w, b = params
-    logits = form_scores(w, c) + b
+    logits = jax.ops.segment_sum(w[member, job], pair, y.shape[0]) + b  # form_scores, from arguments
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y)) + l2 * jnp.sum(w * w)
 
 
@@ -137,13 +137,14 @@ def fit(c: Crosses, labels: np.ndarray, width: int, l2_grid: list[float],
     """(W f32[width, width], b) for each penalty l2 of `l2_grid`: argmin of mean BCE(x_m^T W x_j + b,
     label) + l2 * |W|^2 over the pairs of `c` (`crosses`), by L-BFGS: scikit-learn's
     `LogisticRegression(C)` on the flattened outer products of the bags, with l2 = 1 / (2 C P)."""
-    objective = functools.partial(_objective, c=c)  # one function, so the penalties share one compile
-    y = jnp.asarray(labels, jnp.float32)
+    # The entries are arguments, not constants a closure would bake into the program (a copy of every
+    # entry per compile), and one function serves every penalty: one compile.
+    data = {"pair": jnp.asarray(c.pair), "member": jnp.asarray(c.member), "job": jnp.asarray(c.job),
+            "y": jnp.asarray(labels, jnp.float32)}
     out = []
     for l2 in l2_grid:
-        data = {"y": y, "l2": jnp.asarray(l2, jnp.float32)}
         params = (jnp.zeros((width, width), jnp.float32), jnp.zeros((), jnp.float32))
-        w, b = lbfgs(objective, params, data, iterations)
+        w, b = lbfgs(_objective, params, {**data, "l2": jnp.asarray(l2, jnp.float32)}, iterations)
         out.append((np.asarray(w), float(b)))
     return out
 
