@@ -30,6 +30,7 @@ from star_jax import cli
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import load_config
 from star_jax.gnn import train as train_module
+from star_jax.gnn.block_fit import subsample
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.evaluate import val_pairs
@@ -172,6 +173,28 @@ def test_train_step_compiles_once(env, uninterrupted):
         scores.append(np.sum(np.asarray(member) * np.asarray(job), axis=1)[b.pair_mask])
     assert roc_auc_score(pairs.labels, np.concatenate(scores)) == pytest.approx(result["val_auc"], abs=1e-9)
     assert result["train_seconds"] > 0 and json.load(open(os.path.join(out, "result.json"))) == result
+
+
+def test_above_their_caps_the_fits_and_the_gains_read_a_seeded_subset_in_file_order(env):
+    """The block fits read at most `block_fit.MAX_FIT_PAIRS` labelled pairs of a split and the gains
+    are picked on at most `train.MAX_GAIN_PAIRS` val pairs: a fixed subset, in the labels' order."""
+    every = val_pairs(env.data, env.graph, CFG.gnn_train, CFG.sampler, limit=0)
+    n = every.member_rows.shape[0]
+    assert n >= 4 and n == eval_seeds(env.data, env.graph, CFG.sampler, "val").member_rows.shape[0]
+    some = val_pairs(env.data, env.graph, CFG.gnn_train, CFG.sampler, limit=n - 2)
+    again = val_pairs(env.data, env.graph, CFG.gnn_train, CFG.sampler, limit=n - 2)
+    assert some.member_rows.shape[0] == n - 2 and np.array_equal(some.member_rows, again.member_rows)
+    # A subsequence of every pair (member, job, label), in file order.
+    rest = iter(zip(every.member_rows, every.job_rows, every.labels))
+    assert all(pair in rest for pair in zip(some.member_rows, some.job_rows, some.labels))
+    assert val_pairs(env.data, env.graph, CFG.gnn_train, CFG.sampler, limit=10 * n).member_rows.shape[0] == n
+
+    arrays = (np.arange(1000), np.arange(1000) * 2, np.arange(1000) % 2)
+    assert subsample(arrays, 1000, 0) is arrays
+    a, b, y = subsample(arrays, 100, [0, 1])
+    assert len(a) == 100 and np.all(np.diff(a) > 0) and np.array_equal(b, 2 * a) and np.array_equal(y, a % 2)
+    assert np.array_equal(a, subsample(arrays, 100, [0, 1])[0])
+    assert not np.array_equal(a, subsample(arrays, 100, 0)[0])
 
 
 def crash_and_resume(env: Env, out: str, cfg, monkeypatch) -> dict:
