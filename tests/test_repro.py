@@ -105,6 +105,11 @@ def test_repro_cli_writes_the_doc(tmp_path, monkeypatch):
     assert repro.main(["--out", str(tmp_path / "runs"), "--seeds", "7", "8", "--doc", str(doc)]) == 0
     assert ran == [(0, str(tmp_path / "runs"), [7, 8])]
     assert "`data.seed` 7, 8" in doc.read_text()
+    # The command it records names the paths relative to the working directory, never a machine's.
+    monkeypatch.chdir(tmp_path)
+    assert repro.main(["--out", str(tmp_path / "runs"), "--seeds", "7", f"--doc={doc}"]) == 0
+    assert "python -m star_jax.pipeline.repro --out runs --seeds 7 --doc=repro.md" in doc.read_text()
+    assert str(tmp_path) not in doc.read_text()
     assert repro.main(["--seeds", "7", "7", "--doc", str(doc)]) == 2
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -117,6 +118,16 @@ def seeds_markdown(reports: dict[int, dict], command: str) -> str:
     return "\n".join(out)
 
 
+def _relative(argv: list[str]) -> list[str]:
+    """`argv` with absolute paths relative to the working directory: the summary names no machine's
+    directories."""
+    def rel(a: str) -> str:
+        flag, eq, value = a.partition("=") if a.startswith("--") else ("", "", a)
+        return flag + eq + (os.path.relpath(value) if os.path.isabs(value) else value)
+
+    return [rel(a) for a in argv]
+
+
 def sweep_main(argv: Sequence[str] | None, *, name: str, about: str, default_out: str | None,
                default_seeds: Sequence[int], default_doc: str | None,
                markdown: Callable[[dict[int, dict], str], str]) -> int:
@@ -149,7 +160,7 @@ def sweep_main(argv: Sequence[str] | None, *, name: str, about: str, default_out
         print(f"{name}: error: {e}", file=sys.stderr)
         return e.exit_code
     doc = Path(args.doc) if args.doc else Path(args.out) / f"{name}.md"
-    atomic_write_text(doc, markdown(reports, shlex.join(["python", "-m", module, *argv])))
+    atomic_write_text(doc, markdown(reports, shlex.join(["python", "-m", module, *_relative(argv)])))
     log.info(f"{name}: summary in {doc}")
     return 0
 
