@@ -30,7 +30,6 @@ from star_jax import cli
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import load_config
 from star_jax.gnn import train as train_module
-from star_jax.gnn.block_fit import subsample
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.evaluate import val_pairs
@@ -40,7 +39,7 @@ from star_jax.gnn.run import load_run, make_gnn_optimizer
 from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import build_graph
 from star_jax.graph.sampler import NeighborSampler, batch_rng, make_dataset
-from star_jax.graph.seeds import eval_seeds, node_seeds
+from star_jax.graph.seeds import eval_seeds, node_seeds, subsample
 from star_jax.metrics import auc
 from star_jax.store import EmbeddingStore
 from star_jax.tracking import read_metrics

@@ -128,7 +128,7 @@ def form_scores(weight: jax.Array, c: Crosses) -> jax.Array:
 def _objective(params: tuple[jax.Array, jax.Array], *, pair: jax.Array, member: jax.Array, job: jax.Array,
                y: jax.Array, l2: jax.Array) -> jax.Array:
     w, b = params
-    logits = jax.ops.segment_sum(w[member, job], pair, y.shape[0]) + b  # form_scores, from arguments
+    logits = form_scores(w, Crosses(pair, member, job, y.shape[0])) + b
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y)) + l2 * jnp.sum(w * w)
 
 

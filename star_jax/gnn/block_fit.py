@@ -119,16 +119,6 @@ def pair_vectors(features: StandardizedFeatures, member_ids: np.ndarray, job_ids
     return PairVectors(*sides, np.asarray(labels))
 
 
-def subsample(arrays: tuple[np.ndarray, ...], limit: int, seed: Any) -> tuple[np.ndarray, ...]:
-    """Equal-length `arrays` at `limit` seeded random rows (`np.random.default_rng(seed)`), in their
-    order; unchanged when they have no more rows than that."""
-    n = len(arrays[0])
-    if n <= limit:
-        return arrays
-    keep = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-    return tuple(np.asarray(a)[keep] for a in arrays)
-
-
 def labelled_maps(features: StandardizedFeatures, ids: dict[str, np.ndarray], train: tuple, val: tuple,
                   k: int, l2_grid: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """(kernel f32[2, D, k], shift f32[2, k]): the member's and the job's block map (LLM_TYPES

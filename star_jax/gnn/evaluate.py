@@ -18,7 +18,7 @@ from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.model import GNN
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FeatureSource, NeighborSampler, make_dataset
-from star_jax.graph.seeds import PairSeeds, eval_seeds
+from star_jax.graph.seeds import PairSeeds, eval_seeds, subsample
 from star_jax.metrics import activity_bucket, auc, auc_by_group
 from star_jax.store.compact import renormalize
 
@@ -28,12 +28,10 @@ def val_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, t: GNNTrainConfig
     """The val pairs scored at each evaluation: `gnn_train.eval_pairs` of them, or `limit` (0: all),
     a fixed random subset when there are more."""
     pairs = eval_seeds(data_dir, graph, sampler, "val")
-    n = pairs.member_rows.shape[0]
-    keep, size = np.arange(n), t.eval_pairs if limit is None else limit
-    if size and n > size:
-        keep = np.sort(np.random.default_rng([t.seed, 2]).choice(n, size, replace=False))
-    return PairSeeds(pairs.member_rows[keep], pairs.job_rows[keep], pairs.labels[keep], t.eval_batch_size,
-                     shuffle=False)
+    size = t.eval_pairs if limit is None else limit
+    m, j, y = subsample((pairs.member_rows, pairs.job_rows, pairs.labels), size or len(pairs.labels),
+                        [t.seed, 2])
+    return PairSeeds(m, j, y, t.eval_batch_size, shuffle=False)
 
 
 class Evaluator:

@@ -32,7 +32,7 @@ from star_jax.config import Config, GNNTrainConfig, SamplerConfig, to_yaml
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, atomic_write_text, finished_result
 from star_jax.gnn.attribute_fit import fitted_tables
-from star_jax.gnn.block_fit import MAX_FIT_PAIRS, labelled_maps, subsample
+from star_jax.gnn.block_fit import MAX_FIT_PAIRS, labelled_maps
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.distributed import DataParallel, ShardedEvaluator
 from star_jax.gnn.evaluate import Evaluator, val_pairs
@@ -54,7 +54,7 @@ from star_jax.gnn.run import (
 from star_jax.gnn.variants import VARIANTS, variant_config
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, make_dataset
-from star_jax.graph.seeds import BatchSubset, PairSeeds, read_pairs, train_seeds
+from star_jax.graph.seeds import BatchSubset, PairSeeds, read_pairs, subsample, train_seeds
 from star_jax.graph.tstore import open_graph
 from star_jax.parallel import initialize_distributed
 from star_jax.tracking import MetricsLogger

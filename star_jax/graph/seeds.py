@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -132,6 +132,16 @@ class NodeSeeds:
         rows, empty = np.where(mask, p, -1).astype(np.int64), np.full(self.batch_size, -1, np.int64)
         m, j = (rows, empty) if self.node_type == "member" else (empty, rows)
         return SeedBatch(int(b), m, j, np.zeros(self.batch_size, np.float32), mask, False, False)
+
+
+def subsample(arrays: tuple[np.ndarray, ...], limit: int, seed: Any) -> tuple[np.ndarray, ...]:
+    """Equal-length `arrays` at `limit` seeded random rows (`np.random.default_rng(seed)`), in their
+    order; unchanged when they have no more rows than that."""
+    n = len(arrays[0])
+    if n <= limit:
+        return arrays
+    keep = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    return tuple(np.asarray(a)[keep] for a in arrays)
 
 
 def read_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, split: str, *,
