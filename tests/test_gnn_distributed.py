@@ -20,7 +20,6 @@ from pathlib import Path
 
 import graph_fixtures as gf
 import jax
-import loop_fixtures as lf
 import numpy as np
 import pytest
 
@@ -57,13 +56,6 @@ ADAPTIVE = [*SETS, "sampler.adaptive=true", "sampler.start_fanouts=[1,1]", "samp
 
 
 Env = gf.GraphEnv
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """One persistent compilation cache for the runs here and their child processes."""
-    with lf.compilation_cache_at(tmp_path_factory.mktemp("xla_cache")):
-        yield
 
 
 @pytest.fixture(scope="module")

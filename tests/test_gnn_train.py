@@ -21,7 +21,6 @@ from pathlib import Path
 
 import graph_fixtures as gf
 import jax
-import loop_fixtures as lf
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -70,15 +69,6 @@ class Crash(Exception):
 
 
 Env = gf.GraphEnv
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The runs of one config here compile the same programs again (the crashed run, its resumption,
-    gnn-embed's encoder = the run's evaluator): a persistent compilation cache turns the repeats into
-    reads. They still count as compilations: JAX reports a cache read as one."""
-    with lf.compilation_cache_at(tmp_path_factory.mktemp("xla_cache")):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +224,7 @@ def sigkill_at_step_5(env: Env, out: str, tmp_path) -> None:
     """`train-gnn` in a child process (tests/gnn_worker.py), SIGKILLed just before step 5 once the
     step-4 checkpoint is committed: no `finally` runs, whatever the child had in flight is lost."""
     ready, log = tmp_path / "ready", tmp_path / "worker.log"
-    # The child reads the module's persistent compilation cache: its compilations become reads.
+    # The child reads the test run's persistent compilation cache: its compilations become reads.
     cache = {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
