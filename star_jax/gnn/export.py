@@ -17,22 +17,27 @@ import argparse
 import hashlib
 import logging
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 from star_jax.config import Config
+from star_jax.data.tables import read_labels
 from star_jax.errors import StarError
+from star_jax.fileio import read_json
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.features import open_features
 from star_jax.gnn.model import LLM_TYPES
 from star_jax.gnn.run import RUN_FILE, load_run
+from star_jax.graph.sampler import NeighborSampler, make_dataset
+from star_jax.graph.seeds import BatchSubset, node_seeds
+from star_jax.graph.tstore import open_graph
 from star_jax.parallel import broadcast_from_lead, initialize_distributed
-
-if TYPE_CHECKING:
-    from star_jax.store import EmbeddingStore, RefreshReport
+from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, RefreshReport, text_hash
+from star_jax.store.manifest import check_name
+from star_jax.tracking import progress
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +46,6 @@ POOLING = "gnn"
 
 def node_hashes(graph: Any, node_type: str) -> np.ndarray:
     """uint64 per node: a hash of (graph digest, id), the writer's change key for GNN vectors."""
-    from star_jax.store import text_hash
-
     return text_hash(f"{graph.digest}:{int(i)}" for i in np.asarray(graph.ids[node_type]))
 
 
@@ -70,13 +73,6 @@ def gnn_embed(
     `cfg` supplies the store settings (`store.*`) and the batch size (`gnn_train.eval_batch_size`);
     the model, sampler and variant come from the run itself.
     """
-    from star_jax.graph.sampler import NeighborSampler, make_dataset
-    from star_jax.graph.seeds import BatchSubset, node_seeds
-    from star_jax.graph.tstore import open_graph
-    from star_jax.store import EmbeddingSpec, EmbeddingStore, EmbeddingWriter, RefreshReport
-    from star_jax.store.manifest import check_name
-    from star_jax.tracking import progress
-
     check_name("--version", version)  # names, not paths: refused before anything is read
     if store_version is not None:
         check_name("--store-version", store_version)
@@ -168,8 +164,6 @@ def gnn_embed(
 
 
 def _run_config(ckpt_dir: str | os.PathLike) -> dict:
-    from star_jax.fileio import read_json
-
     path = os.path.join(os.fspath(ckpt_dir), RUN_FILE)
     if not os.path.isfile(path):
         raise StarError(f"--ckpt {os.fspath(ckpt_dir)}: no {RUN_FILE}; expected the --out directory of "
@@ -204,8 +198,6 @@ def score_pairs(store: EmbeddingStore, member_ids: np.ndarray, job_ids: np.ndarr
 
 def split_scores(store: EmbeddingStore, data_dir: str | os.PathLike, split: str) -> PairScores:
     """Every labelled pair of `split` (file order) with its GNN score from `store`."""
-    from star_jax.data.tables import read_labels
-
     df = read_labels(data_dir, split, columns=["member_id", "job_id", "label"])
     m, j = df["member_id"].to_numpy(np.int64), df["job_id"].to_numpy(np.int64)
     return PairScores(m, j, df["label"].to_numpy(np.float32), score_pairs(store, m, j))

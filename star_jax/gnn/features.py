@@ -12,6 +12,7 @@ from star_jax.errors import StarError
 from star_jax.gnn.model import LLM_TYPES
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FeatureSource
+from star_jax.store import EmbeddingStore
 
 
 class StandardizedFeatures(NamedTuple):
@@ -77,8 +78,6 @@ def open_features(graph: HeteroGraph, root: str | os.PathLike, version: str | No
     Every member and job id of the graph must be stored: a missing one is a one-line error here,
     not a failure in the middle of training.
     """
-    from star_jax.store import EmbeddingStore
-
     store = EmbeddingStore.open(root, version, kvstore=cfg.kvstore, cache_bytes=cfg.cache_mb << 20)
     where = f"store {store.root} version {store.version}"
     for t in LLM_TYPES:

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, fingerprint, load_config
+from star_jax.data.schema import read_schema
 from star_jax.errors import StarError
 from star_jax.fileio import content_digest, read_json
 from star_jax.gnn.model import (
@@ -49,8 +50,6 @@ _NOT_FINGERPRINTED = {
 def run_fingerprint(cfg: Config, variant: str, data_dir: str | os.PathLike, graph: HeteroGraph,
                     features: dict | None) -> str:
     """Config sections that shape training, the input data and the identity of the features."""
-    from star_jax.data.schema import read_schema
-
     train = {k: v for k, v in dataclasses.asdict(cfg.gnn_train).items()
              if k not in _NOT_FINGERPRINTED["gnn_train"]}
     sampler = {k: v for k, v in dataclasses.asdict(cfg.sampler).items()

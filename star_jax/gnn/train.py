@@ -57,6 +57,7 @@ from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSample
 from star_jax.graph.seeds import BatchSubset, PairSeeds, read_pairs, subsample, train_seeds
 from star_jax.graph.tstore import open_graph
 from star_jax.parallel import initialize_distributed
+from star_jax.store.manifest import check_name
 from star_jax.tracking import MetricsLogger
 from star_jax.train_loop import LossFn, Static, TrainLoop, TrainState, make_train_step
 
@@ -349,8 +350,6 @@ def train_gnn(
     store_version: str | None = None,
 ) -> dict:
     """Train (or resume, or skip when done) one variant; returns the contents of OUT/result.json."""
-    from star_jax.store.manifest import check_name
-
     if store_version is not None:  # a name, not a path: refused before anything is read
         check_name("--store-version", store_version)
     initialize_distributed(cfg.mesh)
