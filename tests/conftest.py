@@ -15,7 +15,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One JAX compilation cache for the whole run, every program kept: set before the xdist workers
 # start, so both workers and every child process a test starts inherit it and read what another
-# compiled (the many tests that build the same tiny models, steps and pipelines).
+# compiled (the many tests that build the same tiny models, steps and pipelines). A read still
+# counts as a compilation in JAX's events, so the tests that count compiles see the same numbers.
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="star_jax_xla_cache_")
