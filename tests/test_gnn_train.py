@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from star_jax import cli
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import load_config
+from star_jax.data.splits import subsample
 from star_jax.gnn import train as train_module
 from star_jax.gnn.cold_start import ColdStartSampler
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
@@ -38,7 +39,7 @@ from star_jax.gnn.run import load_run, make_gnn_optimizer
 from star_jax.gnn.train import train_gnn
 from star_jax.graph.hetero import build_graph
 from star_jax.graph.sampler import NeighborSampler, batch_rng, make_dataset
-from star_jax.graph.seeds import eval_seeds, node_seeds, subsample
+from star_jax.graph.seeds import eval_seeds, node_seeds
 from star_jax.metrics import auc
 from star_jax.store import EmbeddingStore
 from star_jax.tracking import read_metrics
@@ -224,14 +225,11 @@ def sigkill_at_step_5(env: Env, out: str, tmp_path) -> None:
     """`train-gnn` in a child process (tests/gnn_worker.py), SIGKILLed just before step 5 once the
     step-4 checkpoint is committed: no `finally` runs, whatever the child had in flight is lost."""
     ready, log = tmp_path / "ready", tmp_path / "worker.log"
-    # The child reads the test run's persistent compilation cache: its compilations become reads.
-    cache = {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    # The child inherits the test run's compilation cache (tests/conftest.py): its compilations become reads.
     command = [sys.executable, str(GNN_WORKER), "--hold-at", "5", "--after-checkpoint", "4",
                "--ready", str(ready), "--", *_train_args(env, out, "--variant", VARIANT)]
     with open(log, "w") as f:
-        proc = subprocess.Popen(command, env={**os.environ, **cache}, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT)
     tail = lambda: log.read_text()[-3000:]  # noqa: E731
     try:
         deadline = time.monotonic() + 300

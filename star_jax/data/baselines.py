@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from star_jax.data.schema import SPLITS, read_schema
-from star_jax.data.splits import cold_start
+from star_jax.data.splits import cold_start, subsample
 from star_jax.data.tables import read_edges, read_labels, read_nodes
 from star_jax.data.validate import check_data
 from star_jax.errors import StarError
@@ -351,8 +351,7 @@ def run_baselines(
     rng = np.random.default_rng(seed)
     idx = {s: np.flatnonzero(d.pairs.split == s) for s in SPLITS}
     for s in ("train", "val"):  # C is picked on val: a subsample picks it as well
-        if len(idx[s]) > MAX_TRAIN_PAIRS:
-            idx[s] = np.sort(rng.choice(idx[s], MAX_TRAIN_PAIRS, replace=False))
+        (idx[s],) = subsample((idx[s],), MAX_TRAIN_PAIRS, rng)  # one generator: val's draw follows train's
     for s, i in idx.items():
         if len(i) == 0 or d.pairs.label[i].min() == d.pairs.label[i].max():
             raise StarError(f"{d.dir}/labels/pairs.parquet: split {s!r} needs positive and negative pairs")

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from star_jax.config import GNNTrainConfig, SamplerConfig
-from star_jax.data.splits import train_applies
+from star_jax.data.splits import subsample, train_applies
 from star_jax.gnn.embed import export_sampler_config, make_embed_fn
 from star_jax.gnn.model import GNN
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FeatureSource, NeighborSampler, make_dataset
-from star_jax.graph.seeds import PairSeeds, eval_seeds, subsample
+from star_jax.graph.seeds import PairSeeds, eval_seeds
 from star_jax.metrics import activity_bucket, auc, auc_by_group
 from star_jax.store.compact import renormalize
 

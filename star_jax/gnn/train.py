@@ -29,6 +29,7 @@ import numpy as np
 
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, GNNTrainConfig, SamplerConfig, to_yaml
+from star_jax.data.splits import subsample
 from star_jax.errors import StarError
 from star_jax.fileio import atomic_write_json, atomic_write_text, finished_result
 from star_jax.gnn.attribute_fit import fitted_tables
@@ -54,7 +55,7 @@ from star_jax.gnn.run import (
 from star_jax.gnn.variants import VARIANTS, variant_config
 from star_jax.graph.hetero import HeteroGraph
 from star_jax.graph.sampler import FanoutSchedule, FeatureSource, NeighborSampler, batch_rng, make_dataset
-from star_jax.graph.seeds import BatchSubset, PairSeeds, read_pairs, subsample, train_seeds
+from star_jax.graph.seeds import BatchSubset, PairSeeds, read_pairs, train_seeds
 from star_jax.graph.tstore import open_graph
 from star_jax.parallel import initialize_distributed
 from star_jax.store.manifest import check_name

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from star_jax.config import SamplerConfig
+from star_jax.data.tables import read_labels
 from star_jax.errors import StarError
 from star_jax.graph.hetero import HeteroGraph
 
@@ -134,21 +135,9 @@ class NodeSeeds:
         return SeedBatch(int(b), m, j, np.zeros(self.batch_size, np.float32), mask, False, False)
 
 
-def subsample(arrays: tuple[np.ndarray, ...], limit: int, seed: Any) -> tuple[np.ndarray, ...]:
-    """Equal-length `arrays` at `limit` seeded random rows (`np.random.default_rng(seed)`), in their
-    order; unchanged when they have no more rows than that."""
-    n = len(arrays[0])
-    if n <= limit:
-        return arrays
-    keep = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-    return tuple(np.asarray(a)[keep] for a in arrays)
-
-
 def read_pairs(data_dir: str | os.PathLike, graph: HeteroGraph, split: str, *,
                positives_only: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(member rows, job rows, labels) of the labelled pairs of `split`, in file order."""
-    from star_jax.data.tables import read_labels
-
     df = read_labels(data_dir, split, columns=["member_id", "job_id", "label"])
     if positives_only:
         df = df[df["label"] == 1]
