@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +132,9 @@ class MistralConfig(Checked):
             raise StarError(f"llm.arch.head_dim: {self.resolved_head_dim} must be even for rotary embeddings")
 
 
+# The skill list of a member's text and the requirements of a job's (star_jax.data.synth writes them).
+MEMBER_SKILLS_SECTION = r"\nSkills\n(.*)$"
+JOB_SKILLS_SECTION = r"\nRequirements\n(.*?)(?:\n\n|$)"
 POOLINGS = ("mean", "last_token", "mean_first_last")  # `llm.pooling`; functions in star_jax.llm.biencoder
 # `llm.projection`: "none", or a head registered in star_jax.llm.biencoder.PROJECTIONS (CONTRIBUTING.md).
 PROJECTIONS = ("none",)
@@ -151,6 +155,12 @@ class LLMConfig(Checked):
     # final states' mean; last_token: E5's, the last real token's state (star_jax/llm/biencoder.py).
     pooling: str = "mean_first_last"
     buckets: list[int] = field(default_factory=lambda: [64, 128, 192, 256])  # padded lengths, jit once each
+    # A regex per tower whose first group spans the part of a text the mean pools (the layers still
+    # read the whole text; star_jax.data.tokenizer.encode_e5); null pools every token. The defaults
+    # are the synthetic texts' skill lists, which the signal baselines read as well; a text without
+    # one pools its whole text (docs/architecture.md decision 28; docs/quality.md).
+    member_pool: str | None = MEMBER_SKILLS_SECTION
+    job_pool: str | None = JOB_SKILLS_SECTION
     projection: str = "none"  # a head after pooling, trained and exported with the adapters
 
     def check(self) -> None:
@@ -158,6 +168,14 @@ class LLMConfig(Checked):
         self.arch.check()
         if self.pooling not in POOLINGS:
             raise StarError(f"llm.pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        for name in ("member_pool", "job_pool"):
+            pattern = getattr(self, name)
+            try:
+                groups = None if pattern is None else re.compile(pattern).groups
+            except re.error as e:
+                raise StarError(f"llm.{name}: not a regex: {e}") from None
+            if groups == 0:
+                raise StarError(f"llm.{name}: {pattern!r} has no group; its first group is the part pooled")
         if self.projection not in PROJECTIONS:
             raise StarError(f"llm.projection: unknown head {self.projection!r}; expected one of "
                             f"{', '.join(PROJECTIONS)}")

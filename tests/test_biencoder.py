@@ -201,6 +201,31 @@ def e5_batch():
     return ids, lengths.astype(np.int32)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "mean_first_last"])
+def test_a_pool_mask_means_over_its_tokens_only(tiny_base, pooling):
+    cfg, params, torch_model = tiny_base
+    ids, lengths = e5_batch()
+    pool = np.zeros(ids.shape, np.float32)
+    for i, n in enumerate(lengths):
+        pool[i, n // 2 : n] = 1.0  # the second half of each row's real tokens
+    model = MistralModel(cfg)
+    got = np.asarray(jax.jit(lambda p, i, n, m: encode(model, p, None, MEMBER, i, n, m, pooling=pooling))(
+        params, ids, lengths, pool))
+    # transformers reads the whole row; only the mean's weights change.
+    mask = torch.from_numpy((np.arange(12)[None] < lengths[:, None]).astype(np.int64))
+    with torch.no_grad():
+        out = torch_model(input_ids=torch.from_numpy(ids).long(), attention_mask=mask,
+                          output_hidden_states=True)
+    weight = torch.from_numpy(pool)[..., None]
+    unit = functools.partial(torch.nn.functional.normalize, p=2, dim=-1)
+    mean = lambda x: (x * weight).sum(1) / weight.sum(1)  # noqa: E731
+    last = mean(out.last_hidden_state)
+    pooled = last if pooling == "mean" else unit(mean(out.hidden_states[0])) + unit(last)
+    np.testing.assert_allclose(got, unit(pooled).numpy(), atol=2e-5)
+    whole = np.asarray(encode(model, params, None, MEMBER, ids, lengths, pooling=pooling))
+    assert np.abs(got - whole).max() > 1e-2  # the mask matters
+
+
 def test_every_configurable_pooling_has_a_function():
     assert set(POOL_FNS) == set(POOLINGS)
 
@@ -436,6 +461,17 @@ def test_the_configs_head_names_are_the_registered_heads():
     assert set(config.PROJECTIONS) == {"none", *biencoder.PROJECTIONS}
     with pytest.raises(StarError, match="llm.projection: unknown head 'nope'"):
         config.load_config(None, ["llm.projection=nope"])
+
+
+def test_a_pool_section_must_be_a_regex_with_a_group():
+    from star_jax import config
+
+    pattern = r"\nRequirements\n(.*)"  # a regex's own \n matches a newline
+    assert config.load_config(None, [f"llm.job_pool={pattern}"]).llm.job_pool == pattern
+    with pytest.raises(StarError, match="llm.member_pool: not a regex"):
+        config.load_config(None, ["llm.member_pool=(skills"])
+    with pytest.raises(StarError, match="llm.job_pool: 'skills' has no group"):
+        config.load_config(None, ["llm.job_pool=skills"])
 
 
 def test_a_trained_embedding_table_starts_as_the_base_learns_and_reloads(tiny_base, tmp_path):

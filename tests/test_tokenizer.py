@@ -108,6 +108,25 @@ def test_truncation_counts_rows_and_keeps_eos(tok):
     assert enc.lengths[1] == len(tok("sql")["input_ids"]) + 1
 
 
+def test_pool_marks_the_section_and_falls_back_to_the_whole_text(tok):
+    texts = ["senior python engineer\nSkills\nsql and spark", "nurse, tokyo", "data analyst\nSkills\nexcel"]
+    section = r"\nSkills\n(.*)$"
+    enc = encode_e5(tok, texts, 64, [8, 16, 32], "Query: ", section=section)
+    whole = encode_e5(tok, texts, 64, [8, 16, 32], "Query: ")
+    assert enc.ids.tolist() == whole.ids.tolist() and enc.lengths.tolist() == whole.lengths.tolist()
+    assert enc.pool.dtype == np.float32 and enc.pool.shape == enc.ids.shape
+    # Without a section every real token is pooled, BOS and EOS too.
+    assert (whole.pool == (np.arange(whole.ids.shape[1])[None] < whole.lengths[:, None])).all()
+    # The HF tokenizer as the oracle: the pooled tokens decode to the section's text.
+    for row, pool, text in zip(enc.ids, enc.pool, texts):
+        if "Skills" in text:
+            assert tok.decode(row[pool > 0]).strip() == text.split("Skills\n")[1]
+    assert (enc.pool[1] == whole.pool[1]).all()  # no match: the whole text
+    # A section cut off by max_len pools the whole (kept) text.
+    cut = encode_e5(tok, [texts[0]], 6, [8], section=section)
+    assert cut.truncated == 1 and cut.pool[0].tolist() == [1.0] * 6
+
+
 def test_bucket_choice():
     assert bucket_length(5, 256, [64, 128, 256]) == 64
     assert bucket_length(64, 256, [64, 128, 256]) == 64

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from hf_fixtures import build_checkpoint, random_params
 from star_jax import cli
 from star_jax import train_loop as loop
 from star_jax.config import (
+    JOB_SKILLS_SECTION,
+    MEMBER_SKILLS_SECTION,
     Config,
     LLMTrainConfig,
     LoraConfig,
@@ -288,7 +291,13 @@ def test_truncation_is_counted(runs, inputs):
         texts = read_nodes(inputs["data"], node_type, ["text"])["text"].tolist()
         # BOS + text must leave room for the appended EOS.
         over = sum(len(tok(prefix + t)["input_ids"]) > max_len - 1 for t in texts)
-        assert result["lengths"][node_type] == {"truncated": over, "texts": len(texts), "max_len": max_len}
+        # A text pools its section when the section starts before the cut.
+        spans = [re.search(MEMBER_SKILLS_SECTION if node_type == "member" else JOB_SKILLS_SECTION, t, re.S)
+                 for t in texts]
+        pooled = sum(len(tok(prefix + t[: s.start(1)])["input_ids"]) < max_len - 1
+                     for t, s in zip(texts, spans) if s is not None)
+        assert result["lengths"][node_type] == {"truncated": over, "texts": len(texts), "max_len": max_len,
+                                                "sections": pooled}
     assert result["lengths"]["member"]["truncated"] > 0  # the fixture has over-long members
     data_log = [r for r in read_metrics(runs("single") / "metrics.jsonl") if r["split"] == "data"]
     assert data_log[0]["truncated_member"] == result["lengths"]["member"]["truncated"]

@@ -32,6 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from star_jax.config import JOB_SKILLS_SECTION, MEMBER_SKILLS_SECTION
 from star_jax.data.schema import SPLITS, read_schema
 from star_jax.data.splits import cold_start, subsample
 from star_jax.data.tables import read_edges, read_labels, read_nodes
@@ -183,8 +184,6 @@ def tag_features(d: Data, idx: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
 
 # Sections of the synthetic texts that carry skills: a profile's skills list, a posting's requirements.
 # Text without these headers falls back to the whole text.
-MEMBER_SKILLS_SECTION = r"\nSkills\n(.*)$"
-JOB_SKILLS_SECTION = r"\nRequirements\n(.*?)(?:\n\n|$)"
 
 
 def _section(texts: pd.Series, pattern: str) -> pd.Series:

@@ -46,6 +46,11 @@ def tower(llm: LLMConfig, node_type: str) -> tuple[int, str | None]:
     return llm.job_max_len, None
 
 
+def pool_section(llm: LLMConfig, node_type: str) -> str | None:
+    """The regex whose first group is the part of `node_type`'s text its tower pools (None: all of it)."""
+    return llm.member_pool if node_type == "member" else llm.job_pool
+
+
 class NodeTexts:
     """id -> text of one node type, loaded on first use in each process (workers reload, not unpickle)."""
 
@@ -172,6 +177,7 @@ class _PairBatch:
         self.pairs, self.members, self.jobs, self.tokenizer = pairs, members, jobs, tokenizer
         self.member_len, self.instruction = tower(llm, "member")
         self.job_len, _ = tower(llm, "job")
+        self.member_pool, self.job_pool = pool_section(llm, "member"), pool_section(llm, "job")
         self.buckets = list(llm.buckets)
         self.batch_size, self.local = batch_size, _local_rows(shard, batch_size)
 
@@ -187,6 +193,7 @@ class _PairBatch:
             self.instruction,
             where=f"{self.members.table}: text",
             ids=member_id,
+            section=self.member_pool,
         )
         j = encode_e5(
             self.tokenizer,
@@ -195,12 +202,15 @@ class _PairBatch:
             self.buckets,
             where=f"{self.jobs.table}: text",
             ids=job_id,
+            section=self.job_pool,
         )
         batch = {
             "member_ids": m.ids,
             "member_len": m.lengths,
+            "member_pool": m.pool,
             "job_ids": j.ids,
             "job_len": j.lengths,
+            "job_pool": j.pool,
             "label": cols["label"][rows].astype(np.int32),
             "member_id": member_id,
             "job_id": job_id,
@@ -232,8 +242,10 @@ def pair_dataset(
     Each batch (local rows only, with `shard`) is a dict of numpy arrays:
         member_ids int32 [B, Tm]  member text with the E5 instruction (request tower, llm.member_max_len)
         member_len int32 [B]
+        member_pool float32 [B, Tm] 1 on the tokens the tower's mean pools (llm.member_pool)
         job_ids    int32 [B, Tj]  job text, no prefix (document tower, llm.job_max_len)
         job_len    int32 [B]
+        job_pool   float32 [B, Tj]  (llm.job_pool)
         label      int32 [B]      1: applied, 0: not
         member_id, job_id int64 [B]
         valid      bool  [B]      False only for the fill rows of a short final batch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ class Encoded(NamedTuple):
     ids: np.ndarray  # int32 [B, T]: BOS, (instruction +) text, EOS, then padding; T a bucket or max_len
     lengths: np.ndarray  # int32 [B]: real tokens per row, EOS included; the pooled token is lengths - 1
     truncated: int  # rows whose text was cut to fit max_len
+    pool: np.ndarray  # float32 [B, T]: 1 on the tokens a mean pools (the section's, else every real one)
+    sections: int  # rows whose pool is their section
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -181,6 +184,7 @@ def encode_e5(
     *,
     where: str = "text",
     ids: Sequence[Any] | None = None,
+    section: str | None = None,
 ) -> Encoded:
     """Tokenize `texts` as E5-Mistral does and pad them on the right to one bucket.
 
@@ -188,6 +192,9 @@ def encode_e5(
     `max_len - 1` tokens, then EOS, padded with the pad id (EOS where the tokenizer has none, as in
     E5). If the tokenizer already appends EOS, that EOS is dropped first so there is exactly one.
     An empty text is a `StarError` naming `where` and its row (and `ids[row]` when given).
+
+    `section`: a regex whose first group spans the part of the text a mean pools (`pool`); a row it
+    does not match, or whose match was cut off, pools every real token (BOS and EOS too).
     """
     if max_len < 2:
         raise StarError(f"max_len: {max_len} leaves no room for a token before EOS")
@@ -197,17 +204,29 @@ def encode_e5(
             raise StarError(f"{where}: row {i}{name} is empty; every text to embed must be non-empty")
     if instruction:
         texts = [instruction + t for t in texts]
-    rows = tokenizer(list(texts), add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    enc = tokenizer(list(texts), add_special_tokens=True, return_attention_mask=False,
+                    return_offsets_mapping=section is not None)
+    rows = enc["input_ids"]
     strip = 1 if adds_eos(tokenizer) else 0
     eos = tokenizer.eos_token_id
     pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
     lengths = np.array([min(len(r) - strip, max_len - 1) + 1 for r in rows], np.int32)
     truncated = sum(len(r) - strip > max_len - 1 for r in rows)
     out = np.full((len(rows), bucket_length(int(lengths.max(initial=1)), max_len, buckets)), pad, np.int32)
+    pool = (np.arange(out.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
+    sections = 0
     for i, (r, n) in enumerate(zip(rows, lengths)):
         out[i, : n - 1] = r[: n - 1]
         out[i, n - 1] = eos
-    return Encoded(out, lengths, int(truncated))
+        span = re.search(section, texts[i], flags=re.S) if section is not None else None
+        if span is not None:
+            starts = np.array([a for a, _ in enc["offset_mapping"][i][: n - 1]])
+            inside = (starts >= span.start(1)) & (starts < span.end(1))
+            if inside.any():
+                pool[i] = 0
+                pool[i, : n - 1] = inside
+                sections += 1
+    return Encoded(out, lengths, int(truncated), pool, sections)
 
 
 # -- CLI -----------------------------------------------------------------------------------------

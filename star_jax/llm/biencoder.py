@@ -58,7 +58,7 @@ def tower_adapters(adapters: dict | None, tower: str) -> dict | None:
     return adapters[tower] if tower in adapters else adapters[SHARED]
 
 
-def last_token(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array) -> jax.Array:
+def last_token(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array, pool: jax.Array) -> jax.Array:
     """`hidden[b, lengths[b] - 1]`: `[B, T, H]` -> `[B, H]` (a zero length picks position 0).
 
     E5's `last_token_pool` for right padding: found from the lengths, never from token ids (E5's
@@ -67,23 +67,23 @@ def last_token(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array) -> ja
     return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
 
 
-def mean_pool(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array) -> jax.Array:
-    """The mean of `hidden[b, :lengths[b]]`: `[B, T, H]` -> `[B, H]` in fp32 (a zero length gives 0)."""
-    real = (jnp.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
-    total = jnp.einsum("bt,bth->bh", real, hidden.astype(jnp.float32))
-    return total / jnp.maximum(real.sum(1), 1.0)[:, None]
+def mean_pool(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array, pool: jax.Array) -> jax.Array:
+    """The mean of `hidden` over the tokens `pool` marks: `[B, T, H]` -> `[B, H]` in fp32 (none gives 0)."""
+    total = jnp.einsum("bt,bth->bh", pool, hidden.astype(jnp.float32))
+    return total / jnp.maximum(pool.sum(1), 1.0)[:, None]
 
 
-def mean_first_last(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array) -> jax.Array:
+def mean_first_last(hidden: jax.Array, embedded: jax.Array, lengths: jax.Array, pool: jax.Array) -> jax.Array:
     """The unit mean of the token embeddings plus the unit mean of the final hidden states, `[B, H]`.
 
     The "first-last average" of sentence encoders (Su et al. 2021), its first layer the embedding
     table: the words two texts share reach the cosine whether or not the layers keep them."""
-    return l2_normalize(mean_pool(embedded, None, lengths)) + l2_normalize(mean_pool(hidden, None, lengths))
+    first, last = mean_pool(embedded, None, lengths, pool), mean_pool(hidden, None, lengths, pool)
+    return l2_normalize(first) + l2_normalize(last)
 
 
-# `llm.pooling` -> `(hidden [B, T, H], token embeddings [B, T, H], lengths [B]) -> [B, H]`; the
-# config checks the name (config.POOLINGS). `mean` (sentence-transformers') and `mean_first_last`
+# `llm.pooling` -> `(hidden [B, T, H], token embeddings [B, T, H], lengths [B], pool [B, T]) -> [B, H]`;
+# the config checks the name (config.POOLINGS). `mean` (sentence-transformers') and `mean_first_last`
 # suit the demo: its 4-layer base pretrained for 200 steps has not learned to summarise a text in
 # its last state, whose vectors sit in a narrow cone, and its layers blur the words the texts share
 # (docs/architecture.md, decisions 12 and 23; docs/quality.md).
@@ -103,6 +103,7 @@ def encode(
     tower: str,
     ids: jax.Array,
     lengths: jax.Array,
+    pool: jax.Array | None = None,
     *,
     pooling: str,
     rng: jax.Array | None = None,
@@ -111,7 +112,8 @@ def encode(
     """Embed right-padded token ids `[B, T]` with `tower`'s adapter: unit-norm fp32 `[B, D]`.
 
     `model` is `MistralModel(arch, lora_config)` (`lora_config` None with `adapters` None for
-    the frozen base). `pooling` is `llm.pooling` (a key of `POOL_FNS`); `head` maps the pooled
+    the frozen base). `pool` f32 `[B, T]` marks the tokens a mean pools (None: every real one).
+    `pooling` is `llm.pooling` (a key of `POOL_FNS`); `head` maps the pooled
     `[B, H]` to `[B, D]` before the norm (None: D = H). `rng` turns on LoRA dropout (training).
     """
     lora = tower_adapters(adapters, tower)
@@ -127,7 +129,8 @@ def encode(
         rngs=None if rng is None else {"dropout": rng},
     )
     embedded = jnp.take(base["embed_tokens"]["embedding"], ids, axis=0)  # unused ones are compiled away
-    pooled = POOL_FNS[pooling](hidden, embedded, lengths)
+    pool = mask.astype(jnp.float32) if pool is None else pool.astype(jnp.float32)
+    pooled = POOL_FNS[pooling](hidden, embedded, lengths, pool)
     return l2_normalize(pooled if head is None else head(pooled.astype(jnp.float32)))
 
 
@@ -141,22 +144,25 @@ def encode_towers(
     rng: jax.Array | None = None,
     head: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Member and job embeddings `[B, D]` of a batch (`member_ids`/`member_len`, `job_ids`/`job_len`).
+    """Member and job embeddings `[B, D]` of a batch (`member_ids`/`member_len`, `job_ids`/`job_len`,
+    and optionally `member_pool`/`job_pool`).
 
     With one adapter for both towers and equal padded lengths, one pass over the base embeds both
     towers: bigger matmuls, and a training step that traces (and compiles) the model once. Rows
     are interleaved (member i, job i), so a batch split over devices stays where it is.
     """
     m_ids, m_len, j_ids, j_len = (batch[k] for k in ("member_ids", "member_len", "job_ids", "job_len"))
+    m_pool, j_pool = batch.get("member_pool"), batch.get("job_pool")
     run = functools.partial(encode, model, base, adapters, pooling=pooling, head=head)
     if tower_adapters(adapters, MEMBER) is tower_adapters(adapters, JOB) and m_ids.shape == j_ids.shape:
         b, t = m_ids.shape
-        ids = jnp.stack([m_ids, j_ids], axis=1).reshape(2 * b, t)
-        lengths = jnp.stack([m_len, j_len], axis=1).reshape(2 * b)
-        both = run(MEMBER, ids, lengths, rng=rng).reshape(b, 2, -1)
+        interleave = lambda m, j: jnp.stack([m, j], axis=1).reshape(2 * b, *m.shape[1:])  # noqa: E731
+        pool = None if m_pool is None else interleave(m_pool, j_pool)
+        both = run(MEMBER, interleave(m_ids, j_ids), interleave(m_len, j_len), pool, rng=rng)
+        both = both.reshape(b, 2, -1)
         return both[:, 0], both[:, 1]
     rm, rj = (None, None) if rng is None else jax.random.split(rng)
-    return run(MEMBER, m_ids, m_len, rng=rm), run(JOB, j_ids, j_len, rng=rj)
+    return run(MEMBER, m_ids, m_len, m_pool, rng=rm), run(JOB, j_ids, j_len, j_pool, rng=rj)
 
 
 # -- projection heads ----------------------------------------------------------------------------
@@ -268,7 +274,7 @@ class BiEncoder(NamedTuple):
     "projection" with a projection head; None runs the frozen base.
     init(rng, mesh=None, rules=None, base=None) -> params  fresh: B = 0 and `lora.modules_to_save`
                                                            copied from `base`, so step 0 is the base
-    encode(params, base, tower, ids, lengths, rng=None) -> f32[B, dim] unit rows (dropout iff rng)
+    encode(params, base, tower, ids, lengths, pool=None, rng=None) -> f32[B, dim] unit rows (dropout iff rng)
     tower_params(params, tower) -> what `tower` runs with, as params that encode alike for any tower
     encode_pair(params, base, batch, rng=None) -> (member f32[B, dim], job f32[B, dim])
     loss(params, base, batch, rng) -> (loss, aux)          a `train_loop.LossFn`
@@ -350,10 +356,10 @@ def build_biencoder(
             return None
         return functools.partial(projection.apply, params["projection"])
 
-    def encode_(params, base, tower, ids, lengths, rng=None) -> jax.Array:
+    def encode_(params, base, tower, ids, lengths, pool=None, rng=None) -> jax.Array:
         adapters = None if params is None else params["adapters"]
         head = project(params)
-        return encode(model, base, adapters, tower, ids, lengths, pooling=pooling, rng=rng, head=head)
+        return encode(model, base, adapters, tower, ids, lengths, pool, pooling=pooling, rng=rng, head=head)
 
     def tower_params(params: Params | None, tower: str) -> Params | None:
         if params is None:

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from star_jax import train_loop as loop
-from star_jax.data.loader import tower
+from star_jax.data.loader import pool_section, tower
 from star_jax.data.tokenizer import bucket_length, encode_e5
 from star_jax.llm.biencoder import JOB, MEMBER, BiEncoder, Params
 from star_jax.parallel import replicated
@@ -27,10 +27,11 @@ _TOWER_FNS: dict[tuple[Any, Mesh], Callable] = {}
 
 
 def tower_fn(bienc: BiEncoder, mesh: Mesh) -> Callable:
-    """`(tower params, base, ids, lengths) -> unit vectors [B, dim]`, jitted once per `bienc.key` and mesh."""
+    """`(tower params, base, ids, lengths, pool) -> unit vectors [B, dim]`, jitted once per `bienc.key`
+    and mesh."""
     key = (bienc.key, mesh)
     if key not in _TOWER_FNS:
-        fn = lambda params, base, ids, lengths: bienc.encode(params, base, MEMBER, ids, lengths)
+        fn = lambda params, base, ids, lengths, pool: bienc.encode(params, base, MEMBER, ids, lengths, pool)
         _TOWER_FNS[key] = jax.jit(fn, out_shardings=replicated(mesh))
     return _TOWER_FNS[key]
 
@@ -63,7 +64,8 @@ class TextTowers:
         llm = self.bienc.llm
         max_len, instruction = tower(llm, node_type)
         buckets, bs = llm.buckets, self.batch_size
-        enc = encode_e5(self.tokenizer, texts, max_len, buckets, instruction, where=where, ids=ids)
+        enc = encode_e5(self.tokenizer, texts, max_len, buckets, instruction, where=where, ids=ids,
+                        section=pool_section(llm, node_type))
         params = self.bienc.tower_params(self.params, MEMBER if node_type == MEMBER else JOB)
         order = np.argsort(enc.lengths, kind="stable")
         batches = []
@@ -72,9 +74,10 @@ class TextTowers:
             fill = np.concatenate([take, np.repeat(take[:1], bs - len(take))])  # a short batch: repeat a row
             # encode_e5 padded the block to its longest row; each batch needs only its own bucket.
             width = bucket_length(int(enc.lengths[take].max()), max_len, buckets)
-            host = {"ids": enc.ids[fill, :width][self.local], "lengths": enc.lengths[fill][self.local]}
+            host = {"ids": enc.ids[fill, :width][self.local], "lengths": enc.lengths[fill][self.local],
+                    "pool": enc.pool[fill, :width][self.local]}
             dev = loop.put_batch(host, self.mesh, self.shard)
-            batches.append((take, self.fn(params, self.base, dev["ids"], dev["lengths"])))
+            batches.append((take, self.fn(params, self.base, dev["ids"], dev["lengths"], dev["pool"])))
         return batches, enc.truncated
 
     def collect(self, n: int, batches: list[tuple[np.ndarray, jax.Array]]) -> np.ndarray:

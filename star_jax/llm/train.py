@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from star_jax import train_loop as loop
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, LLMConfig, LLMTrainConfig, fingerprint
-from star_jax.data.loader import NodeTexts, pair_dataset, tower
+from star_jax.data.loader import NodeTexts, pair_dataset, pool_section, tower
 from star_jax.data.schema import read_schema
 from star_jax.data.tables import open_table, read_labels
 from star_jax.data.tokenizer import encode_e5, load_tokenizer
@@ -67,25 +67,29 @@ def train_llm_fingerprint(cfg: Config, data_dir: str, tokenizer_dir: str, base_d
 
 
 def count_truncated(data_dir: str, tokenizer: Any, llm: LLMConfig) -> dict[str, dict[str, int]]:
-    """How many member and job texts exceed their tower's max length (they are cut, E5-style)."""
+    """How many member and job texts exceed their tower's max length (they are cut, E5-style), and
+    how many pool their `llm.member_pool` / `llm.job_pool` section."""
     out = {}
     for node_type in TOWERS:
         texts = NodeTexts(data_dir, node_type)
         ids = texts.ids()
         max_len, instruction = tower(llm, node_type)
-        cut = 0
+        section = pool_section(llm, node_type)
+        cut = pooled = 0
         with progress(total=len(ids), desc=f"lengths ({node_type})", unit="text") as bar:
             for start in range(0, len(ids), 1024):
                 chunk = ids[start : start + 1024]
-                cut += encode_e5(tokenizer, texts.lookup(chunk), max_len, [], instruction).truncated
+                enc = encode_e5(tokenizer, texts.lookup(chunk), max_len, [], instruction, section=section)
+                cut, pooled = cut + enc.truncated, pooled + enc.sections
                 bar.update(len(chunk))
-        out[node_type] = {"truncated": cut, "texts": len(ids), "max_len": max_len}
+        out[node_type] = {"truncated": cut, "texts": len(ids), "max_len": max_len,
+                          "sections": pooled if section else None}
     return out
 
 
 def device_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays the loss needs; int64 ids become exact int32 keys (JAX runs without x64)."""
-    keep = ("member_ids", "member_len", "job_ids", "job_len", "label", "valid")
+    keep = ("member_ids", "member_len", "member_pool", "job_ids", "job_len", "job_pool", "label", "valid")
     return {
         **{k: batch[k] for k in keep},
         "member_key": id_keys(batch["member_id"]),
@@ -246,6 +250,9 @@ def train_llm(
                 f"train-llm: {c['truncated']:,} of {c['texts']:,} {node_type} texts exceed "
                 f"{c['max_len']} tokens and are truncated"
             )
+        if c["sections"] is not None:
+            log.info(f"train-llm: {c['sections']:,} of {c['texts']:,} {node_type} texts pool their "
+                     f"llm.{node_type}_pool section; the rest pool the whole text")
     evaluator = TowerEvaluator(data_dir, tokenizer, bienc, base, tcfg.eval_batch_size, mesh)
     log_examples = _example_logger(out, tcfg.log_examples)
 
