@@ -17,7 +17,8 @@
 # hosts), as configs/e5_mistral_7b.yaml does. The run directory must be on a filesystem every
 # host shares.
 #
-# --dry-run prints the command of every host (process 0 .. N-1) and runs nothing.
+# --dry-run prints the command of every host (process 0 .. N-1) and runs nothing; for `pipeline` it
+# also lists the stages each process runs (`star-jax pipeline --plan`).
 # STAR_JAX overrides the star-jax executable (default: the repository's .venv, else PATH).
 # A SIGTERM to this script is forwarded to star-jax, and the script exits with its status: a
 # training stage checkpoints the step every process agrees on and exits with 143 (docs/pipeline.md).
@@ -30,7 +31,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
     --port) port="$2"; shift 2 ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
   esac
 done
@@ -84,6 +85,14 @@ if [[ $dry_run -eq 1 ]]; then
     host_command "$@"
     echo
   done
+  if [[ "$command" == "pipeline" ]]; then
+    # The stages, from the config as the hosts will read it (`star-jax pipeline --plan` runs nothing).
+    plan="$("${star_jax[@]}" pipeline "$@" --plan)" || die "star-jax pipeline --plan failed (its error is above)"
+    echo "# the stages each process runs, in order (process 0 alone runs the rest while the others wait):"
+    for ((pid = 0; pid < num_processes; pid++)); do
+      echo "#   process $pid: $(awk -v lead=$((pid == 0)) '$2 == "every" || lead { printf "%s%s", sep, $1; sep = ", " }' <<<"$plan")"
+    done
+  fi
   exit 0
 fi
 

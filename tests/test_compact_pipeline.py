@@ -18,7 +18,7 @@ from star_jax.config import Config, fingerprint
 from star_jax.data.tables import read_labels
 from star_jax.eval.compact_report import COMPACT_STAGE, compact_gnn_name, compact_version
 from star_jax.fileio import read_json
-from star_jax.pipeline import Pipeline, read_run, run_pipeline
+from star_jax.pipeline import Pipeline, plan, read_run, run_pipeline
 from star_jax.store import EmbeddingStore
 
 DIMS = [4, 8]  # below the 16-d towers of the micro base
@@ -77,6 +77,7 @@ def test_the_compact_stage_feeds_the_gnn_and_the_report_reads_what_the_stages_wr
     gnns = [f"{stage}-{compact_gnn_name(d)}" for d in DIMS for stage in ("train-gnn", "gnn-embed")]
     assert {COMPACT_STAGE, *gnns} <= set(run.stamps)
     assert list(run.stamps).index(COMPACT_STAGE) > list(run.stamps).index("embed-llm_finetuned")
+    assert [name for name, _ in plan(cfg)] == list(run.stamps)  # `pipeline --plan` names them in order
 
     # The stage's versions are the renormalised prefixes of the towers' version (numpy's).
     store_dir, parent = run.store_version("llm_finetuned")

@@ -7,6 +7,7 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 POD, LOCAL = REPO / "launch" / "gpu_pod.sh", REPO / "launch" / "local.sh"
+VENV_STAR_JAX = str(Path(sys.executable).with_name("star-jax"))  # a pipeline dry run asks it for the plan
 CLEAN = {k: v for k, v in os.environ.items()
          if not k.startswith(("SLURM_", "COORDINATOR_", "NUM_PROCESSES", "PROCESS_ID"))}
 
@@ -49,13 +51,30 @@ def test_slurm_dry_run_prints_every_host_with_the_first_host_as_coordinator(tmp_
 
 
 def test_environment_dry_run_defaults_to_the_pipeline():
-    env = {"COORDINATOR_ADDRESS": "10.0.0.1:555", "NUM_PROCESSES": "2"}
+    env = {"COORDINATOR_ADDRESS": "10.0.0.1:555", "NUM_PROCESSES": "2", "STAR_JAX": VENV_STAR_JAX}
     out = sh(POD, "--dry-run", "--config", "configs/tiny.yaml", "--out", "runs/x", env=env)
     assert out.returncode == 0, out.stderr
     cmds = commands(out.stdout)
-    assert [c[:2] for c in cmds] == [["star-jax", "pipeline"]] * 2
+    assert [c[:2] for c in cmds] == [[VENV_STAR_JAX, "pipeline"]] * 2
     assert [c[-1] for c in cmds] == ["mesh.process_id=0", "mesh.process_id=1"]
     assert all("mesh.coordinator_address=10.0.0.1:555" in c for c in cmds)
+
+
+def test_a_pipeline_dry_run_lists_the_stages_of_every_process():
+    """The GNN stages run on every host; process 0 alone runs the others (`star-jax pipeline --plan`)."""
+    env = {"COORDINATOR_ADDRESS": "10.0.0.1:555", "NUM_PROCESSES": "3", "STAR_JAX": VENV_STAR_JAX}
+    out = sh(POD, "--dry-run", "pipeline", "--config", "configs/tiny.yaml", "--out", "runs/x",
+             "--set", "eval.variants=[llm_finetuned,gnn_id_cat]", env=env)
+    assert out.returncode == 0, out.stderr
+    stages = {int(line.split()[2][:-1]): line.split(": ", 1)[1].split(", ")
+              for line in out.stdout.splitlines() if line.startswith("#   process ")}
+    collective = ["pretrain", "train-llm", "embed-llm_finetuned",
+                  "train-gnn-gnn_id_cat", "gnn-embed-gnn_id_cat"]
+    assert stages[0] == ["synth", "validate", "tokenizer", *collective[:3], "build-graph", *collective[3:],
+                         "evaluate"]
+    assert stages[1] == stages[2] == collective
+    bad = sh(POD, "--dry-run", "pipeline", "--out", "runs/x", "--set", "eval.variants=[nope]", env=env)
+    assert bad.returncode == 2 and "nope" in bad.stderr and "--plan failed" in bad.stderr
 
 
 @pytest.mark.parametrize("env, needle", [

@@ -242,7 +242,7 @@ def test_an_edited_module_reruns_its_stage_and_those_downstream_and_redo_forces_
     """Stage keys cover the source their stage runs: an edit to gnn/model.py reruns the GNN stages
     and the report, nothing of the LLM branch; `redo` forces a stage and its dependents."""
     from star_jax import sources
-    from star_jax.pipeline import Pipeline, run_pipeline
+    from star_jax.pipeline import Pipeline, plan, run_pipeline
 
     data, tok, base = own_inputs
     cfg = micro_config(data, tok, base)
@@ -260,6 +260,9 @@ def test_an_edited_module_reruns_its_stage_and_those_downstream_and_redo_forces_
     gnn = ["train-gnn-gnn_id_cat", "gnn-embed-gnn_id_cat", "evaluate"]
     run_pipeline(cfg, tmp_path / "run", log=lambda s: None)
     assert list(read_run(tmp_path / "run").stamps) == ["validate", "embed-llm_frozen", "build-graph", *gnn]
+    # `pipeline --plan` lists the stages the run went through, and who ran each.
+    assert plan(cfg) == [("validate", False), ("embed-llm_frozen", True), ("build-graph", False),
+                         ("train-gnn-gnn_id_cat", True), ("gnn-embed-gnn_id_cat", True), ("evaluate", False)]
     assert ran() == []
     assert ran(redo=("build-graph",)) == ["build-graph", *gnn]
     assert ran(redo=("train-gnn",)) == gnn  # a family: every train-gnn-<variant>

@@ -21,12 +21,12 @@ from star_jax.eval.runs import (
     read_run,
     run_paths,
 )
-from star_jax.pipeline.stages import Pipeline, run_pipeline
+from star_jax.pipeline.stages import Pipeline, plan, run_pipeline
 from star_jax.pipeline.stamps import DigestCache, Runner, StageRecord
 from star_jax.tracking import is_lead
 
 __all__ = ["GNN_VARIANTS", "LLM_VARIANTS", "PAPER_AUC", "VARIANTS", "DigestCache", "Pipeline", "Run",
-           "RunPaths", "Runner", "StageRecord", "add_arguments", "main", "read_run", "run_paths",
+           "RunPaths", "Runner", "StageRecord", "add_arguments", "main", "plan", "read_run", "run_paths",
            "run_pipeline"]
 
 
@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redo", action="append", default=[], metavar="STAGE",
                         help="run STAGE and every stage downstream of it even if up to date; a stage name "
                              "from RUN_DIR/stamps (train-gnn-gnn_id_cat) or a family (train-gnn); repeatable")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the stages this run would go through and who runs each; run nothing")
     add_config_args(parser)
 
 
@@ -45,6 +47,10 @@ def main(args: argparse.Namespace) -> int:
     from star_jax.fileio import read_json
 
     cfg = config_from_args(args)
+    if args.plan:
+        # One stage a line, `STAGE every` or `STAGE lead`: launch/gpu_pod.sh --dry-run reads it.
+        print("\n".join(f"{name} {'every' if every else 'lead'}" for name, every in plan(cfg)))
+        return 0
     result = run_pipeline(cfg, args.out, redo=tuple(args.redo))
     if is_lead():
         print()

@@ -71,12 +71,7 @@ class Pipeline:
         self.cfg, self.paths = cfg, run_paths(cfg, run_dir)
         self.run = Runner(self.paths.root, log=log, redo=redo)
         self.log = log
-        variants = set(cfg.eval.variants)
-        self.gnn_variants = [v for v in GNN_VARIANTS if v in variants]
-        # the variants that read the fine-tuned LLM embeddings
-        self.gnn_llm = {v: GNN_VARIANTS[v]["use_llm"] for v in self.gnn_variants}
-        self.needs_finetuned = "llm_finetuned" in variants or any(self.gnn_llm.values())
-        self.needs_llm = self.needs_finetuned or "llm_frozen" in variants
+        self.gnn_variants, self.gnn_llm, self.needs_finetuned, self.needs_llm = _wants(cfg)
 
     # Each stage method returns its result dict (from the stage or its stamp).
 
@@ -355,6 +350,47 @@ class Pipeline:
                 raise StarError("eval.migration: needs llm_finetuned or a gnn_*_llm variant in eval.variants")
             self.migration(finetuned)
         return self.evaluate()
+
+
+def _wants(cfg: Config) -> tuple[list[str], dict[str, bool], bool, bool]:
+    """(GNN variants in order, whether each reads the fine-tuned LLM embeddings, whether the run needs
+    the fine-tuned towers, whether it needs the LLM branch at all)."""
+    variants = set(cfg.eval.variants)
+    gnn = [v for v in GNN_VARIANTS if v in variants]
+    gnn_llm = {v: GNN_VARIANTS[v]["use_llm"] for v in gnn}
+    finetuned = "llm_finetuned" in variants or any(gnn_llm.values())
+    return gnn, gnn_llm, finetuned, finetuned or "llm_frozen" in variants
+
+
+def plan(cfg: Config) -> list[tuple[str, bool]]:
+    """The stages `Pipeline(cfg, ...)()` goes through, in order, as (stamp name, whether every process
+    runs it; otherwise process 0 does while the others wait). Nothing is read or written."""
+    check_variants(cfg.eval.variants)
+    gnn, gnn_llm, finetuned, llm = _wants(cfg)
+    out = [("validate", False)] if cfg.data.dir else [("synth", False), ("validate", False)]
+    if llm:
+        out += [("tokenizer", False)] + ([] if cfg.llm.base_dir else [("pretrain", True)])
+        if "llm_frozen" in cfg.eval.variants:
+            out.append(("embed-llm_frozen", True))
+        if finetuned:
+            out += [("train-llm", True), ("embed-llm_finetuned", True)]
+    if gnn:
+        out.append(("build-graph", False))
+    for v in gnn:
+        out += [(f"train-gnn-{v}", True), (f"gnn-embed-{v}", True)]
+    dims = cfg.llm_train.matryoshka_dims
+    if finetuned and dims:
+        out.append((COMPACT_STAGE, False))
+        if COMPACT_GNN in gnn:
+            for d in dims:  # (a D as wide as the towers' output would be the full version: not retrained)
+                name = compact_gnn_name(d)
+                out += [(f"train-gnn-{name}", True), (f"gnn-embed-{name}", True)]
+    if cfg.eval.migration:
+        if not finetuned:
+            raise StarError("eval.migration: needs llm_finetuned or a gnn_*_llm variant in eval.variants")
+        seed = cfg.eval.migration_seed
+        out += [(f"train-llm-seed{seed}", True), ("embed-llm_finetuned_v2", True), ("migration", False)]
+    return out + [("evaluate", False)]
 
 
 # Stage families; a stamp name is a family or `<family>-<variant or seed>` (docs/pipeline.md).
