@@ -188,19 +188,20 @@ def own_inputs(tmp_path_factory):
     return write_tiny_inputs(tmp_path_factory.mktemp("own"))
 
 
-def test_pipeline_runs_skips_and_refreshes_only_what_changed(own_inputs, tmp_path, capsys):
+def test_pipeline_runs_skips_and_refreshes_only_what_changed(own_inputs, tmp_path, capsys, monkeypatch):
     from data_fixtures import edit_table
 
+    from star_jax import sources
     from star_jax.fileio import read_json
-    from star_jax.pipeline import Pipeline, run_pipeline
+    from star_jax.pipeline import Pipeline, plan, run_pipeline
     from star_jax.store import EmbeddingStore
 
     data, tok, base = own_inputs
     shutil.copytree(data, tmp_path / "data")  # edited below
     cfg, out = micro_config(tmp_path / "data", tok, base), tmp_path / "run"
 
-    def ran() -> list[str]:
-        pipeline = Pipeline(cfg, out, log=lambda s: None)
+    def ran(redo=()) -> list[str]:
+        pipeline = Pipeline(cfg, out, log=lambda s: None, redo=redo)
         pipeline()
         return [r.name for r in pipeline.run.records if not r.skipped]
 
@@ -235,8 +236,18 @@ def test_pipeline_runs_skips_and_refreshes_only_what_changed(own_inputs, tmp_pat
     argv = ["recommend", "--run", str(out), "--member", "3", "--variant", "llm_frozen", "-k", "2"]
     assert cli.main(argv) == 0
     assert "top 2 jobs by llm_frozen" in capsys.readouterr().out
+    # Stage keys cover the source their stage runs, and `redo` forces a stage and its dependents
+    # (the GNN branch: the slow test below).
+    assert plan(cfg) == [("validate", False), ("embed-llm_frozen", True), ("evaluate", False)]
+    original = sources.source
+    edited = lambda m: original(m) + (b"# edited" if m == "star_jax.llm.towers" else b"")  # noqa: E731
+    monkeypatch.setattr(sources, "source", edited)
+    assert ran() == ["embed-llm_frozen", "evaluate"]
+    assert ran() == []
+    assert ran(redo=("embed",)) == ["embed-llm_frozen", "evaluate"]  # a family: every embed-<variant>
 
 
+@pytest.mark.slow  # four GNN retrains; the fast test above checks the keys on the LLM branch
 def test_an_edited_module_reruns_its_stage_and_those_downstream_and_redo_forces_them(own_inputs, tmp_path,
                                                                                      monkeypatch):
     """Stage keys cover the source their stage runs: an edit to gnn/model.py reruns the GNN stages

@@ -369,7 +369,8 @@ def plan(cfg: Config) -> list[tuple[str, bool]]:
     gnn, gnn_llm, finetuned, llm = _wants(cfg)
     out = [("validate", False)] if cfg.data.dir else [("synth", False), ("validate", False)]
     if llm:
-        out += [("tokenizer", False)] + ([] if cfg.llm.base_dir else [("pretrain", True)])
+        out += [] if cfg.tokenizer.dir else [("tokenizer", False)]
+        out += [] if cfg.llm.base_dir else [("pretrain", True)]
         if "llm_frozen" in cfg.eval.variants:
             out.append(("embed-llm_frozen", True))
         if finetuned:
