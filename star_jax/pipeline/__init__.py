@@ -1,7 +1,7 @@
 """`star-jax pipeline`: every stage in order, each skipped while its inputs, config and code are
 unchanged; rerun the same command to resume after a kill.
 
-    star-jax pipeline --config configs/tiny.yaml --out RUN_DIR [--set k=v ...] [--redo STAGE ...]
+    star-jax pipeline --config configs/tiny.yaml --out RUN_DIR [--set k=v ...] [--redo STAGE ...] [--plan]
 
 stages.py wires the stages, stamps.py decides which run, seeds.py and repro.py sweep data seeds.
 """
