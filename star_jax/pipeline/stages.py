@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from star_jax.config import GNN_VARIANTS, Config, check_variants, fingerprint, to_yaml
 from star_jax.errors import StarError
@@ -71,7 +71,7 @@ class Pipeline:
         self.cfg, self.paths = cfg, run_paths(cfg, run_dir)
         self.run = Runner(self.paths.root, log=log, redo=redo)
         self.log = log
-        self.gnn_variants, self.gnn_llm, self.needs_finetuned, self.needs_llm = _wants(cfg)
+        self.gnn_variants, self.gnn_llm, self.needs_finetuned, self.needs_llm = wants(cfg)
 
     # Each stage method returns its result dict (from the stage or its stamp).
 
@@ -352,21 +352,28 @@ class Pipeline:
         return self.evaluate()
 
 
-def _wants(cfg: Config) -> tuple[list[str], dict[str, bool], bool, bool]:
-    """(GNN variants in order, whether each reads the fine-tuned LLM embeddings, whether the run needs
-    the fine-tuned towers, whether it needs the LLM branch at all)."""
+class Wants(NamedTuple):
+    """What `cfg.eval.variants` asks the pipeline for."""
+
+    gnn_variants: list[str]  # the GNN variants, in GNN_VARIANTS order
+    gnn_llm: dict[str, bool]  # variant -> whether it reads the fine-tuned LLM embeddings
+    needs_finetuned: bool  # train-llm and the fine-tuned embeddings
+    needs_llm: bool  # the LLM branch at all (tokenizer, base)
+
+
+def wants(cfg: Config) -> Wants:
     variants = set(cfg.eval.variants)
     gnn = [v for v in GNN_VARIANTS if v in variants]
     gnn_llm = {v: GNN_VARIANTS[v]["use_llm"] for v in gnn}
     finetuned = "llm_finetuned" in variants or any(gnn_llm.values())
-    return gnn, gnn_llm, finetuned, finetuned or "llm_frozen" in variants
+    return Wants(gnn, gnn_llm, finetuned, finetuned or "llm_frozen" in variants)
 
 
 def plan(cfg: Config) -> list[tuple[str, bool]]:
     """The stages `Pipeline(cfg, ...)()` goes through, in order, as (stamp name, whether every process
     runs it; otherwise process 0 does while the others wait). Nothing is read or written."""
     check_variants(cfg.eval.variants)
-    gnn, gnn_llm, finetuned, llm = _wants(cfg)
+    gnn, _, finetuned, llm = wants(cfg)
     out = [("validate", False)] if cfg.data.dir else [("synth", False), ("validate", False)]
     if llm:
         out += [] if cfg.tokenizer.dir else [("tokenizer", False)]
