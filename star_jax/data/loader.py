@@ -13,7 +13,7 @@ and `workers=N`; `shard=(process_index, process_count)` gives each process its r
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import numpy as np
@@ -37,18 +37,19 @@ if not flags.FLAGS.is_parsed():
 _READ = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 
-def tower(llm: LLMConfig, node_type: str) -> tuple[int, str | None]:
-    """(max_len, instruction) for `node_type`. In STAR's bi-encoder member profiles are the requests
-    and job postings the documents; E5 puts its instruction on the request side only. Any other
-    node type with text is treated as a document."""
+class Tower(NamedTuple):
+    max_len: int  # tokens a text is cut to, EOS included
+    instruction: str | None  # E5's task instruction before the text (the request tower only)
+    pool: str | None  # regex whose first group is the part of the text the mean pools (None: all)
+
+
+def tower(llm: LLMConfig, node_type: str) -> Tower:
+    """How `node_type`'s texts go through their tower. In STAR's bi-encoder member profiles are the
+    requests and job postings the documents; E5 puts its instruction on the request side only. Any
+    other node type with text is treated as a document."""
     if node_type == "member":
-        return llm.member_max_len, llm.instruction or None
-    return llm.job_max_len, None
-
-
-def pool_section(llm: LLMConfig, node_type: str) -> str | None:
-    """The regex whose first group is the part of `node_type`'s text its tower pools (None: all of it)."""
-    return llm.member_pool if node_type == "member" else llm.job_pool
+        return Tower(llm.member_max_len, llm.instruction or None, llm.member_pool)
+    return Tower(llm.job_max_len, None, llm.job_pool)
 
 
 class NodeTexts:
@@ -175,9 +176,7 @@ class _PairBatch:
         shard: tuple[int, int],
     ):
         self.pairs, self.members, self.jobs, self.tokenizer = pairs, members, jobs, tokenizer
-        self.member_len, self.instruction = tower(llm, "member")
-        self.job_len, _ = tower(llm, "job")
-        self.member_pool, self.job_pool = pool_section(llm, "member"), pool_section(llm, "job")
+        self.member, self.job = tower(llm, "member"), tower(llm, "job")
         self.buckets = list(llm.buckets)
         self.batch_size, self.local = batch_size, _local_rows(shard, batch_size)
 
@@ -188,21 +187,22 @@ class _PairBatch:
         m = encode_e5(
             self.tokenizer,
             self.members.lookup(member_id),
-            self.member_len,
+            self.member.max_len,
             self.buckets,
-            self.instruction,
+            self.member.instruction,
             where=f"{self.members.table}: text",
             ids=member_id,
-            section=self.member_pool,
+            section=self.member.pool,
         )
         j = encode_e5(
             self.tokenizer,
             self.jobs.lookup(job_id),
-            self.job_len,
+            self.job.max_len,
             self.buckets,
+            self.job.instruction,
             where=f"{self.jobs.table}: text",
             ids=job_id,
-            section=self.job_pool,
+            section=self.job.pool,
         )
         batch = {
             "member_ids": m.ids,

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from star_jax import train_loop as loop
-from star_jax.data.loader import pool_section, tower
+from star_jax.data.loader import tower
 from star_jax.data.tokenizer import bucket_length, encode_e5
 from star_jax.llm.biencoder import JOB, MEMBER, BiEncoder, Params
 from star_jax.parallel import replicated
@@ -62,10 +62,10 @@ class TextTowers:
                  ) -> tuple[list[tuple[np.ndarray, jax.Array]], int]:
         """Start every batch of a block on the device: ([(block positions, vectors [B, dim])], truncated)."""
         llm = self.bienc.llm
-        max_len, instruction = tower(llm, node_type)
+        max_len, instruction, section = tower(llm, node_type)
         buckets, bs = llm.buckets, self.batch_size
         enc = encode_e5(self.tokenizer, texts, max_len, buckets, instruction, where=where, ids=ids,
-                        section=pool_section(llm, node_type))
+                        section=section)
         params = self.bienc.tower_params(self.params, MEMBER if node_type == MEMBER else JOB)
         order = np.argsort(enc.lengths, kind="stable")
         batches = []

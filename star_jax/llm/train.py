@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from star_jax import train_loop as loop
 from star_jax.checkpoint import Checkpointer
 from star_jax.config import Config, LLMConfig, LLMTrainConfig, fingerprint
-from star_jax.data.loader import NodeTexts, pair_dataset, pool_section, tower
+from star_jax.data.loader import NodeTexts, pair_dataset, tower
 from star_jax.data.schema import read_schema
 from star_jax.data.tables import open_table, read_labels
 from star_jax.data.tokenizer import encode_e5, load_tokenizer
@@ -73,8 +73,7 @@ def count_truncated(data_dir: str, tokenizer: Any, llm: LLMConfig) -> dict[str, 
     for node_type in TOWERS:
         texts = NodeTexts(data_dir, node_type)
         ids = texts.ids()
-        max_len, instruction = tower(llm, node_type)
-        section = pool_section(llm, node_type)
+        max_len, instruction, section = tower(llm, node_type)
         cut = pooled = 0
         with progress(total=len(ids), desc=f"lengths ({node_type})", unit="text") as bar:
             for start in range(0, len(ids), 1024):
